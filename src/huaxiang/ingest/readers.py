@@ -1,0 +1,206 @@
+"""Raw readers: turn a file into chunks of string columns, each row tagged with its line number.
+
+A reader yields `Chunk`s. Rows it cannot even split into fields (a broken CSV line, invalid JSON)
+come back as `Reject`s so that the caller can quarantine them with their line number.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import HuaxiangError
+
+CHUNK_ROWS = 200_000
+Progress = Callable[[int], None]  # called with the number of bytes read so far
+
+
+@dataclass
+class Reject:
+    line: int
+    reason: str
+    raw: str
+
+
+@dataclass
+class Chunk:
+    table: pa.Table  # string columns + `_line`
+    rejects: list[Reject] = field(default_factory=list)
+
+
+class _Counting(io.RawIOBase):
+    """Wraps a binary file and reports how many bytes of it have been read."""
+
+    def __init__(self, f, progress: Progress | None):
+        self.f, self.progress, self.n = f, progress, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        n = self.f.readinto(b)
+        self.n += n or 0
+        if self.progress:
+            self.progress(self.n)
+        return n
+
+
+def open_text(path: str, progress: Progress | None = None) -> io.TextIOBase:
+    """Opens a plain or gzip file as UTF-8 text; undecodable bytes become U+FFFD (then quarantined)."""
+    if not os.path.isfile(path):
+        raise HuaxiangError(f"file not found: {path}")
+    raw = io.BufferedReader(_Counting(open(path, "rb"), progress), buffer_size=1 << 20)
+    stream = gzip.GzipFile(fileobj=raw) if _is_gzip(path) else raw
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
+
+
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _table(columns: dict[str, list], lines: list[int]) -> pa.Table:
+    data = {name: pa.array(values, type=pa.string()) for name, values in columns.items()}
+    data["_line"] = pa.array(lines, type=pa.int64())
+    return pa.table(data)
+
+
+def csv_chunks(path: str, delimiter: str = ",", header: bool | list[str] = True,
+               progress: Progress | None = None, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+    """CSV/TSV rows as chunks. `header=True` reads names from the first line; a list names them."""
+    with open_text(path, progress) as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        pending: list[list[str]] = []
+        try:
+            first = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise HuaxiangError(f"{path}: line 1: unreadable ({exc})") from exc
+        if header is True:
+            names = [h.strip() for h in first]
+        else:  # given names; a first line equal to them is a header and skipped
+            names = list(header)
+            if [x.strip().lower() for x in first] != [n.lower() for n in names]:
+                pending.append(first)
+        if len(set(names)) != len(names):
+            raise HuaxiangError(f"{path}: line 1: duplicate column names in header {names}")
+        width = len(names)
+        rows: list[list[str]] = []
+        lines: list[int] = []
+        rejects: list[Reject] = []
+        start = 1 if pending else reader.line_num + 1
+        while True:
+            try:
+                row = pending.pop() if pending else next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                rejects.append(Reject(start, f"unreadable CSV line: {exc}", ""))
+                start = reader.line_num + 1
+                continue
+            if len(row) == width:
+                rows.append(row)
+                lines.append(start)
+            elif row:  # blank lines are skipped, a row with the wrong field count is not
+                rejects.append(Reject(start, f"expected {width} fields, found {len(row)}",
+                                      delimiter.join(row)[:1000]))
+            start = reader.line_num + 1
+            if len(rows) >= chunk_rows:
+                yield Chunk(_table(dict(zip(names, map(list, zip(*rows)))), lines), rejects)
+                rows, lines, rejects = [], [], []
+        cols = dict(zip(names, map(list, zip(*rows)))) if rows else {n: [] for n in names}
+        yield Chunk(_table(cols, lines), rejects)
+
+
+def whitespace_chunks(path: str, names: list[str], progress: Progress | None = None,
+                      chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+    """Whitespace-separated columns (CDNOW-style); a header line equal to `names` is skipped."""
+    rows, lines, rejects = [], [], []
+    with open_text(path, progress) as f:
+        for n, text in enumerate(f, start=1):
+            parts = text.split()
+            if not parts or (n == 1 and [p.lower() for p in parts] == [x.lower() for x in names]):
+                continue
+            if len(parts) == len(names):
+                rows.append(parts)
+                lines.append(n)
+            else:
+                rejects.append(Reject(n, f"expected {len(names)} fields, found {len(parts)}", text[:1000]))
+            if len(rows) >= chunk_rows:
+                yield Chunk(_table(dict(zip(names, map(list, zip(*rows)))), lines), rejects)
+                rows, lines, rejects = [], [], []
+    cols = dict(zip(names, map(list, zip(*rows)))) if rows else {n: [] for n in names}
+    yield Chunk(_table(cols, lines), rejects)
+
+
+def _json_text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def jsonl_chunks(path: str, progress: Progress | None = None,
+                 chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+    """JSON lines: one object per line; nested values are kept as JSON text."""
+    records, lines, rejects = [], [], []
+
+    def flush():
+        names = sorted({k for r in records for k in r})
+        cols = {k: [_json_text(r.get(k)) for r in records] for k in names}
+        return Chunk(_table(cols, lines), rejects)
+
+    with open_text(path, progress) as f:
+        for n, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                rejects.append(Reject(n, f"invalid JSON: {str(exc)[:200]}", text[:1000]))
+                continue
+            if not isinstance(obj, dict):
+                rejects.append(Reject(n, "a JSON line must be an object", text[:1000]))
+                continue
+            records.append(obj)
+            lines.append(n)
+            if len(records) >= chunk_rows:
+                yield flush()
+                records, lines, rejects = [], [], []
+    yield flush()
+
+
+def parquet_chunks(path: str, progress: Progress | None = None,
+                   chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+    """Parquet row groups as string columns; `_line` is the 1-based row number."""
+    if not os.path.isfile(path):
+        raise HuaxiangError(f"file not found: {path}")
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise HuaxiangError(f"{path}: not a readable Parquet file ({exc})") from exc
+    total, row = os.path.getsize(path), 0
+    for batch in pf.iter_batches(batch_size=chunk_rows):
+        cols = {}
+        for name, col in zip(batch.schema.names, batch.columns):
+            if pa.types.is_timestamp(col.type):
+                cols[name] = col.cast(pa.string())
+            elif pa.types.is_nested(col.type):
+                cols[name] = pa.array([_json_text(v) for v in col.to_pylist()], type=pa.string())
+            else:
+                cols[name] = col.cast(pa.string())
+        n = batch.num_rows
+        cols["_line"] = pa.array(range(row + 1, row + n + 1), type=pa.int64())
+        row += n
+        if progress:
+            progress(int(total * row / max(pf.metadata.num_rows, 1)))
+        yield Chunk(pa.table(cols))

@@ -1,0 +1,118 @@
+"""Row validation as SQL: raw strings in, typed rows or (field, reason) out.
+
+`validation_sql(table, present)` builds one query over a relation named `mapped` holding `_line`
+and raw VARCHAR columns named after the canonical columns in `present`. Each output row carries
+`_field` and `_reason`: NULL for a good row, else the first check it failed.
+"""
+from __future__ import annotations
+
+from .. import schema
+
+ID_COLUMNS = {"event_id", "user_id", "item_id", "category_id", "session_id", "review_id",
+              "order_id", "invoice"}
+EARLIEST_TS = "1990-01-01"
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _shown(raw: str) -> str:
+    """The raw value as it appears in a reason: quoted, cut to 60 characters."""
+    return f"'''' || left({raw}, 60) || ''''"
+
+
+def _parsed(col: schema.Column, raw: str) -> str:
+    v = f"NULLIF(trim({raw}), '')"
+    if col.type == "DOUBLE":
+        return f"TRY_CAST({v} AS DOUBLE)"
+    if col.type == "BIGINT":
+        return (f"CASE WHEN TRY_CAST({v} AS DOUBLE) = round(TRY_CAST({v} AS DOUBLE)) "
+                f"AND abs(TRY_CAST({v} AS DOUBLE)) < 9e15 THEN TRY_CAST(TRY_CAST({v} AS DOUBLE) AS BIGINT) END")
+    if col.type == "TIMESTAMP":
+        num = f"TRY_CAST({v} AS DOUBLE)"
+        epoch = (f"CASE WHEN abs({num}) < 1e11 THEN to_timestamp({num})::TIMESTAMP "
+                 f"WHEN abs({num}) < 1e14 THEN to_timestamp({num} / 1000)::TIMESTAMP END")
+        return (f"CASE WHEN regexp_full_match({v}, '-?[0-9]+(\\.[0-9]+)?') THEN {epoch} "
+                f"ELSE TRY_CAST(TRY_CAST({v} AS TIMESTAMPTZ) AS TIMESTAMP) END")
+    if col.type == "EVENT_TYPE":
+        low = f"lower({v})"
+        cases = " ".join(f"WHEN {_quote(a)} THEN {_quote(t)}" for a, t in schema.EVENT_TYPE_ALIASES.items())
+        return f"CASE {low} {cases} ELSE {low} END"
+    return v
+
+
+def _checks(table: schema.Table, present: set[str]) -> list[tuple[str, str, str]]:
+    """(condition, field, reason SQL) in the order they are tried; the first that holds wins."""
+    out: list[tuple[str, str, str]] = []
+    for col in table.columns:
+        name = col.name
+        if name not in present:
+            if col.required and not (name == "language"):
+                out.append(("TRUE", name, _quote(f"missing {name}: the source has no such column")))
+            continue
+        raw, val = f"r_{name}", f"p_{name}"
+        out.append((f"contains({raw}, chr(65533))", name, _quote(f"invalid UTF-8 in {name}")))
+        limit = schema.MAX_ID_CHARS if name in ID_COLUMNS else schema.MAX_TEXT_CHARS
+        out.append((f"length({raw}) > {limit}", name,
+                    _quote(f"{name} longer than {limit} characters (") + f" || length({raw}) || ')'"))
+        if col.type in ("DOUBLE", "BIGINT", "TIMESTAMP"):
+            what = {"DOUBLE": "not a number", "BIGINT": "not an integer",
+                    "TIMESTAMP": "not a timestamp (epoch seconds/ms or ISO 8601)"}[col.type]
+            out.append((f"{val} IS NULL AND NULLIF(trim({raw}), '') IS NOT NULL", name,
+                        _quote(f"{what}: ") + " || " + _shown(raw)))
+        if col.type == "DOUBLE":
+            out.append((f"isnan({val}) OR isinf({val})", name, _quote(f"{name} is not finite: ") + " || " + _shown(raw)))
+        if col.type == "TIMESTAMP":
+            out.append((f"{val} < TIMESTAMP '{EARLIEST_TS}' OR {val} > now()::TIMESTAMP + INTERVAL 1 DAY", name,
+                        _quote(f"timestamp out of range ({EARLIEST_TS} .. now): ") + " || " + _shown(raw)))
+        if col.type == "EVENT_TYPE":
+            allowed = ", ".join(_quote(t) for t in schema.EVENT_TYPES)
+            out.append((f"{val} IS NOT NULL AND {val} NOT IN ({allowed})", name,
+                        _quote("unknown event type ") + " || " + _shown(raw)
+                        + " || " + _quote(f" (expected one of {'/'.join(schema.EVENT_TYPES)})")))
+        if col.required:
+            out.append((f"{val} IS NULL", name, _quote(f"missing {name}")))
+    if table is schema.EVENTS:
+        if "price" in present:
+            out.append(("p_price < 0", "price", _quote("negative price: ") + " || " + _shown("r_price")))
+        if "quantity" in present:
+            out.append(("p_quantity <= 0", "quantity", _quote("quantity must be positive: ") + " || " + _shown("r_quantity")))
+        item = "p_item_id IS NULL" if "item_id" in present else "TRUE"
+        out.append((f"{item} AND p_type NOT IN ('search')", "item_id",
+                    _quote("missing item_id (required for a ") + " || p_type || ' event)'"))
+    if table is schema.REVIEWS and "rating" in present:
+        out.append(("p_rating < 0 OR p_rating > 5", "rating", _quote("rating outside 0..5: ") + " || " + _shown("r_rating")))
+    if table is schema.ITEMS and "price" in present:
+        out.append(("p_price < 0", "price", _quote("negative price: ") + " || " + _shown("r_price")))
+    return out
+
+
+def validation_sql(table: schema.Table, present: set[str]) -> str:
+    present = present & set(table.names)
+    cols = []
+    for col in table.columns:
+        if col.name in present:
+            cols.append(f"{col.name} AS r_{col.name}")
+            cols.append(f"{_parsed(col, col.name)} AS p_{col.name}")
+    checks = _checks(table, present)
+    field = " ".join(f"WHEN {c} THEN {_quote(f)}" for c, f, _ in checks)
+    reason = " ".join(f"WHEN {c} THEN {r}" for c, _, r in checks)
+    typed = []
+    for col in table.columns:
+        if col.name == "language" and table is schema.REVIEWS:
+            text = "p_text"
+            guess = f"CASE WHEN regexp_matches({text}, '[\\x{{4e00}}-\\x{{9fff}}]') THEN 'zh' ELSE 'en' END"
+            typed.append(f"coalesce(lower(p_language), {guess}) AS language" if "language" in present
+                         else f"{guess} AS language")
+        elif col.name in present:
+            typed.append(f"p_{col.name} AS {col.name}")
+        else:
+            typed.append(f"CAST(NULL AS {schema.sql_type(col)}) AS {col.name}")
+    raw_json = "json_object(" + ", ".join(f"{_quote(n)}, left(r_{n}, 1000)" for n in sorted(present)) + ")" \
+        if present else "'{}'"
+    return f"""
+        WITH p AS (SELECT _line, {', '.join(cols) if cols else 'NULL AS _none'} FROM mapped),
+        c AS (SELECT *, CASE {field} END AS _field, CASE {reason} END AS _reason FROM p)
+        SELECT _line, _field, _reason, {raw_json} AS _raw, {', '.join(typed)} FROM c
+    """

@@ -1,0 +1,107 @@
+"""The canonical records: every adapter maps its source onto these tables, every stage reads them.
+
+A column is (name, type, required). Types are DuckDB types; validation turns raw strings into them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EVENT_TYPES = ("view", "cart", "fav", "buy", "search", "review")
+
+# Common spellings in platform exports, mapped onto the canonical event type.
+EVENT_TYPE_ALIASES = {
+    "pv": "view", "click": "view", "detail": "view", "page_view": "view", "pageview": "view",
+    "addtocart": "cart", "add_to_cart": "cart", "add-to-cart": "cart",
+    "favorite": "fav", "favourite": "fav", "collect": "fav", "like": "fav", "wishlist": "fav",
+    "purchase": "buy", "order": "buy", "transaction": "buy", "checkout": "buy",
+    "query": "search", "rate": "review", "rating": "review",
+}
+
+# Longest text we keep in any one field; longer values are quarantined, not truncated.
+MAX_TEXT_CHARS = 20_000
+MAX_ID_CHARS = 256
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # VARCHAR, DOUBLE, BIGINT, TIMESTAMP, EVENT_TYPE (VARCHAR restricted to EVENT_TYPES)
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    key: str | None  # the column that makes a row unique; derived from content when a source has none
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+EVENTS = Table("events", (
+    Column("event_id", "VARCHAR"),
+    Column("user_id", "VARCHAR", True),
+    Column("item_id", "VARCHAR"),
+    Column("category_id", "VARCHAR"),
+    Column("type", "EVENT_TYPE", True),
+    Column("ts", "TIMESTAMP", True),
+    Column("price", "DOUBLE"),
+    Column("quantity", "DOUBLE"),
+    Column("query", "VARCHAR"),
+    Column("session_id", "VARCHAR"),
+), key="event_id")
+
+ITEMS = Table("items", (
+    Column("item_id", "VARCHAR", True),
+    Column("title", "VARCHAR"),
+    Column("brand", "VARCHAR"),
+    Column("category", "VARCHAR"),
+    Column("price", "DOUBLE"),
+    Column("attributes", "VARCHAR"),  # JSON object as text
+), key="item_id")
+
+REVIEWS = Table("reviews", (
+    Column("review_id", "VARCHAR"),
+    Column("user_id", "VARCHAR"),
+    Column("item_id", "VARCHAR"),
+    Column("ts", "TIMESTAMP"),
+    Column("rating", "DOUBLE"),
+    Column("text", "VARCHAR", True),
+    Column("language", "VARCHAR"),
+    Column("category", "VARCHAR"),
+    Column("label", "BIGINT"),  # a known sentiment label (1 positive, 0 negative), when the source has one
+), key="review_id")
+
+ORDERS = Table("orders", (
+    Column("order_id", "VARCHAR"),
+    Column("user_id", "VARCHAR", True),
+    Column("ts", "TIMESTAMP", True),
+    Column("amount", "DOUBLE", True),  # negative for a cancellation / return
+    Column("quantity", "DOUBLE"),
+    Column("invoice", "VARCHAR"),
+), key="order_id")
+
+TABLES = {t.name: t for t in (EVENTS, ITEMS, REVIEWS, ORDERS)}
+
+QUARANTINE_DDL = """
+CREATE TABLE IF NOT EXISTS quarantine (
+    source VARCHAR, line BIGINT, target VARCHAR, field VARCHAR, reason VARCHAR, raw VARCHAR,
+    ingested_at TIMESTAMP DEFAULT current_timestamp
+)"""
+
+INGESTS_DDL = """
+CREATE TABLE IF NOT EXISTS ingests (
+    source VARCHAR, format VARCHAR, rows_read BIGINT, rows_added BIGINT, rows_duplicate BIGINT,
+    rows_quarantined BIGINT, finished_at TIMESTAMP DEFAULT current_timestamp
+)"""
+
+
+def sql_type(column: Column) -> str:
+    return "VARCHAR" if column.type == "EVENT_TYPE" else column.type
+
+
+def ddl(table: Table) -> str:
+    cols = ", ".join(f"{c.name} {sql_type(c)}" for c in table.columns)
+    return f"CREATE TABLE IF NOT EXISTS {table.name} ({cols})"

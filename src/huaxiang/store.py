@@ -1,0 +1,38 @@
+"""The embedded store: one DuckDB file holding every table, queryable with plain SQL."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from . import schema
+from .errors import HuaxiangError
+
+
+def connect(db: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    if read_only and not Path(db).exists():
+        raise HuaxiangError(f"store not found: {db} (run `huaxiang ingest` first)")
+    try:
+        con = duckdb.connect(db, read_only=read_only)
+    except duckdb.Error as exc:
+        raise HuaxiangError(f"cannot open store {db}: {exc}") from exc
+    con.execute("SET TimeZone = 'UTC'")
+    if not read_only:
+        ensure_tables(con)
+    return con
+
+
+def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
+    for table in schema.TABLES.values():
+        con.execute(schema.ddl(table))
+    con.execute(schema.QUARANTINE_DDL)
+    con.execute(schema.INGESTS_DDL)
+
+
+def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])
+
+
+def count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
