@@ -15,6 +15,7 @@ class Config:
     half_life_days: float = 14.0  # time decay of category/brand affinity
     top_k: int = 5  # categories / brands / keywords kept per user
     session_gap_minutes: float = 30.0  # a new session starts after this much inactivity
+    utc_offset_hours: float = 0.0  # local time for hour-of-day / weekday habits (timestamps are stored in UTC)
     event_weights: dict = field(default_factory=lambda: {
         "view": 1.0, "fav": 2.0, "cart": 3.0, "review": 4.0, "buy": 5.0, "search": 0.0})
     # rule segments (documented in README)

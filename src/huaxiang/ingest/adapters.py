@@ -50,8 +50,9 @@ def taobao(path: str) -> list[Source]:
 
 
 # ---------------------------------------------------------------- Amazon 2014 S3-Rec
-# Sequences carry order but no time: position k of n is stamped `S3REC_ANCHOR - (n - k) days`.
-S3REC_ANCHOR = "2014-07-23"
+# Sequences carry order but no time: position k of n is stamped `S3REC_ANCHOR - (n - k) days`
+# (the end of the Amazon 2014 crawl, at noon): order is real, gaps and hours are not.
+S3REC_ANCHOR = "2014-07-23 12:00:00"
 
 
 def _sequence_chunks(path: str, progress: Progress | None = None) -> Iterator[Chunk]:
@@ -172,7 +173,8 @@ def online_retail(path: str) -> list[Source]:
 def diginetica(path: str) -> list[Source]:
     # Anonymous sessions (user_id NA) become one pseudo-user per session: `session:<id>`.
     user = "CASE WHEN coalesce(trim(user_id), 'NA') IN ('NA', '') THEN 'session:' || session_id ELSE user_id END"
-    ts = ("coalesce(CAST(TRY_CAST(eventdate AS DATE) + to_milliseconds(TRY_CAST(timeframe AS BIGINT)) AS VARCHAR), "
+    # try(): a timeframe too large for an interval is left raw (then quarantined), not an error
+    ts = ("coalesce(CAST(try(TRY_CAST(eventdate AS DATE) + to_milliseconds(TRY_CAST(timeframe AS BIGINT))) AS VARCHAR), "
           "eventdate || ' + ' || timeframe || ' ms')")
     return [Source(path, partial(csv_chunks, delimiter=";"), {
         "events": (f"{user} AS user_id, item_id, 'view' AS type, {ts} AS ts, session_id", None)},

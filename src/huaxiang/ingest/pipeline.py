@@ -46,7 +46,7 @@ def _content_key(table: schema.Table) -> str:
             f"row_number() OVER (PARTITION BY {table.key}, md5({content}) ORDER BY _line))")
 
 
-NAMESPACED = ("user_id", "item_id", "category_id", "session_id", "invoice")
+NAMESPACED = ("user_id", "item_id", "invoice")  # ids that could collide across sources
 
 
 def _stage_chunk(con, table: schema.Table, select: str, where: str | None, raw: pa.Table,
@@ -56,7 +56,9 @@ def _stage_chunk(con, table: schema.Table, select: str, where: str | None, raw: 
         inner = f"SELECT _line, {select} FROM raw" + (f" WHERE {where}" if where else "")
         present = {c for c in con.sql(inner).columns if c != "_line"}
         spaced = [c for c in NAMESPACED if c in present] if namespace else []
-        replace = (" REPLACE (" + ", ".join(f"{_sql_str(namespace + ':')} || {c} AS {c}" for c in spaced) + ")"
+        # an empty id stays NULL, so that it is still quarantined as missing
+        replace = (" REPLACE (" + ", ".join(f"{_sql_str(namespace + ':')} || NULLIF(trim({c}), '') AS {c}"
+                                             for c in spaced) + ")"
                    if spaced else "")
         con.execute(f"CREATE OR REPLACE TEMP VIEW mapped AS SELECT *{replace} FROM ({inner})")
         con.execute(f"CREATE OR REPLACE TEMP TABLE _checked AS {validation_sql(table, present)}")
@@ -153,7 +155,6 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: str, fmt: str, table: str 
 
 
 def _ingest_source(con, source: Source, report: IngestReport, targets: set[str], namespace, progress) -> None:
-    projections = source.projections
     for chunk in source.reader(source.path, progress=progress):
         raw = chunk.table
         for col in source.raw_columns:
@@ -165,8 +166,11 @@ def _ingest_source(con, source: Source, report: IngestReport, targets: set[str],
             report.quarantined += len(chunk.rejects)
             report.reasons["(unreadable line)"] = report.reasons.get("(unreadable line)", 0) + len(chunk.rejects)
         report.rows_read += raw.num_rows + len(chunk.rejects)
-        if callable(projections):
-            projections = projections([c for c in raw.column_names if c != "_line"])
+        cols = [c for c in raw.column_names if c != "_line"]
+        if not cols and not raw.num_rows:
+            continue  # JSON lines that were all rejects so far: no columns, nothing to map
+        # per chunk, so that a JSON key first seen in a later chunk is mapped there too
+        projections = source.projections(cols) if callable(source.projections) else source.projections
         for name, (select, where) in projections.items():
             if name not in targets:
                 con.execute(f"CREATE OR REPLACE TEMP TABLE {_stage_name(name)} AS "

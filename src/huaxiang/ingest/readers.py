@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from ..errors import HuaxiangError
 
-CHUNK_ROWS = 200_000
+CHUNK_ROWS = 200_000  # read at call time: a reader given no chunk_rows uses the current value
 Progress = Callable[[int], None]  # called with the number of bytes read so far
 
 
@@ -73,8 +73,9 @@ def _table(columns: dict[str, list], lines: list[int]) -> pa.Table:
 
 
 def csv_chunks(path: str, delimiter: str = ",", header: bool | list[str] = True,
-               progress: Progress | None = None, chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+               progress: Progress | None = None, chunk_rows: int | None = None) -> Iterator[Chunk]:
     """CSV/TSV rows as chunks. `header=True` reads names from the first line; a list names them."""
+    chunk_rows = chunk_rows or CHUNK_ROWS
     with open_text(path, progress) as f:
         reader = csv.reader(f, delimiter=delimiter)
         pending: list[list[str]] = []
@@ -121,8 +122,9 @@ def csv_chunks(path: str, delimiter: str = ",", header: bool | list[str] = True,
 
 
 def whitespace_chunks(path: str, names: list[str], progress: Progress | None = None,
-                      chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+                      chunk_rows: int | None = None) -> Iterator[Chunk]:
     """Whitespace-separated columns (CDNOW-style); a header line equal to `names` is skipped."""
+    chunk_rows = chunk_rows or CHUNK_ROWS
     rows, lines, rejects = [], [], []
     with open_text(path, progress) as f:
         for n, text in enumerate(f, start=1):
@@ -150,13 +152,19 @@ def _json_text(value) -> str | None:
 
 
 def jsonl_chunks(path: str, progress: Progress | None = None,
-                 chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
-    """JSON lines: one object per line; nested values are kept as JSON text."""
+                 chunk_rows: int | None = None) -> Iterator[Chunk]:
+    """JSON lines: one object per line; nested values are kept as JSON text.
+
+    Every chunk carries every key seen so far in the file (NULL where a record lacks it), so that
+    a key missing from a later chunk, or a last chunk of rejects only, maps like the earlier ones."""
+    chunk_rows = chunk_rows or CHUNK_ROWS
     records, lines, rejects = [], [], []
+    seen: dict[str, None] = {}
 
     def flush():
-        names = sorted({k for r in records for k in r})
-        cols = {k: [_json_text(r.get(k)) for r in records] for k in names}
+        for r in records:
+            seen.update(dict.fromkeys(r))
+        cols = {k: [_json_text(r.get(k)) for r in records] for k in sorted(seen)}
         return Chunk(_table(cols, lines), rejects)
 
     with open_text(path, progress) as f:
@@ -165,9 +173,12 @@ def jsonl_chunks(path: str, progress: Progress | None = None,
                 continue
             try:
                 obj = json.loads(text)
-            except (json.JSONDecodeError, RecursionError) as exc:
+            except (ValueError, RecursionError) as exc:  # ValueError: also a number over 4300 digits
                 rejects.append(Reject(n, f"invalid JSON: {str(exc)[:200]}", text[:1000]))
                 continue
+            if "\\ud" in text.lower():  # a lone surrogate escape is no character: U+FFFD, then quarantined
+                obj = json.loads(json.dumps(obj, ensure_ascii=False)
+                                 .encode("utf-8", "surrogatepass").decode("utf-8", "replace"))
             if not isinstance(obj, dict):
                 rejects.append(Reject(n, "a JSON line must be an object", text[:1000]))
                 continue
@@ -180,8 +191,9 @@ def jsonl_chunks(path: str, progress: Progress | None = None,
 
 
 def parquet_chunks(path: str, progress: Progress | None = None,
-                   chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+                   chunk_rows: int | None = None) -> Iterator[Chunk]:
     """Parquet row groups as string columns; `_line` is the 1-based row number."""
+    chunk_rows = chunk_rows or CHUNK_ROWS
     if not os.path.isfile(path):
         raise HuaxiangError(f"file not found: {path}")
     try:
@@ -196,6 +208,10 @@ def parquet_chunks(path: str, progress: Progress | None = None,
                 cols[name] = col.cast(pa.string())
             elif pa.types.is_nested(col.type):
                 cols[name] = pa.array([_json_text(v) for v in col.to_pylist()], type=pa.string())
+            elif pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type) \
+                    or pa.types.is_fixed_size_binary(col.type):  # undecodable bytes become U+FFFD
+                cols[name] = pa.array([None if v is None else v.decode("utf-8", "replace")
+                                       for v in col.to_pylist()], type=pa.string())
             else:
                 cols[name] = col.cast(pa.string())
         n = batch.num_rows

@@ -1,0 +1,173 @@
+"""The `huaxiang` command: one sub-command per job."""
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import duckdb
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__
+from .config import load_config
+from .errors import HuaxiangError
+from .ingest import FORMATS, ingest_file, parse_mapping
+from .store import connect
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="huaxiang (画像): deep user profiles for e-commerce search and recommendation.")
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+_state = {"debug": False}
+
+DB = typer.Option("huaxiang.duckdb", "--db", help="The DuckDB store file.")
+
+
+def _version(value: bool):
+    if value:
+        out.print(f"huaxiang {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+                 version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                              help="Print the version and exit.")):
+    _state["debug"] = debug
+
+
+def print_ingest(report) -> None:
+    added = ", ".join(f"{n:,} {t}" for t, n in report.added.items()) or "nothing"
+    dups = sum(report.duplicates.values())
+    out.print(f"[bold]{report.source}[/]: read {report.rows_read:,} rows → added {added}; "
+              f"{dups:,} already in the store; {report.quarantined:,} quarantined")
+    for reason, n in sorted(report.reasons.items(), key=lambda x: -x[1]):
+        out.print(f"  quarantined {n:,} × {reason}")
+    if report.quarantined:
+        out.print("  (see: SELECT * FROM quarantine WHERE source = '…' ORDER BY line)")
+
+
+def run_ingest(con, path: str, fmt: str, table: str = "events", mapping=None, namespace=None):
+    with Progress(TextColumn("ingest {task.description}"), BarColumn(), DownloadColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task(Path(path).name, total=None)
+        report = ingest_file(con, path, fmt, table=table, mapping=mapping, namespace=namespace,
+                             progress=lambda done, total: bar.update(task, completed=done, total=total))
+    print_ingest(report)
+    return report
+
+
+@app.command()
+def ingest(
+    file: str = typer.Argument(..., help="The file to ingest (plain or .gz)."),
+    fmt: str = typer.Option(..., "--format", "-f", help=f"One of: {', '.join(FORMATS)}."),
+    db: str = DB,
+    table: str = typer.Option("events", "--table", help="Target table for csv/tsv/jsonl/parquet: events, items, reviews or orders."),
+    map_: Optional[str] = typer.Option(None, "--map", help="Column mapping for generic formats, e.g. user_id=customer,item_id=sku,ts=time."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", help="Prefix ids with NAMESPACE: so that several sources can share one store."),
+):
+    """Read a file into the store, validating every row; bad rows go to the `quarantine` table."""
+    con = connect(db)
+    run_ingest(con, file, fmt, table, parse_mapping(map_), namespace)
+
+
+def run_build(con, cfg):
+    from .profile.build import build_profiles
+    with Progress(SpinnerColumn(), TextColumn("build: {task.description}"), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+        report = build_profiles(con, cfg, step=lambda name: bar.update(task, description=name))
+    secs = sum(report.seconds.values())
+    refs = ", ".join(f"{t or 'all'} {ts:%Y-%m-%d %H:%M}" for t, ts in report.as_of.items() if ts)
+    out.print(f"built {report.users:,} profiles in {secs:.1f} s (reference time: {refs})")
+    out.print("segments: " + ", ".join(f"{k} {v:,}" for k, v in sorted(report.segments.items(), key=lambda x: -x[1])))
+    return report
+
+
+@app.command()
+def build(
+    db: str = DB,
+    config: Optional[str] = typer.Option(None, "--config", help="A TOML file overriding the defaults."),
+    kmeans: Optional[int] = typer.Option(None, "--kmeans", help="Also cluster users with k-means into K groups."),
+    utc_offset_hours: Optional[float] = typer.Option(None, "--utc-offset-hours", help="Local time for time-of-day habits."),
+):
+    """Compute behaviour features, interest tags and segments: one profile per user."""
+    cfg = load_config(config, kmeans=kmeans, utc_offset_hours=utc_offset_hours)
+    run_build(connect(db), cfg)
+
+
+@app.command()
+def profile(
+    user_id: str = typer.Argument(..., help="The user's id (as stored, e.g. taobao:1000251)."),
+    db: str = DB,
+    as_json: bool = typer.Option(False, "--json", help="Print the profile as one JSON object."),
+):
+    """Show the whole profile of one user."""
+    from .profile.render import profile_record, render_text, to_json
+    con = connect(db, read_only=True)
+    record = profile_record(con, user_id)
+    if as_json:
+        print(to_json(record))
+    else:
+        out.print(render_text(record), markup=False, highlight=False)
+
+
+@app.command()
+def segments(db: str = DB, as_json: bool = typer.Option(False, "--json", help="Print as JSON.")):
+    """Summarise the segments: size, share and what defines each."""
+    con = connect(db, read_only=True)
+    try:
+        rows = con.execute("SELECT segment, definition, size FROM segment_rules").fetchall()
+        clusters = con.execute("SELECT * FROM clusters ORDER BY cluster").df()
+    except duckdb.CatalogException as exc:
+        raise HuaxiangError("no segments in this store yet: run `huaxiang build` first") from exc
+    total = sum(r[2] for r in rows) or 1
+    if as_json:
+        print(json.dumps({"segments": [{"segment": s, "definition": d, "size": n, "share": n / total}
+                                       for s, d, n in rows],
+                          "clusters": json.loads(clusters.to_json(orient="records"))}, ensure_ascii=False))
+        return
+    t = Table(title=f"Segments ({total:,} users; a user's segment is the first rule it matches)")
+    for col in ("segment", "users", "share", "definition"):
+        t.add_column(col, justify="right" if col in ("users", "share") else "left")
+    for s, d, n in rows:
+        t.add_row(s, f"{n:,}", f"{n / total:.1%}", d)
+    out.print(t)
+    if len(clusters):
+        c = Table(title="k-means clusters (mean features)")
+        for col in clusters.columns:
+            c.add_column(str(col), justify="right")
+        for _, row in clusters.iterrows():
+            c.add_row(*[f"{v:,.1f}" if isinstance(v, float) else f"{v}" for v in row])
+        out.print(c)
+
+
+@app.command()
+def demo(
+    db: str = typer.Option("huaxiang-demo.duckdb", "--db", help="Where to build the demo store."),
+    show: int = typer.Option(3, "--show", help="How many profiles to print."),
+):
+    """Ingest the bundled slices of real data, build profiles and print a few."""
+    from .demo import run_demo
+    run_demo(db, show, run_ingest, run_build, out)
+
+
+def main() -> None:
+    """Entry point: errors become one line (a traceback only with --debug)."""
+    try:
+        app()  # usage errors and Ctrl-C are handled (and exit) inside
+    except (HuaxiangError, duckdb.Error, OSError, ValueError) as exc:
+        if _state["debug"]:
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        err.print(f"error: {msg}", markup=False, highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""`huaxiang demo`: the main job on the embedded default, over slices of real data bundled here."""
+from __future__ import annotations
+
+from importlib.resources import files
+
+from .config import load_config
+from .store import connect
+
+# (bundled file, format, namespace) — see data/demo/SOURCE.md for where each slice comes from
+DEMO_SOURCES = [
+    ("taobao_UserBehavior_head.csv.gz", "taobao", "taobao"),
+    ("online_retail_ii_10countries.csv.gz", "online-retail", "retail"),
+    ("Beauty_head2000.txt.gz", "s3rec", "beauty"),
+    ("All_Beauty_5_head1500.json.gz", "amazon-reviews", "amazon"),
+    ("online_shopping_10_cats_2000.csv.gz", "shopping-reviews", "shop"),
+    ("CDNOW_master.txt.gz", "cdnow", "cdnow"),
+    ("diginetica_sample_train-item-views.csv.gz", "diginetica", "digi"),
+]
+
+
+def demo_path(name: str) -> str:
+    return str(files("huaxiang") / "data" / "demo" / name)
+
+
+def showcase_users(con, n: int) -> list[str]:
+    """A few users worth reading: the most active non-regular user of each rich source."""
+    picked = []
+    for ns in ("taobao", "retail", "beauty", "amazon"):
+        row = con.execute("""SELECT user_id FROM profiles WHERE starts_with(user_id, ?) AND segment <> 'regular'
+            ORDER BY n_events DESC, user_id LIMIT 1""", [ns + ":"]).fetchone()
+        if row:
+            picked.append(row[0])
+    return picked[:n]
+
+
+def run_demo(db: str, show: int, run_ingest, run_build, out) -> None:
+    con = connect(db)
+    for name, fmt, ns in DEMO_SOURCES:
+        run_ingest(con, demo_path(name), fmt, namespace=ns)
+    run_build(con, load_config())
+    from .profile.render import profile_record, render_text
+    for user in showcase_users(con, show):
+        out.print()
+        out.print(render_text(profile_record(con, user)), markup=False, highlight=False)
+    out.print()
+    out.print(f"Store: {db} — query it with SQL, e.g.  duckdb {db} \"SELECT segment, count(*) FROM profiles GROUP BY 1\"")
+    out.print(f"More:  huaxiang profile taobao:1000251 --db {db}   ·   huaxiang segments --db {db}")

@@ -1,0 +1,197 @@
+"""Per-user behaviour features: activity, sessions, funnel, RFM, affinity, price band, time habits.
+
+Every function takes Ibis tables (and plain parameters) and returns a table keyed by `user_id`.
+Input rows carry `as_of`, the reference time of their user's tenant: ages and recencies are
+measured from it (see `reference_times`).
+"""
+from __future__ import annotations
+
+import math
+
+import ibis
+from ibis import _
+
+DAY = 86400.0
+
+
+def _epoch(ts):
+    return ts.epoch_seconds().cast("float64")
+
+
+def _ratio(num, den):
+    """num / den, NULL where den is 0 (a rate with no opportunity is unknown, not zero)."""
+    return ibis.ifelse(den > 0, num.cast("float64") / den.cast("float64"), ibis.null("float64"))
+
+
+def tenant(user_id):
+    """The tenant of a namespaced id (`shop:42` -> `shop`); '' for plain ids."""
+    return user_id.re_extract(r"^([^:]+):", 1)
+
+
+def reference_times(events, orders):
+    """Each tenant's own data end (latest event or order): old logs get sensible recencies, and
+    several shops in one store do not age each other's users."""
+    ts = events.select("user_id", "ts").union(orders.select("user_id", "ts"))
+    return ts.group_by(tenant=tenant(ts.user_id)).aggregate(as_of=_.ts.max())
+
+
+def with_reference(table, refs):
+    """Adds the `as_of` column to `table` (keyed by user_id); `refs` is a scalar or a tenant table."""
+    if isinstance(refs, ibis.expr.types.Scalar):
+        return table.mutate(as_of=refs)
+    t = table.mutate(_tenant=tenant(table.user_id))
+    return t.left_join(refs.rename(_tenant="tenant"), "_tenant").drop("_tenant", "_tenant_right")
+
+
+def activity(events, session_gap_minutes: float = 30.0):
+    """Counts per event type, first/last seen, active days, sessions, tenure and idle days.
+
+    A session is the source's `session_id` where given, else a run of events with gaps of at most
+    `session_gap_minutes`."""
+    ep = _epoch(events.ts)
+    w = ibis.window(group_by=events.user_id, order_by=[events.ts, events.event_id])
+    gap = ep - ep.lag().over(w)
+    s = events.mutate(_new=ibis.ifelse(gap.isnull() | (gap > session_gap_minutes * 60), 1, 0))
+    s = s.mutate(_run=s._new.cumsum().over(ibis.window(group_by=s.user_id, order_by=[s.ts, s.event_id])))
+    s = s.mutate(_session=s.session_id.fill_null(s._run.cast("string")), _day=s.ts.date())
+    out = s.group_by("user_id").aggregate(
+        n_events=_.count(),
+        **{f"n_{t}": (_.type == t).sum() for t in ("view", "cart", "fav", "buy", "search", "review")},
+        first_ts=_.ts.min(),
+        last_ts=_.ts.max(),
+        active_days=_._day.nunique(),
+        n_sessions=_._session.nunique(),
+        n_items=_.item_id.nunique(),
+        n_categories=_.category_id.nunique(),
+        as_of=_.as_of.max(),
+    )
+    now = _epoch(out.as_of)
+    return out.mutate(
+        events_per_session=out.n_events.cast("float64") / out.n_sessions,
+        tenure_days=(now - _epoch(out.first_ts)) / DAY,
+        idle_days=(now - _epoch(out.last_ts)) / DAY,
+    )
+
+
+def funnel(act):
+    """Conversion rates along view → cart → fav → buy, from `activity`'s counts."""
+    return act.select(
+        "user_id",
+        cart_rate=_ratio(act.n_cart, act.n_view),
+        fav_rate=_ratio(act.n_fav, act.n_view),
+        buy_rate=_ratio(act.n_buy, act.n_view),
+        cart_to_buy=_ratio(act.n_buy, act.n_cart),
+    )
+
+
+def purchases(events, orders):
+    """One row per purchase line: (user_id, ts, amount, order_key, as_of).
+
+    Orders are the truth for users who have them; for the others, buy events are their purchases
+    (amount = price × quantity when the price is known). Returns/cancellations have negative amounts."""
+    o = orders.select("user_id", "ts", "amount", order_key=orders.invoice.fill_null(orders.order_id),
+                      as_of=orders.as_of)
+    buyers_with_orders = orders.select("user_id").distinct()
+    b = events.filter(events.type == "buy")
+    b = b.anti_join(buyers_with_orders, "user_id")
+    b = b.select("user_id", "ts", amount=b.price * b.quantity.fill_null(1.0),
+                 order_key=b.event_id, as_of=b.as_of)
+    return o.union(b)
+
+
+def rfm(purch):
+    """Recency (days since last purchase), frequency (distinct orders), monetary (net spend)."""
+    g = purch.group_by("user_id").aggregate(
+        last_purchase_ts=_.ts.max(),
+        frequency=_.order_key.nunique(),
+        monetary=_.amount.sum(),
+        n_returns=(_.amount < 0).sum(),
+        _as_of=_.as_of.max(),
+    )
+    return g.mutate(
+        recency_days=(_epoch(g._as_of) - _epoch(g.last_purchase_ts)) / DAY,
+        avg_order_value=g.monetary / g.frequency,
+    ).drop("_as_of")
+
+
+def repeat_purchase(events):
+    """Share of a user's purchased items that they bought again in a separate order (an order is
+    the event's session/invoice where known, else the buy event itself)."""
+    b = events.filter((events.type == "buy") & events.item_id.notnull())
+    per_item = b.group_by(["user_id", "item_id"]).aggregate(orders=b.session_id.fill_null(b.event_id).nunique())
+    return per_item.group_by("user_id").aggregate(
+        repeat_purchase_rate=(_.orders >= 2).sum().cast("float64") / _.count())
+
+
+def _weights(types, weights: dict):
+    expr = ibis.cases(*((types == t, float(w)) for t, w in weights.items()), else_=0.0)
+    return expr
+
+
+def decay(events, half_life_days: float):
+    """2^(-age / half_life), the age of each event in days before its `as_of`."""
+    return (-(math.log(2) / half_life_days) * (_epoch(events.as_of) - _epoch(events.ts)) / DAY).exp()
+
+
+def affinity(events, key, name: str, weights: dict, half_life_days: float, k: int):
+    """Time-decayed shares of a user's attention per `key` value (category, brand, ...): each event
+    weighs `weights[type] * 2^(-age / half_life)`. Returns the top-k as a list of {name, share}
+    ordered by share, plus the top value alone as `top_<name>`."""
+    e = events.mutate(_key=key, _w=_weights(events.type, weights) * decay(events, half_life_days))
+    e = e.filter(e._key.notnull() & (e._w > 0))
+    g = e.group_by(["user_id", "_key"]).aggregate(w=_._w.sum())
+    g = g.mutate(share=g.w / g.w.sum().over(group_by=g.user_id),
+                 rank=ibis.row_number().over(group_by=g.user_id, order_by=[ibis.desc(g.w), g._key]))
+    top = g.filter(g.rank < k)  # ibis row_number() counts from 0
+    plural = name[:-1] + "ies" if name.endswith("y") else name + "s"
+    return top.group_by("user_id").aggregate(**{
+        f"top_{plural}": ibis.struct({"name": top._key, "share": top.share}).collect(order_by=top.rank),
+        f"top_{name}": top._key.argmin(top.rank),
+    })
+
+
+def item_prices(events, items):
+    """The price of each interacted item: the event's own price, else the catalogue price."""
+    return events.left_join(items.select("item_id", _item_price="price"), "item_id").select(
+        "user_id", "type", price=_.price.fill_null(_._item_price))
+
+
+def price_band(priced, low_cut: float, high_cut: float):
+    """Median price of what a user looks at and buys, and its band against catalogue cut points
+    (`low_cut` / `high_cut` are the 1/3 and 2/3 quantiles of item prices)."""
+    p = priced.filter(priced.price.notnull() & (priced.price >= 0))
+    g = p.group_by("user_id").aggregate(
+        median_price=_.price.median(),
+        median_buy_price=_.price.median(where=_.type == "buy"),
+    )
+    return g.mutate(price_band=ibis.cases(
+        (g.median_price <= low_cut, "low"), (g.median_price >= high_cut, "high"), else_="mid"))
+
+
+def time_habits(events, utc_offset_hours: float = 0.0):
+    """Hour-of-day and day-of-week histograms (local time = UTC + offset), peaks, night and
+    weekend shares, and the preferred part of the day."""
+    local = _epoch(events.ts) + utc_offset_hours * 3600
+    e = events.mutate(_hour=((local % DAY) / 3600).floor().cast("int64"),
+                      _dow=(((local / DAY).floor() + 3) % 7).cast("int64"))  # 1970-01-01 was a Thursday; Monday = 0
+    g = e.group_by("user_id").aggregate(
+        hour_hist=ibis.array([(_._hour == h).sum() for h in range(24)]),
+        dow_hist=ibis.array([(_._dow == d).sum() for d in range(7)]),
+        peak_hour=_._hour.mode(),
+        peak_weekday=_._dow.mode(),
+        night_share=(_._hour < 6).mean(),
+        weekend_share=(_._dow >= 5).mean(),
+        _morning=((_._hour >= 6) & (_._hour < 12)).sum(),
+        _afternoon=((_._hour >= 12) & (_._hour < 18)).sum(),
+        _evening=(_._hour >= 18).sum(),
+        _night=(_._hour < 6).sum(),
+    )
+    best = ibis.greatest(g._morning, g._afternoon, g._evening, g._night)
+    g = g.mutate(daypart=ibis.cases((g._evening == best, "evening"), (g._afternoon == best, "afternoon"),
+                                    (g._morning == best, "morning"), else_="night"))
+    return g.drop("_morning", "_afternoon", "_evening", "_night")
+
+
+def reviews_summary(reviews):
+    r = reviews.filter(reviews.user_id.notnull())
+    return r.group_by("user_id").aggregate(n_written_reviews=_.count(), avg_rating=_.rating.mean())

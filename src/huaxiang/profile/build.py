@@ -1,0 +1,163 @@
+"""`huaxiang build`: behaviour features → tags → segments → one profile row per user.
+
+The tables `features` and `profiles` (and `segment_rules`, `clusters`, `item_tokens`) are replaced
+as a whole at the end, in one transaction: readers never see a half-built store.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable
+
+import duckdb
+import ibis
+import pandas as pd
+
+from ..config import Config
+from ..errors import HuaxiangError
+from ..features import behaviour as bh
+from ..features import segments as sg
+from ..features import tags as tg
+
+COUNT_COLUMNS = ["n_events", "n_view", "n_cart", "n_fav", "n_buy", "n_search", "n_review", "active_days",
+                 "n_sessions", "n_items", "n_categories", "frequency", "n_returns", "n_written_reviews"]
+
+
+@dataclass
+class BuildReport:
+    users: int = 0
+    as_of: dict[str, datetime] = field(default_factory=dict)  # per tenant ('' when ids have none)
+    seconds: dict[str, float] = field(default_factory=dict)
+    segments: dict[str, int] = field(default_factory=dict)
+
+
+def reference_times(ib, as_of: datetime | None):
+    """The reference time: `as_of` when given, else each tenant's own data end (a scalar when the
+    store holds one tenant, a small tenant -> as_of table otherwise)."""
+    if as_of is not None:
+        return ibis.timestamp(as_of)
+    refs = bh.reference_times(ib.table("events"), ib.table("orders")).execute()
+    if refs.empty:
+        raise HuaxiangError("the store has no events or orders: run `huaxiang ingest` first")
+    if len(refs) == 1:
+        return ibis.timestamp(refs["as_of"].iloc[0].to_pydatetime())
+    return ibis.memtable(refs)
+
+
+def feature_table(ib, cfg: Config, refs, price_cuts: tuple[float, float]):
+    """All behaviour features, one row per user seen anywhere (events, orders or reviews)."""
+    events, items, orders, reviews = (ib.table(t) for t in ("events", "items", "orders", "reviews"))
+    users = (events.select("user_id").union(orders.select("user_id"))
+             .union(reviews.filter(reviews.user_id.notnull()).select("user_id")).distinct())
+    users = bh.with_reference(users, refs)
+    events, orders = bh.with_reference(events, refs), bh.with_reference(orders, refs)
+    act = bh.activity(events, cfg.session_gap_minutes).drop("as_of")
+    pur = bh.purchases(events, orders)
+    joined = events.left_join(items.select("item_id", _brand="brand", _category="category"), "item_id")
+    parts = [
+        act,
+        bh.funnel(act),
+        bh.rfm(pur),
+        bh.repeat_purchase(events),
+        bh.affinity(joined, joined.category_id.fill_null(joined._category), "category",
+                    cfg.event_weights, cfg.half_life_days, cfg.top_k),
+        bh.affinity(joined, joined._brand, "brand", cfg.event_weights, cfg.half_life_days, cfg.top_k),
+        bh.price_band(bh.item_prices(events, items), *price_cuts),
+        bh.time_habits(events, cfg.utc_offset_hours),
+        bh.reviews_summary(reviews),
+        tg.user_keywords(events, ib.table("item_tokens"), cfg.event_weights, cfg.half_life_days, cfg.top_k),
+    ]
+    f = users
+    for part in parts:
+        f = f.left_join(part, "user_id").drop("user_id_right")
+    return f.mutate(**{c: f[c].fill_null(0) for c in COUNT_COLUMNS})
+
+
+def _price_cuts(con) -> tuple[float, float]:
+    lo, hi = con.execute("""SELECT quantile_cont(p, 1/3), quantile_cont(p, 2/3) FROM (
+        SELECT price AS p FROM items WHERE price >= 0 UNION ALL SELECT price FROM events WHERE price >= 0)""").fetchone()
+    return (lo if lo is not None else 0.0, hi if hi is not None else 0.0)
+
+
+def _replace_tables(con, names: list[str]) -> None:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for name in names:
+            con.execute(f"DROP TABLE IF EXISTS {name}")
+            con.execute(f"ALTER TABLE _new_{name} RENAME TO {name}")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def build_profiles(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime | None = None,
+                   step: Callable[[str], None] | None = None) -> BuildReport:
+    """Builds `features` and `profiles` from the store. `step(name)` is called as each stage starts."""
+    step = step or (lambda name: None)
+    report = BuildReport()
+    timer = time.perf_counter()
+
+    def lap(name):
+        nonlocal timer
+        now = time.perf_counter()
+        report.seconds[name] = now - timer
+        timer = now
+
+    ib = ibis.duckdb.from_connection(con)
+    refs = reference_times(ib, as_of)
+
+    step("tokenising item titles")
+    titled = con.execute("SELECT item_id, title FROM items WHERE title IS NOT NULL").df()
+    tokens = tg.item_tokens(titled)
+    con.execute("CREATE OR REPLACE TABLE _new_item_tokens (item_id VARCHAR, token VARCHAR)")
+    if len(tokens):
+        con.register("_tok", tokens)
+        con.execute("INSERT INTO _new_item_tokens SELECT * FROM _tok")
+        con.unregister("_tok")
+    _replace_tables(con, ["item_tokens"])
+    lap("tokens")
+
+    step("computing behaviour features")
+    f = feature_table(ib, cfg, refs, _price_cuts(con))
+    ib.create_table("_new_features", f, overwrite=True)
+    lap("features")
+
+    step("assigning segments and tags")
+    feats = ib.table("_new_features")
+    th = sg.thresholds(feats, cfg.high_quantile, cfg.potential_quantile)
+    conds, described = sg.rules(feats, th, cfg.new_days, cfg.at_risk_days, cfg.dormant_days, cfg.high_quantile)
+    prof = sg.assign(feats, conds)
+    prof = prof.mutate(tags=tg.interest_tags(prof), cluster=ibis.null("int64"))
+    ib.create_table("_new_profiles", prof, overwrite=True)
+    lap("segments")
+
+    clusters = pd.DataFrame()
+    if cfg.kmeans:
+        step(f"k-means with k={cfg.kmeans}")
+        df = con.execute(f"SELECT user_id, {', '.join(sg.KMEANS_FEATURES)} FROM _new_profiles").df()
+        labels, clusters = sg.kmeans(df, cfg.kmeans, cfg.seed)
+        con.register("_labels", pd.DataFrame({"user_id": df["user_id"], "cluster": labels}))
+        con.execute("UPDATE _new_profiles p SET cluster = l.cluster FROM _labels l WHERE p.user_id = l.user_id")
+        con.unregister("_labels")
+        lap("kmeans")
+    clusters = clusters.reset_index(names="cluster") if len(clusters) else pd.DataFrame(
+        {"cluster": pd.Series(dtype="int64"), "size": pd.Series(dtype="int64")})
+    con.register("_clusters", clusters)
+    con.execute("CREATE OR REPLACE TABLE _new_clusters AS SELECT * FROM _clusters")
+    con.unregister("_clusters")
+
+    sizes = dict(con.execute("SELECT segment, count(*) FROM _new_profiles GROUP BY 1").fetchall())
+    rules_df = pd.DataFrame({"segment": [r.segment for r in described],
+                             "definition": [r.definition for r in described],
+                             "size": [sizes.get(r.segment, 0) for r in described]})
+    con.register("_rules", rules_df)
+    con.execute("CREATE OR REPLACE TABLE _new_segment_rules AS SELECT * FROM _rules")
+    con.unregister("_rules")
+    _replace_tables(con, ["features", "profiles", "segment_rules", "clusters"])
+    report.users = con.execute("SELECT count(*) FROM profiles").fetchone()[0]
+    report.as_of = dict(con.execute(
+        "SELECT regexp_extract(user_id, '^([^:]+):', 1), max(as_of) FROM profiles GROUP BY 1 ORDER BY 1").fetchall())
+    report.segments = {k: v for k, v in sizes.items()}
+    return report

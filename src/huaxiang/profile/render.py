@@ -1,0 +1,99 @@
+"""One user's profile as a record (for programs) and as text (for people)."""
+from __future__ import annotations
+
+import json
+import math
+from datetime import date, datetime
+
+import duckdb
+
+from ..errors import HuaxiangError
+
+WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+
+
+def _plain(value):
+    """A value JSON can hold: timestamps as ISO text, NaN as null, nested lists/dicts walked."""
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def profile_record(con: duckdb.DuckDBPyConnection, user_id: str, recent: int = 10) -> dict:
+    """The profile row of `user_id` plus their most recent events (with item titles)."""
+    try:
+        cur = con.execute("SELECT * FROM profiles WHERE user_id = ?", [user_id])
+    except duckdb.CatalogException as exc:
+        raise HuaxiangError("no profiles in this store yet: run `huaxiang build` first") from exc
+    row = cur.fetchone()
+    if row is None:
+        raise HuaxiangError(f"unknown user {user_id!r}: no profile (ids are case-sensitive; "
+                            "namespaced ids look like `taobao:1`)")
+    record = {d[0]: _plain(v) for d, v in zip(cur.description, row)}
+    ev = con.execute("""SELECT e.ts, e.type, e.item_id, i.title, e.category_id, e.price, e.query FROM events e
+        LEFT JOIN items i USING (item_id) WHERE e.user_id = ? ORDER BY e.ts DESC, e.event_id LIMIT ?""",
+                     [user_id, recent])
+    names = [d[0] for d in ev.description]
+    record["recent_events"] = [{k: _plain(v) for k, v in zip(names, r) if v is not None} for r in ev.fetchall()]
+    return record
+
+
+def to_json(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False, indent=2)
+
+
+def _num(v, fmt="{:.2f}", none="–"):
+    return none if v is None else fmt.format(v)
+
+
+def _shares(items) -> str:
+    return ", ".join(f"{x['name']} {x['share']:.0%}" for x in (items or [])) or "–"
+
+
+def _bar(hist) -> str:
+    if not hist or not max(hist):
+        return ""
+    blocks = " ▁▂▃▄▅▆▇█"
+    top = max(hist)
+    return "".join(blocks[min(8, math.ceil(8 * h / top))] for h in hist)
+
+
+def render_text(r: dict, utc_offset_hours: float = 0.0) -> str:
+    """A page a person can read: who, which segment, what they do, like, and spend."""
+    tz = "UTC" if not utc_offset_hours else f"UTC{utc_offset_hours:+g}"
+    lines = [
+        f"User {r['user_id']}  ·  segment: {r['segment']}  ({', '.join(r.get('segments') or [])})"
+        + (f"  ·  cluster {r['cluster']}" if r.get("cluster") is not None else ""),
+        f"  tags        {', '.join(r.get('tags') or []) or '–'}",
+        f"  activity    {r['n_events']} events on {r['active_days']} days in {r['n_sessions']} sessions; "
+        f"first {str(r.get('first_ts') or '–')[:10]}, last {str(r.get('last_ts') or '–')[:16]} "
+        f"(idle {_num(r.get('idle_days'), '{:.1f}')} days)",
+        f"  funnel      view {r['n_view']} → cart {r['n_cart']} → fav {r['n_fav']} → buy {r['n_buy']}"
+        f"  (cart {_num(r.get('cart_rate'), '{:.1%}')}, buy {_num(r.get('buy_rate'), '{:.1%}')}, "
+        f"cart→buy {_num(r.get('cart_to_buy'), '{:.0%}')})",
+        f"  RFM         recency {_num(r.get('recency_days'), '{:.1f}')} days, {r['frequency']} orders, "
+        f"spend {_num(r.get('monetary'))} (avg order {_num(r.get('avg_order_value'))}), "
+        f"repeat-purchase {_num(r.get('repeat_purchase_rate'), '{:.0%}')}, returns {r.get('n_returns', 0)}",
+        f"  categories  {_shares(r.get('top_categories'))}",
+        f"  brands      {_shares(r.get('top_brands'))}",
+        f"  keywords    {', '.join(r.get('keywords') or []) or '–'}",
+        f"  price       median {_num(r.get('median_price'))}, band {r.get('price_band') or '–'}",
+        f"  habits      {r.get('daypart') or '–'} person, peak hour {r.get('peak_hour', '–')}:00 {tz}, "
+        f"peak day {WEEKDAYS[r['peak_weekday']] if r.get('peak_weekday') is not None else '–'}, "
+        f"night {_num(r.get('night_share'), '{:.0%}')}, weekend {_num(r.get('weekend_share'), '{:.0%}')}",
+        f"  hours 0–23  {_bar(r.get('hour_hist'))}",
+    ]
+    if r.get("n_written_reviews"):
+        lines.append(f"  reviews     {r['n_written_reviews']} written, average rating {_num(r.get('avg_rating'), '{:.1f}')}")
+    if r.get("recent_events"):
+        lines.append("  recent")
+        for e in r["recent_events"][:5]:
+            what = e.get("title") or e.get("query") or e.get("item_id", "")
+            lines.append(f"    {e['ts'][:16]}  {e['type']:<6} {what[:70]}")
+    return "\n".join(lines)
