@@ -22,7 +22,7 @@ from .store import connect
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="huaxiang (画像): deep user profiles for e-commerce search and recommendation.")
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
 
 DB = typer.Option("huaxiang.duckdb", "--db", help="The DuckDB store file.")

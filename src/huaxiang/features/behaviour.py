@@ -44,7 +44,7 @@ def with_reference(table, refs):
 
 
 def activity(events, session_gap_minutes: float = 30.0):
-    """Counts per event type, first/last seen, active days, sessions, tenure and idle days.
+    """Counts per event type, active days and sessions.
 
     A session is the source's `session_id` where given, else a run of events with gaps of at most
     `session_gap_minutes`."""
@@ -57,20 +57,20 @@ def activity(events, session_gap_minutes: float = 30.0):
     out = s.group_by("user_id").aggregate(
         n_events=_.count(),
         **{f"n_{t}": (_.type == t).sum() for t in ("view", "cart", "fav", "buy", "search", "review")},
-        first_ts=_.ts.min(),
-        last_ts=_.ts.max(),
         active_days=_._day.nunique(),
         n_sessions=_._session.nunique(),
         n_items=_.item_id.nunique(),
         n_categories=_.category_id.nunique(),
-        as_of=_.as_of.max(),
     )
-    now = _epoch(out.as_of)
-    return out.mutate(
-        events_per_session=out.n_events.cast("float64") / out.n_sessions,
-        tenure_days=(now - _epoch(out.first_ts)) / DAY,
-        idle_days=(now - _epoch(out.last_ts)) / DAY,
-    )
+    return out.mutate(events_per_session=out.n_events.cast("float64") / out.n_sessions)
+
+
+def lifetime(events, orders):
+    """First and last time a user was seen (any event or order), tenure and idle days."""
+    seen = events.select("user_id", "ts", "as_of").union(orders.select("user_id", "ts", "as_of"))
+    g = seen.group_by("user_id").aggregate(first_ts=_.ts.min(), last_ts=_.ts.max(), _as_of=_.as_of.max())
+    return g.mutate(tenure_days=(_epoch(g._as_of) - _epoch(g.first_ts)) / DAY,
+                    idle_days=(_epoch(g._as_of) - _epoch(g.last_ts)) / DAY).drop("_as_of")
 
 
 def funnel(act):

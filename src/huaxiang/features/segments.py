@@ -11,7 +11,7 @@ import ibis
 import numpy as np
 import pandas as pd
 
-SEGMENTS = ("new", "dormant", "at-risk", "high-value", "high-frequency", "high-potential", "regular")
+SEGMENTS = ("new", "dormant", "at-risk", "high-value", "high-potential", "high-frequency", "regular")
 
 
 @dataclass(frozen=True)
@@ -21,16 +21,18 @@ class Rule:
 
 
 def thresholds(f, high_q: float, potential_q: float) -> dict[str, float]:
-    """Population quantiles the rules compare against (buyers only for value/frequency)."""
+    """Population quantiles the rules compare against: among buyers for value/frequency, among
+    users with events for engagement."""
     buyers = f.filter(f.frequency > 0)
     q = buyers.aggregate(
         monetary=buyers.monetary.quantile(high_q),
         frequency=buyers.frequency.quantile(high_q),
-        active_days=f.active_days.quantile(high_q).as_scalar(),
     ).execute().iloc[0].to_dict()
-    e = f.aggregate(
-        engagement=(f.n_cart + f.n_fav).quantile(potential_q),
-        events=f.n_events.quantile(0.5),
+    active = f.filter(f.n_events > 0)  # engagement is judged among users with a behaviour log
+    e = active.aggregate(
+        engagement=(active.n_cart + active.n_fav).quantile(potential_q),
+        events=active.n_events.quantile(0.5),
+        active_days=active.active_days.quantile(high_q),
     ).execute().iloc[0].to_dict()
     out = {**q, **e}
     return {k: (float(v) if v is not None and not pd.isna(v) else float("inf")) for k, v in out.items()}
@@ -57,9 +59,9 @@ def rules(f, th: dict[str, float], new_days: float, at_risk_days: float, dormant
         Rule("dormant", f"no activity for ≥ {dormant_days:g} days"),
         Rule("at-risk", f"a past buyer with no activity for ≥ {at_risk_days:g} days"),
         Rule("high-value", money),
-        Rule("high-frequency", f"orders ≥ {max(th['frequency'], 2):.0f} or active days ≥ {max(th['active_days'], 2):.0f}"),
         Rule("high-potential", f"at most 1 order, carts+favs ≥ {max(th['engagement'], 1):.0f} "
                                f"and events ≥ {th['events']:.0f} (engaged, not yet buying)"),
+        Rule("high-frequency", f"orders ≥ {max(th['frequency'], 2):.0f} or active days ≥ {max(th['active_days'], 2):.0f}"),
         Rule("regular", "none of the above"),
     ]
     return conds, described

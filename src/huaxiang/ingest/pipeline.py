@@ -125,6 +125,8 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: str, fmt: str, table: str 
                 progress: Callable[[int, int], None] | None = None) -> IngestReport:
     """Ingests `path` in the given format. `namespace` prefixes ids (`ns:id`) so that several sources
     can share one store. `progress(bytes_done, bytes_total)` is called as it reads."""
+    if not os.path.isfile(path):
+        raise HuaxiangError(f"file not found: {path}")
     sources = sources_for(path, fmt, table, mapping)
     report = IngestReport(path)
     sizes = [os.path.getsize(s.path) for s in sources]

@@ -52,10 +52,11 @@ def feature_table(ib, cfg: Config, refs, price_cuts: tuple[float, float]):
              .union(reviews.filter(reviews.user_id.notnull()).select("user_id")).distinct())
     users = bh.with_reference(users, refs)
     events, orders = bh.with_reference(events, refs), bh.with_reference(orders, refs)
-    act = bh.activity(events, cfg.session_gap_minutes).drop("as_of")
+    act = bh.activity(events, cfg.session_gap_minutes)
     pur = bh.purchases(events, orders)
     joined = events.left_join(items.select("item_id", _brand="brand", _category="category"), "item_id")
     parts = [
+        bh.lifetime(events, orders),
         act,
         bh.funnel(act),
         bh.rfm(pur),
