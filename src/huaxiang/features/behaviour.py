@@ -100,10 +100,11 @@ def purchases(events, orders):
 
 
 def rfm(purch):
-    """Recency (days since last purchase), frequency (distinct orders), monetary (net spend)."""
+    """Recency (days since last purchase), frequency (distinct orders; returns are not orders),
+    monetary (net spend: returns subtract)."""
     g = purch.group_by("user_id").aggregate(
-        last_purchase_ts=_.ts.max(),
-        frequency=_.order_key.nunique(),
+        last_purchase_ts=_.ts.max(where=_.amount.isnull() | (_.amount > 0)),
+        frequency=_.order_key.nunique(where=_.amount.isnull() | (_.amount > 0)),
         monetary=_.amount.sum(),
         n_returns=(_.amount < 0).sum(),
         _as_of=_.as_of.max(),

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from .. import schema
 from ..errors import HuaxiangError
-from .adapters import Source, sources_for
+from .adapters import FORMATS, Source, sources_for
 from .validate import validation_sql
 
 
@@ -89,7 +89,7 @@ def _merge_items(con, report: IngestReport) -> None:
     before = con.execute("SELECT count(*) FROM items").fetchone()[0]
     con.execute(f"INSERT INTO items SELECT {', '.join(schema.ITEMS.names)} FROM _items_new n "
                 "WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.item_id = n.item_id)")
-    staged = con.execute("SELECT count(*) FROM _stage_items").fetchone()[0]
+    staged = con.execute("SELECT count(*) FROM _items_new").fetchone()[0]  # distinct items in this file
     added = con.execute("SELECT count(*) FROM items").fetchone()[0] - before
     report.added["items"] = report.added.get("items", 0) + added
     report.duplicates["items"] = report.duplicates.get("items", 0) + staged - added
@@ -125,7 +125,7 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: str, fmt: str, table: str 
                 progress: Callable[[int, int], None] | None = None) -> IngestReport:
     """Ingests `path` in the given format. `namespace` prefixes ids (`ns:id`) so that several sources
     can share one store. `progress(bytes_done, bytes_total)` is called as it reads."""
-    if not os.path.isfile(path):
+    if fmt in FORMATS and not os.path.isfile(path):
         raise HuaxiangError(f"file not found: {path}")
     sources = sources_for(path, fmt, table, mapping)
     report = IngestReport(path)
@@ -140,6 +140,9 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: str, fmt: str, table: str 
             done_before = sum(sizes[:i])
             _ingest_source(con, source, report, targets, namespace,
                            (lambda n, d=done_before: progress(d + n, total)) if progress else None)
+            if "items" in targets:  # upserted source by source, so that sibling files merge their fields
+                _merge_items(con, report)
+                con.execute(f"DELETE FROM {_stage_name('items')}")
         for name in sorted(targets):
             if name == "items":
                 _merge_items(con, report)
