@@ -130,7 +130,8 @@ def build_profiles(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime 
     th = sg.thresholds(feats, cfg.high_quantile, cfg.potential_quantile)
     conds, described = sg.rules(feats, th, cfg.new_days, cfg.at_risk_days, cfg.dormant_days, cfg.high_quantile)
     prof = sg.assign(feats, conds)
-    prof = prof.mutate(tags=tg.interest_tags(prof), cluster=ibis.null("int64"))
+    prof = prof.mutate(tags=tg.interest_tags(prof), cluster=ibis.null("int64"),
+                       habit_utc_offset=ibis.literal(float(cfg.utc_offset_hours)))
     ib.create_table("_new_profiles", prof, overwrite=True)
     lap("segments")
 

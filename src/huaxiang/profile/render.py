@@ -64,9 +64,10 @@ def _bar(hist) -> str:
     return "".join(blocks[min(8, math.ceil(8 * h / top))] for h in hist)
 
 
-def render_text(r: dict, utc_offset_hours: float = 0.0) -> str:
+def render_text(r: dict) -> str:
     """A page a person can read: who, which segment, what they do, like, and spend."""
-    tz = "UTC" if not utc_offset_hours else f"UTC{utc_offset_hours:+g}"
+    offset = r.get("habit_utc_offset") or 0
+    tz = "UTC" if not offset else f"UTC{offset:+g}"
     lines = [
         f"User {r['user_id']}  ·  segment: {r['segment']}  ({', '.join(r.get('segments') or [])})"
         + (f"  ·  cluster {r['cluster']}" if r.get("cluster") is not None else ""),
