@@ -46,19 +46,18 @@ def with_reference(table, refs):
 def activity(events, session_gap_minutes: float = 30.0):
     """Counts per event type, active days and sessions.
 
-    A session is the source's `session_id` where given, else a run of events with gaps of at most
-    `session_gap_minutes`."""
+    Sessions are the source's `session_id`s where given; events without one start a new session
+    after more than `session_gap_minutes` of inactivity (counted as session starts, no sort key
+    beyond the timestamp needed)."""
     ep = _epoch(events.ts)
-    w = ibis.window(group_by=events.user_id, order_by=[events.ts, events.event_id])
-    gap = ep - ep.lag().over(w)
-    s = events.mutate(_new=ibis.ifelse(gap.isnull() | (gap > session_gap_minutes * 60), 1, 0))
-    s = s.mutate(_run=s._new.cumsum().over(ibis.window(group_by=s.user_id, order_by=[s.ts, s.event_id])))
-    s = s.mutate(_session=s.session_id.fill_null(s._run.cast("string")), _day=s.ts.date())
+    gap = ep - ep.lag().over(ibis.window(group_by=events.user_id, order_by=events.ts))
+    s = events.mutate(_start=events.session_id.isnull() & (gap.isnull() | (gap > session_gap_minutes * 60)),
+                      _day=events.ts.date())
     out = s.group_by("user_id").aggregate(
         n_events=_.count(),
         **{f"n_{t}": (_.type == t).sum() for t in ("view", "cart", "fav", "buy", "search", "review")},
         active_days=_._day.nunique(),
-        n_sessions=_._session.nunique(),
+        n_sessions=_.session_id.nunique() + _._start.sum(),
         n_items=_.item_id.nunique(),
         n_categories=_.category_id.nunique(),
     )
@@ -175,22 +174,27 @@ def time_habits(events, utc_offset_hours: float = 0.0):
     local = _epoch(events.ts) + utc_offset_hours * 3600
     e = events.mutate(_hour=((local % DAY) / 3600).floor().cast("int64"),
                       _dow=(((local / DAY).floor() + 3) % 7).cast("int64"))  # 1970-01-01 was a Thursday; Monday = 0
-    g = e.group_by("user_id").aggregate(
-        hour_hist=ibis.array([(_._hour == h).sum() for h in range(24)]),
-        dow_hist=ibis.array([(_._dow == d).sum() for d in range(7)]),
-        peak_hour=_._hour.mode(),
-        peak_weekday=_._dow.mode(),
-        night_share=(_._hour < 6).mean(),
-        weekend_share=(_._dow >= 5).mean(),
-        _morning=((_._hour >= 6) & (_._hour < 12)).sum(),
-        _afternoon=((_._hour >= 12) & (_._hour < 18)).sum(),
-        _evening=(_._hour >= 18).sum(),
-        _night=(_._hour < 6).sum(),
+    # count per (user, hour) and (user, weekday) first: the histograms then read small tables
+    hours = e.group_by(["user_id", "_hour"]).aggregate(n=_.count())
+    dows = e.group_by(["user_id", "_dow"]).aggregate(n=_.count())
+    h = hours.group_by("user_id").aggregate(
+        hour_hist=ibis.array([_.n.sum(where=_._hour == k).fill_null(0) for k in range(24)]),
+        peak_hour=_._hour.argmax(_.n * 100 - _._hour),  # ties: the earliest hour
+        night_share=_.n.sum(where=_._hour < 6).fill_null(0) / _.n.sum(),
+        _morning=_.n.sum(where=(_._hour >= 6) & (_._hour < 12)).fill_null(0),
+        _afternoon=_.n.sum(where=(_._hour >= 12) & (_._hour < 18)).fill_null(0),
+        _evening=_.n.sum(where=_._hour >= 18).fill_null(0),
+        _night=_.n.sum(where=_._hour < 6).fill_null(0),
     )
-    best = ibis.greatest(g._morning, g._afternoon, g._evening, g._night)
-    g = g.mutate(daypart=ibis.cases((g._evening == best, "evening"), (g._afternoon == best, "afternoon"),
-                                    (g._morning == best, "morning"), else_="night"))
-    return g.drop("_morning", "_afternoon", "_evening", "_night")
+    d = dows.group_by("user_id").aggregate(
+        dow_hist=ibis.array([_.n.sum(where=_._dow == k).fill_null(0) for k in range(7)]),
+        peak_weekday=_._dow.argmax(_.n * 10 - _._dow),  # ties: the earliest day
+        weekend_share=_.n.sum(where=_._dow >= 5).fill_null(0) / _.n.sum(),
+    )
+    best = ibis.greatest(h._morning, h._afternoon, h._evening, h._night)
+    h = h.mutate(daypart=ibis.cases((h._evening == best, "evening"), (h._afternoon == best, "afternoon"),
+                                    (h._morning == best, "morning"), else_="night"))
+    return h.drop("_morning", "_afternoon", "_evening", "_night").join(d, "user_id")
 
 
 def reviews_summary(reviews):

@@ -16,7 +16,7 @@ import pyarrow as pa
 from .. import schema
 from ..errors import HuaxiangError
 from .adapters import FORMATS, Source, sources_for
-from .validate import validation_sql
+from .validate import blank_to_null, validation_sql
 
 
 @dataclass
@@ -57,7 +57,7 @@ def _stage_chunk(con, table: schema.Table, select: str, where: str | None, raw: 
         present = {c for c in con.sql(inner).columns if c != "_line"}
         spaced = [c for c in NAMESPACED if c in present] if namespace else []
         # an empty id stays NULL, so that it is still quarantined as missing
-        replace = (" REPLACE (" + ", ".join(f"{_sql_str(namespace + ':')} || NULLIF(trim({c}), '') AS {c}"
+        replace = (" REPLACE (" + ", ".join(f"{_sql_str(namespace + ':')} || {blank_to_null(c)} AS {c}"
                                              for c in spaced) + ")"
                    if spaced else "")
         con.execute(f"CREATE OR REPLACE TEMP VIEW mapped AS SELECT *{replace} FROM ({inner})")

@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -52,12 +53,28 @@ class _Counting(io.RawIOBase):
         return n
 
 
+class _Gunzip(io.RawIOBase):
+    """Reads a gzip stream; a corrupt or truncated one is a HuaxiangError naming the file."""
+
+    def __init__(self, f, path: str):
+        self.f, self.path = gzip.GzipFile(fileobj=f), path
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        try:
+            return self.f.readinto(b)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            raise HuaxiangError(f"{self.path}: not a readable gzip file ({exc})") from exc
+
+
 def open_text(path: str, progress: Progress | None = None) -> io.TextIOBase:
     """Opens a plain or gzip file as UTF-8 text; undecodable bytes become U+FFFD (then quarantined)."""
     if not os.path.isfile(path):
         raise HuaxiangError(f"file not found: {path}")
     raw = io.BufferedReader(_Counting(open(path, "rb"), progress), buffer_size=1 << 20)
-    stream = gzip.GzipFile(fileobj=raw) if _is_gzip(path) else raw
+    stream = io.BufferedReader(_Gunzip(raw, path), buffer_size=1 << 16) if _is_gzip(path) else raw
     return io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline="")
 
 

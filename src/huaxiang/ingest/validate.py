@@ -13,6 +13,11 @@ ID_COLUMNS = {"event_id", "user_id", "item_id", "category_id", "session_id", "re
 EARLIEST_TS = "1990-01-01"
 
 
+def blank_to_null(raw: str) -> str:
+    """SQL: the value with surrounding ASCII whitespace (not only spaces) removed; NULL when nothing is left."""
+    return f"NULLIF(trim({raw}, ' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)), '')"
+
+
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -23,7 +28,7 @@ def _shown(raw: str) -> str:
 
 
 def _parsed(col: schema.Column, raw: str) -> str:
-    v = f"NULLIF(trim({raw}), '')"
+    v = blank_to_null(raw)
     if col.type == "DOUBLE":
         return f"TRY_CAST({v} AS DOUBLE)"
     if col.type == "BIGINT":
@@ -59,7 +64,7 @@ def _checks(table: schema.Table, present: set[str]) -> list[tuple[str, str, str]
         if col.type in ("DOUBLE", "BIGINT", "TIMESTAMP"):
             what = {"DOUBLE": "not a number", "BIGINT": "not an integer",
                     "TIMESTAMP": "not a timestamp (epoch seconds/ms or ISO 8601)"}[col.type]
-            out.append((f"{val} IS NULL AND NULLIF(trim({raw}), '') IS NOT NULL", name,
+            out.append((f"{val} IS NULL AND {blank_to_null(raw)} IS NOT NULL", name,
                         _quote(f"{what}: ") + " || " + _shown(raw)))
         if col.type == "DOUBLE":
             out.append((f"isnan({val}) OR isinf({val})", name, _quote(f"{name} is not finite: ") + " || " + _shown(raw)))
@@ -78,9 +83,10 @@ def _checks(table: schema.Table, present: set[str]) -> list[tuple[str, str, str]
             out.append(("p_price < 0", "price", _quote("negative price: ") + " || " + _shown("r_price")))
         if "quantity" in present:
             out.append(("p_quantity <= 0", "quantity", _quote("quantity must be positive: ") + " || " + _shown("r_quantity")))
-        item = "p_item_id IS NULL" if "item_id" in present else "TRUE"
-        out.append((f"{item} AND p_type NOT IN ('search')", "item_id",
-                    _quote("missing item_id (required for a ") + " || p_type || ' event)'"))
+        if "type" in present:  # without a type column every row is already quarantined as missing type
+            item = "p_item_id IS NULL" if "item_id" in present else "TRUE"
+            out.append((f"{item} AND p_type NOT IN ('search')", "item_id",
+                        _quote("missing item_id (required for a ") + " || p_type || ' event)'"))
     if table is schema.REVIEWS and "rating" in present:
         out.append(("p_rating < 0 OR p_rating > 5", "rating", _quote("rating outside 0..5: ") + " || " + _shown("r_rating")))
     if table is schema.ITEMS and "price" in present:
@@ -101,7 +107,7 @@ def validation_sql(table: schema.Table, present: set[str]) -> str:
     typed = []
     for col in table.columns:
         if col.name == "language" and table is schema.REVIEWS:
-            text = "p_text"
+            text = "p_text" if "text" in present else "NULL"  # no text: every row is quarantined anyway
             guess = f"CASE WHEN regexp_matches({text}, '[\\x{{4e00}}-\\x{{9fff}}]') THEN 'zh' ELSE 'en' END"
             typed.append(f"coalesce(lower(p_language), {guess}) AS language" if "language" in present
                          else f"{guess} AS language")
