@@ -4,6 +4,7 @@ Expected values are worked out by hand from the lines quoted in each test (times
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import shutil
@@ -350,7 +351,6 @@ def test_online_retail_demo_slice(con, tmp_path):
     path.write_text(lines[0] + "".join(body), encoding="utf-8", newline="")
     ingest_file(con, str(path), "online-retail")
 
-    import csv
     parsed = list(csv.DictReader(path.open(encoding="utf-8", newline="")))
     no_customer = [r for r in parsed if not r["Customer ID"].strip()]
     cancelled = [r for r in parsed if r["Invoice"].startswith("C") and r["Customer ID"].strip()]
@@ -381,6 +381,17 @@ def test_diginetica_anonymous_sessions_and_timeframe(con, tmp_path):
         ("session:1", "81766", "view", datetime(2016, 5, 9, 0, 8, 46, 309000), "1"),
         ("session:3", "7", "view", datetime(2016, 5, 11), "3"),
     ]
+
+
+def test_diginetica_timeframe_too_large_for_an_interval_is_quarantined(con, tmp_path):
+    path = write(tmp_path / "views.csv", "session_id;user_id;item_id;timeframe;eventdate\n"
+                                         "1;NA;5;9223372036854775807;2016-05-09\n"
+                                         "2;NA;5;100000000000000;2016-05-09\n"
+                                         "3;NA;5;100;2016-05-09\n")
+    report = ingest_file(con, str(path), "diginetica")
+    assert report.added == {"events": 1}
+    assert rows(con, "SELECT line, field FROM quarantine ORDER BY line") == [(2, "ts"), (3, "ts")]
+    assert rows(con, "SELECT user_id, ts FROM events") == [("session:3", datetime(2016, 5, 9, 0, 0, 0, 100000))]
 
 
 def test_diginetica_demo_slice(con, tmp_path):
@@ -447,6 +458,21 @@ def test_generic_parquet_with_mapping(con, tmp_path):
     assert sorted(rows(con, "SELECT user_id, item_id, type, ts, price FROM events")) == [
         ("pq:1", "pq:s1", "fav", datetime(2021, 3, 4, 5, 6, 7), 1.25),
         ("pq:2", "pq:s2", "view", datetime(2022, 1, 1), None)]
+
+
+def test_generic_parquet_binary_columns_with_invalid_utf8(con, tmp_path):
+    path = tmp_path / "b.parquet"
+    pq.write_table(pa.table({
+        "user_id": pa.array([b"u1", b"u\xff2", None], pa.binary()),
+        "item_id": pa.array([b"i1", b"i2", b"i3"], pa.binary()),
+        "type": pa.array(["view"] * 3),
+        "ts": pa.array([1614834367] * 3, pa.int64()),
+    }), path)
+    report = ingest_file(con, str(path), "parquet")
+    assert rows(con, "SELECT user_id, item_id, ts FROM events") == [("u1", "i1", datetime(2021, 3, 4, 5, 6, 7))]
+    assert rows(con, "SELECT line, field, reason FROM quarantine ORDER BY line") == [
+        (2, "user_id", "invalid UTF-8 in user_id"), (3, "user_id", "missing user_id")]
+    assert_balanced(report, "events")
 
 
 def test_generic_without_mapping_uses_canonical_names(con, tmp_path):
