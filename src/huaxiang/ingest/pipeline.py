@@ -37,20 +37,28 @@ def _stage_name(table: str) -> str:
     return f"_stage_{table}"
 
 
-def _content_key(table: schema.Table) -> str:
-    """A key for rows whose source gives none: a hash of the content plus its occurrence number,
-    so that re-reading a file yields the same keys and true repeats inside a file are all kept."""
+def _content_hash(table: schema.Table) -> str:
+    """A key for rows whose source gives none: a hash of the typed content (an occurrence number is
+    appended at merge), so that re-reading a file yields the same keys and true repeats are kept."""
     content = "concat_ws('|', " + ", ".join(
         f"coalesce(CAST({c} AS VARCHAR), '')" for c in table.names if c != table.key) + ")"
-    return (f"coalesce({table.key}, left(md5({content}), 24) || '-' || "
-            f"row_number() OVER (PARTITION BY {table.key}, md5({content}) ORDER BY _line))")
+    return f"left(md5({content}), 24)"
 
 
 NAMESPACED = ("user_id", "item_id", "invoice")  # ids that could collide across sources
 
 
+def _create_stage(con, table: schema.Table) -> None:
+    """The staging table of one target: validated rows (with `_field`/`_reason`/`_raw` for bad ones)
+    and `_k`, the row's key before de-duplication. It lives in the store (compressed, spillable)
+    and is dropped before the commit, so it is never visible outside the ingest."""
+    cols = ", ".join(f"{c.name} {schema.sql_type(c)}" for c in table.columns)
+    con.execute(f"CREATE OR REPLACE TABLE {_stage_name(table.name)} "
+                f"(_line BIGINT, _field VARCHAR, _reason VARCHAR, _raw VARCHAR, {cols}, _k VARCHAR)")
+
+
 def _stage_chunk(con, table: schema.Table, select: str, where: str | None, raw: pa.Table,
-                 path: str, report: IngestReport, namespace: str | None) -> None:
+                 path: str, namespace: str | None) -> None:
     con.register("raw", raw)
     try:
         inner = f"SELECT _line, {select} FROM raw" + (f" WHERE {where}" if where else "")
@@ -61,63 +69,77 @@ def _stage_chunk(con, table: schema.Table, select: str, where: str | None, raw: 
                                              for c in spaced) + ")"
                    if spaced else "")
         con.execute(f"CREATE OR REPLACE TEMP VIEW mapped AS SELECT *{replace} FROM ({inner})")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _checked AS {validation_sql(table, present)}")
+        key = table.key if table.key != "item_id" else None
+        k = f"coalesce({key}, {_content_hash(table)})" if key else "NULL"
+        con.execute(f"INSERT INTO {_stage_name(table.name)} SELECT *, CASE WHEN _field IS NULL THEN {k} END "
+                    f"FROM ({validation_sql(table, present)})")
     except duckdb.Error as exc:
         raise HuaxiangError(f"{path}: cannot map columns onto {table.name}: {str(exc).splitlines()[0]}") from exc
     finally:
         con.unregister("raw")
-    cols = ", ".join(table.names)
-    con.execute(f"INSERT INTO {_stage_name(table.name)} SELECT _line, {cols} FROM _checked WHERE _field IS NULL")
-    con.execute("INSERT INTO quarantine (source, line, target, field, reason, raw) "
-                f"SELECT ?, _line, '{table.name}', _field, _reason, _raw FROM _checked WHERE _field IS NOT NULL", [path])
-    for fld, n in con.execute("SELECT _field, count(*) FROM _checked WHERE _field IS NOT NULL GROUP BY 1").fetchall():
+
+
+def _add(bucket: dict[str, int], name: str, n: int) -> None:
+    bucket[name] = bucket.get(name, 0) + n
+
+
+def _quarantine_bad(con, table: schema.Table, path: str, report: IngestReport) -> None:
+    stage = _stage_name(table.name)
+    con.execute(f"""INSERT INTO quarantine (source, line, target, field, reason, raw)
+        SELECT ?, _line, '{table.name}', _field, _reason, _raw FROM {stage} WHERE _field IS NOT NULL""", [path])
+    for fld, n in con.execute(f"SELECT _field, count(*) FROM {stage} WHERE _field IS NOT NULL GROUP BY 1").fetchall():
         key = f"{table.name}.{fld}"
-        report.reasons[key] = report.reasons.get(key, 0) + n
+        _add(report.reasons, key, n)
         report.quarantined += n
 
 
 def _merge_items(con, report: IngestReport) -> None:
     """Items are upserted: a later file fills in or replaces fields, attributes are merged."""
-    con.execute("""CREATE OR REPLACE TEMP TABLE _items_new AS
-        SELECT * EXCLUDE (_rn) FROM (SELECT *, row_number() OVER (PARTITION BY item_id ORDER BY _line DESC) _rn
-        FROM _stage_items) WHERE _rn = 1""")
+    cols = ", ".join(schema.ITEMS.names)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _items_new AS SELECT {cols} FROM (
+        SELECT *, row_number() OVER (PARTITION BY item_id ORDER BY _line DESC) _rn
+        FROM _stage_items WHERE _field IS NULL) WHERE _rn = 1""")
     con.execute("""UPDATE items SET title = coalesce(n.title, items.title), brand = coalesce(n.brand, items.brand),
         category = coalesce(n.category, items.category), price = coalesce(n.price, items.price),
         attributes = CASE WHEN items.attributes IS NULL THEN n.attributes WHEN n.attributes IS NULL THEN items.attributes
                      ELSE json_merge_patch(items.attributes, n.attributes)::VARCHAR END
         FROM _items_new n WHERE items.item_id = n.item_id""")
-    before = con.execute("SELECT count(*) FROM items").fetchone()[0]
-    con.execute(f"INSERT INTO items SELECT {', '.join(schema.ITEMS.names)} FROM _items_new n "
-                "WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.item_id = n.item_id)")
-    staged = con.execute("SELECT count(*) FROM _items_new").fetchone()[0]  # distinct items in this file
-    added = con.execute("SELECT count(*) FROM items").fetchone()[0] - before
-    report.added["items"] = report.added.get("items", 0) + added
-    report.duplicates["items"] = report.duplicates.get("items", 0) + staged - added
+    added = con.execute(f"INSERT INTO items SELECT {cols} FROM _items_new n "
+                        "WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.item_id = n.item_id)").fetchone()[0]
+    distinct = con.execute("SELECT count(*) FROM _items_new").fetchone()[0]
+    con.execute("DROP TABLE _items_new")
+    _add(report.added, "items", added)
+    _add(report.duplicates, "items", distinct - added)
 
 
 def _merge_keyed(con, table: schema.Table, path: str, report: IngestReport) -> None:
+    """Good rows get their final key: the source's, or content hash + '-' + occurrence number.
+    A key the source gave twice in one file keeps its first row; the others are quarantined."""
     key, stage = table.key, _stage_name(table.name)
     cols = ", ".join(c for c in table.names if c != key)
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE _keyed AS
-        SELECT *, row_number() OVER (PARTITION BY {key} ORDER BY _line) AS _dup,
-               min(_line) OVER (PARTITION BY {key}) AS _first
-        FROM (SELECT _line, {_content_key(table)} AS {key}, {cols} FROM {stage})""")
-    # a key the source gave twice in one file: the first row wins, the others are set aside
-    n_dups = con.execute("SELECT count(*) FROM _keyed WHERE _dup > 1").fetchone()[0]
+    # repeated keys are rare: number the occurrences of those only
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _repeats AS
+        SELECT _line, row_number() OVER (PARTITION BY _k ORDER BY _line) AS _occ,
+               min(_line) OVER (PARTITION BY _k) AS _first
+        FROM {stage} WHERE _field IS NULL AND _k IN (
+            SELECT _k FROM {stage} WHERE _field IS NULL GROUP BY _k HAVING count(*) > 1)""")
+    n_dups = con.execute(f"""INSERT INTO quarantine (source, line, target, field, reason, raw)
+        SELECT ?, s._line, '{table.name}', '{key}',
+               'duplicate {key} ' || s.{key} || ' (first at line ' || r._first || ')', json_object('{key}', s.{key})::VARCHAR
+        FROM {stage} s JOIN _repeats r USING (_line) WHERE s.{key} IS NOT NULL AND r._occ > 1""", [path]).fetchone()[0]
     if n_dups:
-        con.execute(f"""INSERT INTO quarantine (source, line, target, field, reason, raw)
-            SELECT ?, _line, '{table.name}', '{key}', 'duplicate {key} ' || {key} || ' (first at line ' || _first || ')',
-                   json_object('{key}', {key})::VARCHAR FROM _keyed WHERE _dup > 1""", [path])
         report.quarantined += n_dups
-        report.reasons[f"{table.name}.{key}"] = report.reasons.get(f"{table.name}.{key}", 0) + n_dups
-    before = con.execute(f"SELECT count(*) FROM {table.name}").fetchone()[0]
-    con.execute(f"""INSERT INTO {table.name} SELECT {', '.join(table.names)} FROM _keyed k
-        WHERE _dup = 1 AND NOT EXISTS (SELECT 1 FROM {table.name} t WHERE t.{key} = k.{key})""")
-    added = con.execute(f"SELECT count(*) FROM {table.name}").fetchone()[0] - before
-    staged = con.execute("SELECT count(*) FROM _keyed").fetchone()[0]
-    report.added[table.name] = report.added.get(table.name, 0) + added
-    report.duplicates[table.name] = report.duplicates.get(table.name, 0) + staged - added - n_dups
-    con.execute("DROP TABLE _keyed")
+        _add(report.reasons, f"{table.name}.{key}", n_dups)
+    keyed = f"""SELECT CASE WHEN s.{key} IS NULL THEN s._k || '-' || coalesce(r._occ, 1) ELSE s._k END AS {key}, {cols}
+        FROM {stage} s LEFT JOIN _repeats r USING (_line)
+        WHERE s._field IS NULL AND NOT (s.{key} IS NOT NULL AND coalesce(r._occ, 1) > 1)"""
+    empty = con.execute(f"SELECT count(*) = 0 FROM (SELECT 1 FROM {table.name} LIMIT 1)").fetchone()[0]
+    new = keyed if empty else f"SELECT * FROM ({keyed}) k WHERE NOT EXISTS (SELECT 1 FROM {table.name} t WHERE t.{key} = k.{key})"
+    added = con.execute(f"INSERT INTO {table.name} SELECT {', '.join(table.names)} FROM ({new})").fetchone()[0]
+    good = con.execute(f"SELECT count(*) FROM {stage} WHERE _field IS NULL").fetchone()[0]
+    con.execute("DROP TABLE _repeats")
+    _add(report.added, table.name, added)
+    _add(report.duplicates, table.name, good - added - n_dups)
 
 
 def ingest_file(con: duckdb.DuckDBPyConnection, path: str, fmt: str, table: str = "events",
@@ -135,20 +157,17 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: str, fmt: str, table: str 
     try:
         # quarantine holds the latest verdict per file: a re-ingest replaces it, never doubles it
         con.execute("DELETE FROM quarantine WHERE source IN (SELECT unnest(?))", [[s.path for s in sources]])
-        targets: set[str] = set()
-        for i, source in enumerate(sources):
+        for i, source in enumerate(sources):  # source by source, so that sibling files merge their items
             done_before = sum(sizes[:i])
-            _ingest_source(con, source, report, targets, namespace,
-                           (lambda n, d=done_before: progress(d + n, total)) if progress else None)
-            if "items" in targets:  # upserted source by source, so that sibling files merge their fields
-                _merge_items(con, report)
-                con.execute(f"DELETE FROM {_stage_name('items')}")
-        for name in sorted(targets):
-            if name == "items":
-                _merge_items(con, report)
-            else:
-                _merge_keyed(con, schema.TABLES[name], path, report)
-            con.execute(f"DROP TABLE {_stage_name(name)}")
+            targets = _ingest_source(con, source, report, namespace,
+                                     (lambda n, d=done_before: progress(d + n, total)) if progress else None)
+            for name in sorted(targets):
+                _quarantine_bad(con, schema.TABLES[name], source.path, report)
+                if name == "items":
+                    _merge_items(con, report)
+                else:
+                    _merge_keyed(con, schema.TABLES[name], source.path, report)
+                con.execute(f"DROP TABLE {_stage_name(name)}")
         con.execute("INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, current_timestamp)",
                     [path, fmt, report.rows_read, sum(report.added.values()),
                      sum(report.duplicates.values()), report.quarantined])
@@ -159,7 +178,9 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: str, fmt: str, table: str 
     return report
 
 
-def _ingest_source(con, source: Source, report: IngestReport, targets: set[str], namespace, progress) -> None:
+def _ingest_source(con, source: Source, report: IngestReport, namespace, progress) -> set[str]:
+    """Reads, maps and validates one source into staging tables; returns the targets it staged."""
+    targets: set[str] = set()
     for chunk in source.reader(source.path, progress=progress):
         raw = chunk.table
         for col in source.raw_columns:
@@ -169,7 +190,7 @@ def _ingest_source(con, source: Source, report: IngestReport, targets: set[str],
             con.executemany("INSERT INTO quarantine (source, line, target, field, reason, raw) VALUES (?, ?, '*', NULL, ?, ?)",
                             [[source.path, r.line, r.reason, r.raw] for r in chunk.rejects])
             report.quarantined += len(chunk.rejects)
-            report.reasons["(unreadable line)"] = report.reasons.get("(unreadable line)", 0) + len(chunk.rejects)
+            _add(report.reasons, "(unreadable line)", len(chunk.rejects))
         report.rows_read += raw.num_rows + len(chunk.rejects)
         cols = [c for c in raw.column_names if c != "_line"]
         if not cols and not raw.num_rows:
@@ -178,7 +199,7 @@ def _ingest_source(con, source: Source, report: IngestReport, targets: set[str],
         projections = source.projections(cols) if callable(source.projections) else source.projections
         for name, (select, where) in projections.items():
             if name not in targets:
-                con.execute(f"CREATE OR REPLACE TEMP TABLE {_stage_name(name)} AS "
-                            f"SELECT 0::BIGINT AS _line, * FROM {name} LIMIT 0")
+                _create_stage(con, schema.TABLES[name])
                 targets.add(name)
-            _stage_chunk(con, schema.TABLES[name], select, where, raw, source.path, report, namespace)
+            _stage_chunk(con, schema.TABLES[name], select, where, raw, source.path, namespace)
+    return targets

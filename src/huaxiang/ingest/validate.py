@@ -120,5 +120,5 @@ def validation_sql(table: schema.Table, present: set[str]) -> str:
     return f"""
         WITH p AS (SELECT _line, {', '.join(cols) if cols else 'NULL AS _none'} FROM mapped),
         c AS (SELECT *, CASE {field} END AS _field, CASE {reason} END AS _reason FROM p)
-        SELECT _line, _field, _reason, {raw_json} AS _raw, {', '.join(typed)} FROM c
+        SELECT _line, _field, _reason, CASE WHEN _field IS NOT NULL THEN {raw_json} END AS _raw, {', '.join(typed)} FROM c
     """
