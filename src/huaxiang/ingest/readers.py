@@ -83,6 +83,12 @@ def _is_gzip(path: str) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
+def _rows_table(names: list[str], rows: list[list[str]], lines: list[int]) -> pa.Table:
+    """Rows of fields (all of len(names)) as a table of text columns plus `_line`."""
+    columns = dict(zip(names, map(list, zip(*rows)))) if rows else {n: [] for n in names}
+    return _table(columns, lines)
+
+
 def _table(columns: dict[str, list], lines: list[int]) -> pa.Table:
     data = {name: pa.array(values, type=pa.string()) for name, values in columns.items()}
     data["_line"] = pa.array(lines, type=pa.int64())
@@ -132,10 +138,9 @@ def csv_chunks(path: str, delimiter: str = ",", header: bool | list[str] = True,
                                       delimiter.join(row)[:1000]))
             start = reader.line_num + 1
             if len(rows) >= chunk_rows:
-                yield Chunk(_table(dict(zip(names, map(list, zip(*rows)))), lines), rejects)
+                yield Chunk(_rows_table(names, rows, lines), rejects)
                 rows, lines, rejects = [], [], []
-        cols = dict(zip(names, map(list, zip(*rows)))) if rows else {n: [] for n in names}
-        yield Chunk(_table(cols, lines), rejects)
+        yield Chunk(_rows_table(names, rows, lines), rejects)
 
 
 def whitespace_chunks(path: str, names: list[str], progress: Progress | None = None,
@@ -154,10 +159,9 @@ def whitespace_chunks(path: str, names: list[str], progress: Progress | None = N
             else:
                 rejects.append(Reject(n, f"expected {len(names)} fields, found {len(parts)}", text[:1000]))
             if len(rows) >= chunk_rows:
-                yield Chunk(_table(dict(zip(names, map(list, zip(*rows)))), lines), rejects)
+                yield Chunk(_rows_table(names, rows, lines), rejects)
                 rows, lines, rejects = [], [], []
-    cols = dict(zip(names, map(list, zip(*rows)))) if rows else {n: [] for n in names}
-    yield Chunk(_table(cols, lines), rejects)
+    yield Chunk(_rows_table(names, rows, lines), rejects)
 
 
 def _json_text(value) -> str | None:

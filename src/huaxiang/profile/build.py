@@ -45,8 +45,9 @@ def reference_times(ib, as_of: datetime | None):
     return ibis.memtable(refs)
 
 
-def feature_table(ib, cfg: Config, refs, price_cuts: tuple[float, float]):
-    """All behaviour features, one row per user seen anywhere (events, orders or reviews)."""
+def feature_parts(ib, cfg: Config, refs, price_cuts: tuple[float, float]):
+    """The users (everyone seen in events, orders or reviews) and each group of behaviour features,
+    as Ibis expressions keyed by user_id."""
     events, items, orders, reviews = (ib.table(t) for t in ("events", "items", "orders", "reviews"))
     users = (events.select("user_id").union(orders.select("user_id"))
              .union(reviews.filter(reviews.user_id.notnull()).select("user_id")).distinct())
@@ -55,20 +56,26 @@ def feature_table(ib, cfg: Config, refs, price_cuts: tuple[float, float]):
     act = bh.activity(events, cfg.session_gap_minutes)
     pur = bh.purchases(events, orders)
     joined = events.left_join(items.select("item_id", _brand="brand", _category="category"), "item_id")
-    parts = [
-        bh.lifetime(events, orders),
-        act,
-        bh.funnel(act),
-        bh.rfm(pur),
-        bh.repeat_purchase(events),
-        bh.affinity(joined, joined.category_id.fill_null(joined._category), "category",
-                    cfg.event_weights, cfg.half_life_days, cfg.top_k),
-        bh.affinity(joined, joined._brand, "brand", cfg.event_weights, cfg.half_life_days, cfg.top_k),
-        bh.price_band(bh.item_prices(events, items), *price_cuts),
-        bh.time_habits(events, cfg.utc_offset_hours),
-        bh.reviews_summary(reviews),
-        tg.user_keywords(events, ib.table("item_tokens"), cfg.event_weights, cfg.half_life_days, cfg.top_k),
-    ]
+    return users, {
+        "lifetime": bh.lifetime(events, orders),
+        "activity": act,
+        "funnel": bh.funnel(act),
+        "rfm": bh.rfm(pur),
+        "repeat purchases": bh.repeat_purchase(events),
+        "category affinity": bh.affinity(joined, joined.category_id.fill_null(joined._category), "category",
+                                         cfg.event_weights, cfg.half_life_days, cfg.top_k),
+        "brand affinity": bh.affinity(joined, joined._brand, "brand", cfg.event_weights, cfg.half_life_days,
+                                      cfg.top_k),
+        "price band": bh.price_band(bh.item_prices(events, items), *price_cuts),
+        "time habits": bh.time_habits(events, cfg.utc_offset_hours),
+        "reviews": bh.reviews_summary(reviews),
+        "keywords": tg.user_keywords(events, ib.table("item_tokens"), cfg.event_weights, cfg.half_life_days,
+                                     cfg.top_k),
+    }
+
+
+def join_parts(users, parts):
+    """One row per user with every feature; counts are 0, not NULL, for users a part does not see."""
     f = users
     for part in parts:
         f = f.left_join(part, "user_id").drop("user_id_right")
@@ -120,9 +127,18 @@ def build_profiles(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime 
     _replace_tables(con, ["item_tokens"])
     lap("tokens")
 
-    step("computing behaviour features")
-    f = feature_table(ib, cfg, refs, _price_cuts(con))
-    ib.create_table("_new_features", f, overwrite=True)
+    # each group of features is computed on its own (so that it has the whole memory budget),
+    # then the small per-user results are joined
+    users, parts = feature_parts(ib, cfg, refs, _price_cuts(con))
+    done = []
+    for i, (name, expr) in enumerate(parts.items()):
+        step(f"features: {name}")
+        done.append(ib.create_table(f"_part_{i}", expr, temp=True, overwrite=True))
+    ib.create_table("_new_features", join_parts(ib.create_table("_part_users", users, temp=True, overwrite=True),
+                                                done), overwrite=True)
+    for i in range(len(done)):
+        con.execute(f"DROP TABLE _part_{i}")
+    con.execute("DROP TABLE _part_users")
     lap("features")
 
     step("assigning segments and tags")
