@@ -81,3 +81,17 @@ def test_demo_end_to_end(tmp_path):
     assert "added 0 events; 84,287 already in the store" in again
     con = duckdb.connect(db, read_only=True)
     assert con.execute(counts).fetchone() == before
+
+
+def test_config_file_changes_thresholds_and_bad_keys_fail(tmp_path):
+    (tmp_path / "e.csv").write_text("user_id,item_id,type,ts\nu,i,view,2024-01-01\nu,i,buy,2024-01-20\n"
+                                    "v,i,view,2024-01-20\n")
+    db = str(tmp_path / "s.duckdb")
+    run("ingest", str(tmp_path / "e.csv"), "--format", "csv", "--db", db)
+    (tmp_path / "c.toml").write_text("new_days = 30\n")
+    run("build", "--db", db, "--config", str(tmp_path / "c.toml"))
+    segs = {s["segment"]: s for s in json.loads(run("segments", "--db", db, "--json").stdout)["segments"]}
+    assert segs["new"]["size"] == 2 and "≤ 30 days" in segs["new"]["definition"]
+    (tmp_path / "bad.toml").write_text("new_dayz = 30\n")
+    proc = run("build", "--db", db, "--config", str(tmp_path / "bad.toml"), check=False)
+    assert proc.returncode == 1 and "unknown keys ['new_dayz']" in proc.stderr

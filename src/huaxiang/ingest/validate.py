@@ -53,7 +53,7 @@ def _checks(table: schema.Table, present: set[str]) -> list[tuple[str, str, str]
     for col in table.columns:
         name = col.name
         if name not in present:
-            if col.required and not (name == "language"):
+            if col.required:
                 out.append(("TRUE", name, _quote(f"missing {name}: the source has no such column")))
             continue
         raw, val = f"r_{name}", f"p_{name}"
