@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["ingest", "build", "profile", "segments", "demo"]
+COMMANDS = ["ingest", "build", "profile", "segments", "embed", "graph", "demo"]
 
 
 def run(*args, cwd=None, check=True):

@@ -174,6 +174,38 @@ def embed(
 
 
 @app.command()
+def graph(
+    node: Optional[str] = typer.Argument(None, help="A user id (or any node: item:ID, brand:NAME, category:NAME)."),
+    db: str = DB,
+    build_: bool = typer.Option(False, "--build", help="(Re)build the triples from the store first."),
+    depth: int = typer.Option(1, "--depth", min=1, max=2, help="1: the node's edges; 2: also its items' brands and categories."),
+    limit: int = typer.Option(20, "--limit", min=1, help="Edges shown per predicate."),
+    export_: Optional[str] = typer.Option(None, "--export", help="Write the whole graph to this file."),
+    fmt: str = typer.Option("csv", "--export-format", help="csv or graphml."),
+    as_json: bool = typer.Option(False, "--json", help="Print the neighbourhood as JSON."),
+):
+    """The user–item–brand–category knowledge graph: build it, show a user's neighbourhood, export it."""
+    from .graph.triples import build_triples, export, neighbourhood
+    con = connect(db)
+    if build_:
+        counts = build_triples(con)
+        out.print(f"built {sum(counts.values()):,} triples: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    if export_:
+        n = export(con, export_, fmt)
+        out.print(f"wrote {n:,} edges to {export_} ({fmt})")
+    if node:
+        node = node if ":" in node and node.split(":", 1)[0] in ("user", "item", "brand", "category", "segment", "query") \
+            else f"user:{node}"
+        edges = neighbourhood(con, node, depth, limit)
+        if as_json:
+            print(json.dumps([{"subject": s, "predicate": p, "object": o, "weight": w} for s, p, o, w in edges],
+                             ensure_ascii=False))
+        else:
+            for s, p, o, w in edges:
+                out.print(f"{s}  —{p}→  {o}  ({w:g})", markup=False, highlight=False)
+
+
+@app.command()
 def demo(
     db: str = typer.Option("huaxiang-demo.duckdb", "--db", help="Where to build the demo store."),
     show: int = typer.Option(3, "--show", help="How many profiles to print."),

@@ -1,0 +1,1 @@
+"""The user–item–brand–category knowledge graph: triples in the store, neighbourhoods, export."""
