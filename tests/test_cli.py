@@ -7,6 +7,7 @@ import sys
 import pytest
 
 COMMANDS = ["ingest", "build", "profile", "segments", "embed", "graph", "demo"]
+GROUPS = [("train", "classifier"), ("eval", "classifier")]
 
 
 def run(*args, cwd=None, check=True):
@@ -95,3 +96,9 @@ def test_config_file_changes_thresholds_and_bad_keys_fail(tmp_path):
     (tmp_path / "bad.toml").write_text("new_dayz = 30\n")
     proc = run("build", "--db", db, "--config", str(tmp_path / "bad.toml"), check=False)
     assert proc.returncode == 1 and "unknown keys ['new_dayz']" in proc.stderr
+
+
+@pytest.mark.parametrize("group,command", GROUPS)
+def test_sub_commands_have_help(group, command):
+    out = run(group, command, "--help").stdout
+    assert "Usage" in out and "--data" in out and "--text-col" in out
