@@ -144,16 +144,23 @@ def _load_base():
 
 
 def train_classifier(df: pd.DataFrame, out_dir: str, cfg: TrainConfig,
-                     progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Fine-tunes on `df` (text, label); writes the model to `out_dir`; returns classifier.json."""
+                     progress: Callable[[str, int, int], None] | None = None,
+                     validation: pd.DataFrame | None = None) -> dict:
+    """Fine-tunes on `df` (text, label); writes the model to `out_dir`; returns classifier.json.
+    Early stopping watches `validation` when given, else a seeded stratified hold-out of `df`."""
     import torch
     from transformers import get_linear_schedule_with_warmup
     labels = sorted(df["label"].unique().tolist())
     if len(labels) < 2:
         raise HuaxiangError(f"need at least two labels to train a classifier, found {labels}")
     torch.manual_seed(cfg.seed)
+    if validation is not None:
+        train_idx = np.arange(len(df))
+        val_idx = np.arange(len(df), len(df) + len(validation))
+        df = pd.concat([df, validation[df.columns]], ignore_index=True)
+    else:
+        train_idx, val_idx = stratified_split(df["label"], cfg.val_fraction, cfg.seed)
     y = df["label"].map({l: i for i, l in enumerate(labels)}).to_numpy()
-    train_idx, val_idx = stratified_split(df["label"], cfg.val_fraction, cfg.seed)
     tok, encoder, base = _load_base()
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
