@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from datetime import date, datetime
 
 import duckdb
 
 from ..errors import HuaxiangError
+from .summary import summarize
 
 WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 
@@ -41,6 +43,7 @@ def profile_record(con: duckdb.DuckDBPyConnection, user_id: str, recent: int = 1
                      [user_id, recent])
     names = [d[0] for d in ev.description]
     record["recent_events"] = [{k: _plain(v) for k, v in zip(names, r) if v is not None} for r in ev.fetchall()]
+    record["summary"] = summarize(record)
     return record
 
 
@@ -71,6 +74,7 @@ def render_text(r: dict) -> str:
     lines = [
         f"User {r['user_id']}  ·  segment: {r['segment']}  ({', '.join(r.get('segments') or [])})"
         + (f"  ·  cluster {r['cluster']}" if r.get("cluster") is not None else ""),
+        *textwrap.wrap(r.get("summary") or summarize(r), 100, initial_indent="  ", subsequent_indent="  "),
         f"  tags        {', '.join(r.get('tags') or []) or '–'}",
         f"  activity    {r['n_events']} events on {r['active_days']} days in {r['n_sessions']} sessions; "
         f"first {str(r.get('first_ts') or '–')[:10]}, last {str(r.get('last_ts') or '–')[:16]} "
