@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["ingest", "build", "profile", "segments", "embed", "graph", "demo"]
+COMMANDS = ["ingest", "build", "profile", "segments", "embed", "sentiment", "graph", "demo"]
 GROUPS = [("train", "classifier"), ("eval", "classifier")]
 
 

@@ -205,6 +205,21 @@ def graph(
                 out.print(f"{s}  —{p}→  {o}  ({w:g})", markup=False, highlight=False)
 
 
+@app.command()
+def sentiment(
+    db: str = DB,
+    model: Optional[str] = typer.Option(None, "--model", help="A classifier from `huaxiang train classifier` "
+                                        "(default: logistic regression on the review embeddings)."),
+    config: Optional[str] = typer.Option(None, "--config", help="A TOML file overriding the defaults."),
+):
+    """Score the sentiment of every review; the next `huaxiang build` adds it to the profiles."""
+    from .text.sentiment import score_reviews
+    cfg = load_config(config)
+    from .text.encoder import load_encoder
+    n = score_reviews(connect(db), load_encoder(cfg.encoder).name, model)
+    out.print(f"scored {n:,} reviews → table review_sentiment (run `huaxiang build` to update the profiles)")
+
+
 train_app = typer.Typer(no_args_is_help=True, help="Fine-tune the pretrained encoder on your own data.")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a trained model on labelled data.")
 app.add_typer(train_app, name="train")

@@ -203,6 +203,14 @@ def time_habits(events, utc_offset_hours: float = 0.0):
     return h.drop("_morning", "_afternoon", "_evening", "_night").join(d, "user_id")
 
 
+def review_sentiment(reviews, sentiment):
+    """Per user: reviews judged positive (p ≥ 0.5) and negative, and the mean positive probability."""
+    r = reviews.filter(reviews.user_id.notnull()).join(sentiment, "review_id")
+    return r.group_by("user_id").aggregate(n_positive_reviews=(_.positive >= 0.5).sum(),
+                                           n_negative_reviews=(_.positive < 0.5).sum(),
+                                           mean_sentiment=_.positive.mean())
+
+
 def reviews_summary(reviews):
     r = reviews.filter(reviews.user_id.notnull())
     return r.group_by("user_id").aggregate(n_written_reviews=_.count(), avg_rating=_.rating.mean())

@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..config import Config
 from ..errors import HuaxiangError
+from ..store import has_table
 from ..features import behaviour as bh
 from ..features import segments as sg
 from ..features import tags as tg
@@ -45,7 +46,7 @@ def reference_times(ib, as_of: datetime | None):
     return ibis.memtable(refs)
 
 
-def feature_parts(ib, cfg: Config, refs, price_cuts: tuple[float, float]):
+def feature_parts(ib, cfg: Config, refs, price_cuts: tuple[float, float], with_sentiment: bool = False):
     """The users (everyone seen in events, orders or reviews) and each group of behaviour features,
     as Ibis expressions keyed by user_id."""
     events, items, orders, reviews = (ib.table(t) for t in ("events", "items", "orders", "reviews"))
@@ -56,7 +57,10 @@ def feature_parts(ib, cfg: Config, refs, price_cuts: tuple[float, float]):
     act = bh.activity(events, cfg.session_gap_minutes)
     pur = bh.purchases(events, orders)
     joined = events.left_join(items.select("item_id", _brand="brand", _category="category"), "item_id")
+    optional = {"review sentiment": bh.review_sentiment(reviews, ib.table("review_sentiment"))} \
+        if with_sentiment else {}
     return users, {
+        **optional,
         "lifetime": bh.lifetime(events, orders),
         "activity": act,
         "funnel": bh.funnel(act),
@@ -79,7 +83,7 @@ def join_parts(users, parts):
     f = users
     for part in parts:
         f = f.left_join(part, "user_id").drop("user_id_right")
-    return f.mutate(**{c: f[c].fill_null(0) for c in COUNT_COLUMNS})
+    return f.mutate(**{c: f[c].fill_null(0) for c in COUNT_COLUMNS if c in f.columns})
 
 
 def _price_cuts(con) -> tuple[float, float]:
@@ -129,7 +133,7 @@ def build_profiles(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime 
 
     # each group of features is computed on its own (so that it has the whole memory budget),
     # then the small per-user results are joined
-    users, parts = feature_parts(ib, cfg, refs, _price_cuts(con))
+    users, parts = feature_parts(ib, cfg, refs, _price_cuts(con), has_table(con, "review_sentiment"))
     done = []
     for i, (name, expr) in enumerate(parts.items()):
         step(f"features: {name}")

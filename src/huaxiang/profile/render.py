@@ -95,7 +95,10 @@ def render_text(r: dict) -> str:
         f"  hours 0–23  {_bar(r.get('hour_hist'))}",
     ]
     if r.get("n_written_reviews"):
-        lines.append(f"  reviews     {r['n_written_reviews']} written, average rating {_num(r.get('avg_rating'), '{:.1f}')}")
+        mood = (f"; sentiment {r['n_positive_reviews']} positive / {r['n_negative_reviews']} negative "
+                f"(mean {r['mean_sentiment']:.2f})" if r.get("mean_sentiment") is not None else "")
+        lines.append(f"  reviews     {r['n_written_reviews']} written, average rating "
+                     f"{_num(r.get('avg_rating'), '{:.1f}')}{mood}")
     if r.get("recent_events"):
         lines.append("  recent")
         for e in r["recent_events"][:5]:

@@ -64,5 +64,7 @@ def summarize(r: dict) -> str:
         s = f"Wrote {_n(r['n_written_reviews'], 'review')}"
         if r.get("avg_rating") is not None:
             s += f" (average rating {r['avg_rating']:.1f})"
+        if r.get("mean_sentiment") is not None:
+            s += f", {r['n_positive_reviews']} positive and {r['n_negative_reviews']} negative in tone"
         sentences.append(s + ".")
     return " ".join(sentences)
