@@ -165,11 +165,11 @@ def embed(
 
         def progress(kind, done, total):
             if kind not in tasks:
-                tasks[kind] = bar.add_task(kind + "s", total=total)
+                tasks[kind] = bar.add_task(f"{kind} texts", total=total)
             bar.update(tasks[kind], completed=done)
         report = embed_all(con, cfg, encoder, progress)
     for kind in report.computed:
-        out.print(f"{kind.replace('y', 'ie')}s: {report.computed[kind]:,} embedded, {report.cached[kind]:,} cached")
+        out.print(f"{kind} texts: {report.computed[kind]:,} embedded, {report.cached[kind]:,} cached")
     out.print(f"users: {report.users:,} embeddings ({encoder.name}, {encoder.dim} dimensions)")
 
 
@@ -213,9 +213,9 @@ def sentiment(
     config: Optional[str] = typer.Option(None, "--config", help="A TOML file overriding the defaults."),
 ):
     """Score the sentiment of every review; the next `huaxiang build` adds it to the profiles."""
+    from .text.encoder import load_encoder
     from .text.sentiment import score_reviews
     cfg = load_config(config)
-    from .text.encoder import load_encoder
     n = score_reviews(connect(db), load_encoder(cfg.encoder).name, model)
     out.print(f"scored {n:,} reviews → table review_sentiment (run `huaxiang build` to update the profiles)")
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import HuaxiangError
+from .convert import convert, load_hf, mean_pool
 
 PREFIX = "passage: "  # E5's prefix for texts that are not search queries
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
@@ -86,11 +87,8 @@ class _Classifier:
         self.head = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(encoder.config.hidden_size, n_labels))
 
     def logits(self, batch):
-        torch = self.torch
         hidden = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.head(pooled)
+        return self.head(mean_pool(hidden, batch["attention_mask"]))
 
     def parameters(self):
         return [p for p in list(self.encoder.parameters()) + list(self.head.parameters()) if p.requires_grad]
@@ -135,12 +133,8 @@ def scores(y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> dict:
 
 
 def _load_base():
-    from transformers import AutoTokenizer, BertModel
-    from transformers.utils import logging as hf_logging
-    from .convert import convert
-    hf_logging.disable_progress_bar()
     path = convert()
-    return AutoTokenizer.from_pretrained(str(path)), BertModel.from_pretrained(str(path), add_pooling_layer=False), path
+    return (*load_hf(path), path)
 
 
 def train_classifier(df: pd.DataFrame, out_dir: str, cfg: TrainConfig,
@@ -226,9 +220,6 @@ def train_classifier(df: pd.DataFrame, out_dir: str, cfg: TrainConfig,
 def load_classifier(model_dir: str):
     """(model, tokenizer, classifier.json) from a folder written by `train_classifier`."""
     import torch
-    from transformers import AutoTokenizer, BertModel
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()
     d = Path(model_dir)
     if not (d / "classifier.json").exists():
         raise HuaxiangError(f"{model_dir}: not a classifier folder (no classifier.json); train one with "
@@ -236,14 +227,10 @@ def load_classifier(model_dir: str):
     meta = json.loads((d / "classifier.json").read_text())
     if meta["method"] == "lora":
         from peft import PeftModel
-        from .convert import convert
-        base = convert()
-        tok = AutoTokenizer.from_pretrained(str(base))
-        encoder = PeftModel.from_pretrained(BertModel.from_pretrained(str(base), add_pooling_layer=False),
-                                            str(d / "adapter"))
+        tok, base = load_hf(convert())
+        encoder = PeftModel.from_pretrained(base, str(d / "adapter"))
     else:
-        tok = AutoTokenizer.from_pretrained(str(d / "encoder"))
-        encoder = BertModel.from_pretrained(str(d / "encoder"), add_pooling_layer=False)
+        tok, encoder = load_hf(d / "encoder")
     model = _Classifier(encoder.to(_device()), len(meta["labels"]))
     model.head.load_state_dict(torch.load(d / "head.pt", map_location="cpu"))
     model.head.to(_device())

