@@ -92,6 +92,12 @@ def _price_cuts(con) -> tuple[float, float]:
     return (lo if lo is not None else 0.0, hi if hi is not None else 0.0)
 
 
+def _write_frame(con, name: str, df: pd.DataFrame) -> None:
+    con.register("_frame", df)
+    con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _frame")
+    con.unregister("_frame")
+
+
 def _replace_tables(con, names: list[str]) -> None:
     con.execute("BEGIN TRANSACTION")
     try:
@@ -122,12 +128,7 @@ def build_profiles(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime 
 
     step("tokenising item titles")
     titled = con.execute("SELECT item_id, title FROM items WHERE title IS NOT NULL").df()
-    tokens = tg.item_tokens(titled)
-    con.execute("CREATE OR REPLACE TABLE _new_item_tokens (item_id VARCHAR, token VARCHAR)")
-    if len(tokens):
-        con.register("_tok", tokens)
-        con.execute("INSERT INTO _new_item_tokens SELECT * FROM _tok")
-        con.unregister("_tok")
+    _write_frame(con, "_new_item_tokens", tg.item_tokens(titled))
     _replace_tables(con, ["item_tokens"])
     lap("tokens")
 
@@ -166,17 +167,13 @@ def build_profiles(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime 
         lap("kmeans")
     clusters = clusters.reset_index(names="cluster") if len(clusters) else pd.DataFrame(
         {"cluster": pd.Series(dtype="int64"), "size": pd.Series(dtype="int64")})
-    con.register("_clusters", clusters)
-    con.execute("CREATE OR REPLACE TABLE _new_clusters AS SELECT * FROM _clusters")
-    con.unregister("_clusters")
+    _write_frame(con, "_new_clusters", clusters)
 
     sizes = dict(con.execute("SELECT segment, count(*) FROM _new_profiles GROUP BY 1").fetchall())
     rules_df = pd.DataFrame({"segment": [r.segment for r in described],
                              "definition": [r.definition for r in described],
                              "size": [sizes.get(r.segment, 0) for r in described]})
-    con.register("_rules", rules_df)
-    con.execute("CREATE OR REPLACE TABLE _new_segment_rules AS SELECT * FROM _rules")
-    con.unregister("_rules")
+    _write_frame(con, "_new_segment_rules", rules_df)
     _replace_tables(con, ["features", "profiles", "segment_rules", "clusters"])
     report.users = con.execute("SELECT count(*) FROM profiles").fetchone()[0]
     report.as_of = dict(con.execute(
