@@ -43,5 +43,6 @@ def run_demo(db: str, show: int, run_ingest, run_build, out) -> None:
         out.print()
         out.print(render_text(profile_record(con, user)), markup=False, highlight=False)
     out.print()
-    out.print(f"Store: {db} — query it with SQL, e.g.  duckdb {db} \"SELECT segment, count(*) FROM profiles GROUP BY 1\"")
+    out.print(f"Store: {db} — plain SQL, e.g. from Python: duckdb.connect('{db}').sql("
+              "'SELECT segment, count(*) FROM profiles GROUP BY 1').show()")
     out.print(f"More:  huaxiang profile taobao:1000251 --db {db}   ·   huaxiang segments --db {db}")
