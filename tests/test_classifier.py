@@ -70,3 +70,12 @@ def test_full_fine_tuning_saves_and_reloads(reviews):
     result = json.loads(cli("eval", "classifier", "--model", str(out), "--data", str(reviews / "test.csv"),
                             "--text-col", "review", "--label-col", "label", "--json"))
     assert result["n"] == 200 and 0.0 <= result["accuracy"] <= 1.0 and result["method"] == "full"
+
+
+@pytest.mark.slow
+def test_training_ignores_the_callers_index(tmp_path):
+    from huaxiang.text.classifier import TrainConfig, train_classifier
+    df = pd.read_csv(demo_path("online_shopping_10_cats_2000.csv.gz")).sample(n=32, random_state=3)
+    df = df.rename(columns={"review": "text"})[["text", "label"]].astype({"label": str})  # index: original rows
+    meta = train_classifier(df, str(tmp_path / "m"), TrainConfig(lora=True, epochs=1, max_len=16, batch_size=16))
+    assert meta["train_rows"] + meta["validation_rows"] == 32

@@ -144,6 +144,7 @@ def train_classifier(df: pd.DataFrame, out_dir: str, cfg: TrainConfig,
     Early stopping watches `validation` when given, else a seeded stratified hold-out of `df`."""
     import torch
     from transformers import get_linear_schedule_with_warmup
+    df = df.reset_index(drop=True)  # positions, not the caller's index, identify rows below
     labels = sorted(df["label"].unique().tolist())
     if len(labels) < 2:
         raise HuaxiangError(f"need at least two labels to train a classifier, found {labels}")
