@@ -73,9 +73,8 @@ def lifetime(events, orders):
 
 
 def funnel(act):
-    """Conversion rates along view → cart → fav → buy, from `activity`'s counts."""
-    return act.select(
-        "user_id",
+    """Adds conversion rates along view → cart → fav → buy to a table with `activity`'s counts."""
+    return act.mutate(
         cart_rate=_ratio(act.n_cart, act.n_view),
         fav_rate=_ratio(act.n_fav, act.n_view),
         buy_rate=_ratio(act.n_buy, act.n_view),

@@ -54,7 +54,6 @@ def feature_parts(ib, cfg: Config, refs, price_cuts: tuple[float, float], with_s
              .union(reviews.filter(reviews.user_id.notnull()).select("user_id")).distinct())
     users = bh.with_reference(users, refs)
     events, orders = bh.with_reference(events, refs), bh.with_reference(orders, refs)
-    act = bh.activity(events, cfg.session_gap_minutes)
     pur = bh.purchases(events, orders)
     joined = events.left_join(items.select("item_id", _brand="brand", _category="category"), "item_id")
     optional = {"review sentiment": bh.review_sentiment(reviews, ib.table("review_sentiment"))} \
@@ -62,8 +61,7 @@ def feature_parts(ib, cfg: Config, refs, price_cuts: tuple[float, float], with_s
     return users, {
         **optional,
         "lifetime": bh.lifetime(events, orders),
-        "activity": act,
-        "funnel": bh.funnel(act),
+        "activity": bh.activity(events, cfg.session_gap_minutes),
         "rfm": bh.rfm(pur),
         "repeat purchases": bh.repeat_purchase(events),
         "category affinity": bh.affinity(joined, joined.category_id.fill_null(joined._category), "category",
@@ -79,11 +77,12 @@ def feature_parts(ib, cfg: Config, refs, price_cuts: tuple[float, float], with_s
 
 
 def join_parts(users, parts):
-    """One row per user with every feature; counts are 0, not NULL, for users a part does not see."""
+    """One row per user with every feature; counts are 0, not NULL, for users a part does not see;
+    funnel rates are derived from the joined counts (not computed as a part of their own)."""
     f = users
     for part in parts:
         f = f.left_join(part, "user_id").drop("user_id_right")
-    return f.mutate(**{c: f[c].fill_null(0) for c in COUNT_COLUMNS if c in f.columns})
+    return bh.funnel(f.mutate(**{c: f[c].fill_null(0) for c in COUNT_COLUMNS if c in f.columns}))
 
 
 def _price_cuts(con) -> tuple[float, float]:
@@ -178,5 +177,5 @@ def build_profiles(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime 
     report.users = con.execute("SELECT count(*) FROM profiles").fetchone()[0]
     report.as_of = dict(con.execute(
         "SELECT regexp_extract(user_id, '^([^:]+):', 1), max(as_of) FROM profiles GROUP BY 1 ORDER BY 1").fetchall())
-    report.segments = {k: v for k, v in sizes.items()}
+    report.segments = sizes
     return report
