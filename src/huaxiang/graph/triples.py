@@ -1,7 +1,8 @@
 """Triples `(subject, predicate, object, weight)` built from the store, one SQL statement each.
 
-Nodes are typed by a prefix: `user:…`, `item:…`, `brand:…`, `category:…`, `segment:…`, `query:…`.
-Edges from behaviour carry counts; preference edges carry the profile's affinity share.
+Nodes are typed by a prefix: `user:…`, `item:…`, `brand:…`, `category:…`, `segment:…`, `query:…`,
+`aspect:…`. Edges from behaviour carry counts; preference edges carry the profile's affinity share;
+edges from reviews (praises / criticises an aspect, mentions a brand) carry the number of reviews.
 """
 from __future__ import annotations
 
@@ -34,6 +35,13 @@ RULES = {
     "preferred brands": """SELECT 'user:' || user_id, 'prefers_brand', 'brand:' || b.name, b.share
                            FROM (SELECT user_id, unnest(top_brands) AS b FROM profiles)""",
     "segments": "SELECT 'user:' || user_id, 'in_segment', 'segment:' || segment, 1.0 FROM profiles",
+    # from what users write (weight = reviews)
+    "praised aspects": """SELECT 'user:' || user_id, 'praises', 'aspect:' || a.name, a.n
+                          FROM (SELECT user_id, unnest(aspects_praised) AS a FROM profiles)""",
+    "criticised aspects": """SELECT 'user:' || user_id, 'criticises', 'aspect:' || a.name, a.n
+                             FROM (SELECT user_id, unnest(aspects_criticised) AS a FROM profiles)""",
+    "mentioned brands": """SELECT 'user:' || user_id, 'mentions_brand', 'brand:' || b.name, b.n
+                           FROM (SELECT user_id, unnest(brands_mentioned) AS b FROM profiles)""",
 }
 
 

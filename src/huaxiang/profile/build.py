@@ -20,6 +20,8 @@ from ..store import has_table
 from ..features import behaviour as bh
 from ..features import segments as sg
 from ..features import tags as tg
+from ..text.aspects import write_review_mentions
+from ..text.encoder import ENCODERS
 
 COUNT_COLUMNS = ["n_events", "n_view", "n_cart", "n_fav", "n_buy", "n_search", "n_review", "active_days",
                  "n_sessions", "n_items", "n_categories", "frequency", "n_returns", "n_written_reviews"]
@@ -46,9 +48,11 @@ def reference_times(ib, as_of: datetime | None):
     return ibis.memtable(refs)
 
 
-def feature_parts(ib, cfg: Config, refs, price_cuts: tuple[float, float], with_sentiment: bool = False):
+def feature_parts(ib, cfg: Config, refs, price_cuts: tuple[float, float], with_sentiment: bool = False,
+                  with_embeddings: bool = False):
     """The users (everyone seen in events, orders or reviews) and each group of behaviour features,
-    as Ibis expressions keyed by user_id."""
+    as Ibis expressions keyed by user_id (sentiment and embeddings once `huaxiang sentiment` /
+    `huaxiang embed` have run)."""
     events, items, orders, reviews = (ib.table(t) for t in ("events", "items", "orders", "reviews"))
     users = (events.select("user_id").union(orders.select("user_id"))
              .union(reviews.filter(reviews.user_id.notnull()).select("user_id")).distinct())
@@ -56,8 +60,10 @@ def feature_parts(ib, cfg: Config, refs, price_cuts: tuple[float, float], with_s
     events, orders = bh.with_reference(events, refs), bh.with_reference(orders, refs)
     pur = bh.purchases(events, orders)
     joined = events.left_join(items.select("item_id", _brand="brand", _category="category"), "item_id")
-    optional = {"review sentiment": bh.review_sentiment(reviews, ib.table("review_sentiment"))} \
-        if with_sentiment else {}
+    sentiment = ib.table("review_sentiment") if with_sentiment else None
+    optional = {"review sentiment": bh.review_sentiment(reviews, sentiment)} if with_sentiment else {}
+    if with_embeddings:
+        optional["embedding"] = semantic(ib, ENCODERS[cfg.encoder].name)
     return users, {
         **optional,
         "lifetime": bh.lifetime(events, orders),
@@ -71,9 +77,18 @@ def feature_parts(ib, cfg: Config, refs, price_cuts: tuple[float, float], with_s
         "price band": bh.price_band(bh.item_prices(events, items), *price_cuts),
         "time habits": bh.time_habits(events, cfg.utc_offset_hours),
         "reviews": bh.reviews_summary(reviews),
+        "review aspects": bh.review_mentions(reviews, ib.table("review_mentions"), sentiment, cfg.top_k),
         "keywords": tg.user_keywords(events, ib.table("item_tokens"), cfg.event_weights, cfg.half_life_days,
                                      cfg.top_k),
     }
+
+
+def semantic(ib, model: str):
+    """The user's embedding and semantic interest tags from `huaxiang embed` (for the configured encoder)."""
+    emb, tags = ib.table("user_embeddings"), ib.table("user_interests")
+    emb = emb.filter(emb.model == model).select("user_id", embedding="vector")
+    tags = tags.filter(tags.model == model).select("user_id", semantic_tags="interests")
+    return emb.left_join(tags, "user_id").drop("user_id_right")
 
 
 def join_parts(users, parts):
@@ -110,8 +125,10 @@ def _replace_tables(con, names: list[str]) -> None:
 
 
 def build_profiles(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime | None = None,
-                   step: Callable[[str], None] | None = None) -> BuildReport:
-    """Builds `features` and `profiles` from the store. `step(name)` is called as each stage starts."""
+                   step: Callable[[str], None] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> BuildReport:
+    """Builds `features` and `profiles` from the store. `step(name)` is called as each stage starts,
+    `progress(done, total)` within a long stage."""
     step = step or (lambda name: None)
     report = BuildReport()
     timer = time.perf_counter()
@@ -131,9 +148,15 @@ def build_profiles(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime 
     _replace_tables(con, ["item_tokens"])
     lap("tokens")
 
+    step("reading reviews: aspects, brands, colours, products")
+    write_review_mentions(con, progress)
+    _replace_tables(con, ["review_mentions"])
+    lap("review mentions")
+
     # each group of features is computed on its own (so that it has the whole memory budget),
     # then the small per-user results are joined
-    users, parts = feature_parts(ib, cfg, refs, _price_cuts(con), has_table(con, "review_sentiment"))
+    users, parts = feature_parts(ib, cfg, refs, _price_cuts(con), has_table(con, "review_sentiment"),
+                                 has_table(con, "user_interests"))
     done = []
     for i, (name, expr) in enumerate(parts.items()):
         step(f"features: {name}")

@@ -59,6 +59,10 @@ def _shares(items) -> str:
     return ", ".join(f"{x['name']} {x['share']:.0%}" for x in (items or [])) or "–"
 
 
+def _counts(items) -> str:
+    return ", ".join(f"{x['name']} ({x['n']})" if x["n"] > 1 else x["name"] for x in (items or [])) or "–"
+
+
 def _bar(hist) -> str:
     if not hist or not max(hist):
         return ""
@@ -99,6 +103,11 @@ def render_text(r: dict) -> str:
                 f"(mean {r['mean_sentiment']:.2f})" if r.get("mean_sentiment") is not None else "")
         lines.append(f"  reviews     {r['n_written_reviews']} written, average rating "
                      f"{_num(r.get('avg_rating'), '{:.1f}')}{mood}")
+        lines.append(f"  aspects     praises {_counts(r.get('aspects_praised'))}; "
+                     f"criticises {_counts(r.get('aspects_criticised'))}")
+        if r.get("brands_mentioned") or r.get("colours_mentioned"):
+            lines.append(f"  mentions    brands {_counts(r.get('brands_mentioned'))}; "
+                         f"colours {_counts(r.get('colours_mentioned'))}")
     if r.get("recent_events"):
         lines.append("  recent")
         for e in r["recent_events"][:5]:

@@ -17,7 +17,7 @@ def _n(count, word: str) -> str:
 
 def _names(items, n=2) -> str:
     names = [x["name"] for x in (items or [])[:n]]
-    return " and ".join(names)
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 2 else " and ".join(names)
 
 
 def summarize(r: dict) -> str:
@@ -67,4 +67,8 @@ def summarize(r: dict) -> str:
         if r.get("mean_sentiment") is not None:
             s += f", {r['n_positive_reviews']} positive and {r['n_negative_reviews']} negative in tone"
         sentences.append(s + ".")
+        said = [f"{verb} {_names(r.get(key), 3)}" for verb, key in
+                (("praises", "aspects_praised"), ("complains about", "aspects_criticised")) if r.get(key)]
+        if said:
+            sentences.append("In reviews " + "; ".join(said) + ".")
     return " ".join(sentences)

@@ -20,6 +20,7 @@ from scipy import sparse
 
 from ..config import Config
 from ..features import behaviour as bh
+from .interests import write_user_interests
 
 BATCH = 256
 
@@ -126,4 +127,5 @@ def embed_all(con, cfg: Config, encoder, progress: Callable[[str, int, int], Non
         done, cached = embed_kind(con, encoder, kind, (lambda d, t, k=kind: progress(k, d, t)) if progress else None)
         report.computed[kind], report.cached[kind] = done, cached
     report.users = embed_users(con, cfg, encoder.name)
+    write_user_interests(con, encoder, cfg.interests)
     return report
