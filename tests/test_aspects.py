@@ -58,6 +58,31 @@ def test_any_text_is_safe(text):
 def test_nearest_interests_compares_a_users_scores_with_each_other():
     interests = np.eye(4, dtype=np.float32)
     users = np.array([[0.9, 0.1, 0.1, 0.1], [0.5, 0.5, 0.5, 0.5]], dtype=np.float32)
-    tags = nearest_interests(users, interests, ["a", "b", "c", "d"], k=2)
+    tags = nearest_interests(users, interests, ["a", "b", "c", "d"], k=2, min_z=1.0)
     assert tags[0][0] == ["a"] and abs(tags[0][1][0] - 0.9) < 1e-6
     assert tags[1] == ([], [])  # equally near to everything: no tag
+
+
+def test_nearest_interests_discounts_a_hub():
+    # interest "hub" is near every user; each user is also near one interest of their own
+    rng = np.random.default_rng(0)
+    users = np.zeros((12, 5), dtype=np.float32)
+    users[:, 0] = 0.8
+    users[np.arange(12), 1 + np.arange(12) % 4] = 0.6 + rng.uniform(0, 0.01, 12)
+    tags = nearest_interests(users, np.eye(5, dtype=np.float32), ["hub", "a", "b", "c", "d"], k=1, min_z=1.0)
+    assert [t[0] for t in tags] == [[n] for n in "abcd" * 3]
+
+
+def test_labelled_set_floor():
+    """The hand-labelled set (benchmarks/data): guards against regressions of the lexicons and rules."""
+    import importlib.util
+    from pathlib import Path
+    import json
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("aspects_bench", root / "aspects.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [json.loads(line) for line in open(root / "data" / "aspects_eval.jsonl", encoding="utf-8")]
+    assert len(rows) >= 200 and {r["lang"] for r in rows} == {"zh", "en"}
+    result = bench.evaluate(rows)
+    assert result["detection"]["micro"]["f1"] >= 0.7 and result["polarity"]["micro"]["f1"] >= 0.6

@@ -80,6 +80,8 @@ def render_text(r: dict) -> str:
         + (f"  ·  cluster {r['cluster']}" if r.get("cluster") is not None else ""),
         *textwrap.wrap(r.get("summary") or summarize(r), 100, initial_indent="  ", subsequent_indent="  "),
         f"  tags        {', '.join(r.get('tags') or []) or '–'}",
+        *([f"  semantic    {', '.join(r.get('semantic_tags') or []) or '–'}  "
+           f"(nearest interests to the {len(r['embedding'])}-d embedding)"] if r.get("embedding") else []),
         f"  activity    {r['n_events']} events on {r['active_days']} days in {r['n_sessions']} sessions; "
         f"first {str(r.get('first_ts') or '–')[:10]}, last {str(r.get('last_ts') or '–')[:16]} "
         f"(idle {_num(r.get('idle_days'), '{:.1f}')} days)",

@@ -2,9 +2,11 @@
 user's embedding.
 
 Each interest is a short description in English and Chinese, embedded as an E5 query; a user's
-score for it is the cosine with their embedding (items and reviews they engaged with). Scores of
-one user are compared with each other (z-score over the interest list), so a tag means "nearer to
-this than to the other interests", not an absolute threshold that shifts with the encoder.
+score for it is the cosine with their embedding (items and reviews they engaged with), minus that
+interest's mean cosine over all users (some descriptions sit near everything — "hubs" — and would
+otherwise win for everyone; skipped below `MIN_POPULATION` users). Scores of one user are then
+compared with each other (z-score over the interest list), so a tag means "clearly nearer to this
+than to the other interests", not an absolute threshold that shifts with the encoder.
 """
 from __future__ import annotations
 
@@ -45,12 +47,16 @@ INTERESTS = {
 }
 
 
+MIN_POPULATION = 10
+
+
 def nearest_interests(user_vecs: np.ndarray, interest_vecs: np.ndarray, names: list[str], k: int = 3,
-                      min_z: float = 1.0) -> list[tuple[list[str], list[float]]]:
-    """Pure: per user, up to k interest names whose cosine is ≥ `min_z` standard deviations above
-    that user's mean over all interests, best first, with their cosines."""
+                      min_z: float = 2.0) -> list[tuple[list[str], list[float]]]:
+    """Pure: per user, up to k interest names whose (population-centred) cosine is ≥ `min_z`
+    standard deviations above that user's mean over all interests, best first, with their cosines."""
     sims = user_vecs @ interest_vecs.T
-    z = (sims - sims.mean(axis=1, keepdims=True)) / np.maximum(sims.std(axis=1, keepdims=True), 1e-9)
+    centred = sims - sims.mean(axis=0, keepdims=True) if len(sims) >= MIN_POPULATION else sims
+    z = (centred - centred.mean(axis=1, keepdims=True)) / np.maximum(centred.std(axis=1, keepdims=True), 1e-9)
     out = []
     for row_sims, row_z in zip(sims, z):
         best = [j for j in np.argsort(-row_z, kind="stable")[:k] if row_z[j] >= min_z]
