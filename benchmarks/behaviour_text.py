@@ -76,7 +76,7 @@ def examples(master: str, workdir: Path) -> dict[str, pd.DataFrame]:
                 con.execute(f"CREATE TABLE {t} AS SELECT * FROM m.{t}{where}", [cut] if where else [])
             con.execute("DETACH m")
             build_profiles(con, load_config(utc_offset_hours=8), as_of=cut)
-            feats = con.execute("SELECT * FROM features").df()
+            feats = con.execute("SELECT * FROM features ORDER BY user_id").df()
             con.close()
             before = events[events["ts"] < cut]
             nxt = events[(events["ts"] >= cut) & (events["ts"] < cut + timedelta(days=1)) & (events["type"] == "buy")]

@@ -39,6 +39,16 @@ def test_stratified_split_is_seeded_and_per_label():
     assert not np.array_equal(held, stratified_split(labels, 0.1, seed=1)[1])
 
 
+def test_length_buckets_cover_every_row_once():
+    from huaxiang.text.classifier import _bucketed
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 300, size=5000)
+    batches = _bucketed(rng.permutation(5000), lengths, 32, rng)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(5000))
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    assert spread < 0.1 * np.ptp(lengths)  # a batch holds texts of similar length: little padding
+
+
 def test_bad_columns_are_named(tmp_path):
     (tmp_path / "x.csv").write_text("text,y\nhello,1\n")
     with pytest.raises(HuaxiangError, match="no column 'label'"):
@@ -62,9 +72,9 @@ def test_lora_learns_sentiment(reviews):
 def test_full_fine_tuning_saves_and_reloads(reviews):
     out = reviews / "full"
     cli("train", "classifier", "--data", str(reviews / "train.csv"), "--text-col", "review", "--label-col", "label",
-        "--out", str(out), "--epochs", "1", "--max-rows", "64", "--max-len", "32", "--batch-size", "16")
+        "--out", str(out), "--epochs", "1", "--max-rows", "64", "--max-len", "32", "--batch-size", "16", "--balanced")
     meta = json.loads((out / "classifier.json").read_text())
-    assert meta["method"] == "full" and meta["trainable_parameters"] > 100_000_000
+    assert meta["method"] == "full" and meta["trainable_parameters"] > 100_000_000 and meta["config"]["balanced"]
     assert meta["train_rows"] + meta["validation_rows"] == 64
     assert os.path.exists(out / "encoder" / "model.safetensors")
     result = json.loads(cli("eval", "classifier", "--model", str(out), "--data", str(reviews / "test.csv"),
