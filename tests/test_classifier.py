@@ -1,8 +1,6 @@
 """Fine-tuning the converted encoder: full and LoRA, saved, reloaded and evaluated from the CLI."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -12,11 +10,7 @@ from huaxiang.demo import demo_path
 from huaxiang.errors import HuaxiangError
 from huaxiang.text.classifier import read_labelled, stratified_split
 
-
-def cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "huaxiang.cli", *args], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+from conftest import cli
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +34,10 @@ def test_stratified_split_is_seeded_and_per_label():
 
 
 def test_length_buckets_cover_every_row_once():
-    from huaxiang.text.classifier import _bucketed
+    from huaxiang.batching import length_batches
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 300, size=5000)
-    batches = _bucketed(rng.permutation(5000), lengths, 32, rng)
+    batches = length_batches(rng.permutation(5000), lengths, 32, rng)
     assert sorted(np.concatenate(batches).tolist()) == list(range(5000))
     spread = np.mean([np.ptp(lengths[b]) for b in batches])
     assert spread < 0.1 * np.ptp(lengths)  # a batch holds texts of similar length: little padding

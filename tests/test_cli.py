@@ -7,7 +7,7 @@ import sys
 import pytest
 
 COMMANDS = ["ingest", "build", "profile", "segments", "embed", "sentiment", "graph", "demo"]
-GROUPS = [("train", "classifier"), ("eval", "classifier")]
+GROUPS = [("train", "classifier", "--text-col"), ("eval", "classifier", "--text-col"), ("eval", "seqrec", "--protocol")]
 
 
 def run(*args, cwd=None, check=True):
@@ -98,7 +98,7 @@ def test_config_file_changes_thresholds_and_bad_keys_fail(tmp_path):
     assert proc.returncode == 1 and "unknown keys ['new_dayz']" in proc.stderr
 
 
-@pytest.mark.parametrize("group,command", GROUPS)
-def test_sub_commands_have_help(group, command):
+@pytest.mark.parametrize("group,command,option", GROUPS)
+def test_sub_commands_have_help(group, command, option):
     out = run(group, command, "--help").stdout
-    assert "Usage" in out and "--data" in out and "--text-col" in out
+    assert "Usage" in out and "--data" in out and option in out

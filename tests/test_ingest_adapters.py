@@ -20,8 +20,9 @@ from huaxiang import store
 from huaxiang.errors import HuaxiangError
 from huaxiang.ingest import FORMATS, adapters, ingest_file, parse_mapping
 
+from conftest import SHARED
+
 DEMO = Path(huaxiang.__file__).parent / "data" / "demo"
-SHARED = Path("/work/shared/data")
 
 
 # ---------------------------------------------------------------- helpers

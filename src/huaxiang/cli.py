@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
@@ -273,6 +274,70 @@ def eval_classifier_cmd(
         print(json.dumps(result))
     else:
         out.print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+
+
+@eval_app.command("seqrec")
+def eval_seqrec_cmd(
+    data: str = typer.Option(..., "--data", help="Sequences, one user per line: `user_id item_1 item_2 …` (S3-Rec format, .gz ok)."),
+    items: Optional[str] = typer.Option(None, "--items", help="Items TSV with item_id and title/text: enables the content model and text fusion."),
+    protocol: str = typer.Option("full", "--protocol", help="full (rank all items) or sample99 (against given negatives)."),
+    negatives: Optional[str] = typer.Option(None, "--negatives", help="For sample99: `user_id neg_1 … neg_99` per line."),
+    model: str = typer.Option("sasrec", "--model", help="popularity, itemknn, content, sasrec or hybrid."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="SASRec: at most this many epochs (default 200, early stopping)."),
+    text: Optional[str] = typer.Option(None, "--text", help="SASRec: fuse or init item embeddings from the item text (needs --items)."),
+    save: Optional[str] = typer.Option(None, "--save", help="Save the trained model to this folder."),
+    config: Optional[str] = typer.Option(None, "--config", help="A TOML file overriding the defaults."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """Leave-one-out evaluation of a recommender on a sequence file: the last item of each user is
+    the test target, the second-to-last the validation target; HR@5/10, NDCG@5/10, MRR."""
+    from .evaluate.seqrec import evaluate, read_negatives, read_sequences, split
+    from .models.seqrec import MODELS, save_model
+    if model not in MODELS:
+        raise HuaxiangError(f"unknown model {model!r} (one of: {', '.join(MODELS)})")
+    if protocol not in ("full", "sample99"):
+        raise HuaxiangError(f"unknown protocol {protocol!r} (full or sample99)")
+    cfg = load_config(config)
+    if protocol == "sample99" and negatives is None:
+        raise HuaxiangError("--protocol sample99 needs --negatives FILE")
+    seqs = read_sequences(data)
+    negs = read_negatives(negatives, seqs) if protocol == "sample99" else None
+    vectors = None
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("reading", total=None)
+        tick = lambda done, total: bar.update(task, completed=done, total=total)
+        if items:
+            from .evaluate.item_text import item_vectors, read_item_texts
+            from .text.encoder import load_encoder
+            bar.update(task, description="embedding item texts")
+            vectors = item_vectors(read_item_texts(items, seqs), load_encoder(cfg.encoder), tick)
+        if (model == "content" or text) and vectors is None:
+            raise HuaxiangError(f"{'--text' if text else 'the content model'} needs item texts (--items FILE)")
+        params = {"sasrec": {k: v for k, v in (("epochs", epochs), ("text", text)) if v is not None}}
+        m = MODELS[model](**({"sasrec": params["sasrec"]} if model == "hybrid" else params.get(model, {})))
+        train = split(seqs, "train")[0]
+        bar.update(task, description=f"training {model}", completed=0, total=None)
+        started = time.perf_counter()
+        if model in ("sasrec", "hybrid"):
+            m.fit(train, seqs.n_items, vectors, valid=split(seqs, "valid"),
+                  progress=lambda msg: bar.update(task, description=f"{model}: {msg}"))
+        else:
+            m.fit(train, seqs.n_items, vectors)
+        train_seconds = time.perf_counter() - started
+        bar.update(task, description="evaluating")
+        valid = evaluate(m.score, seqs, "valid", "full", progress=tick)
+        result = evaluate(m.score, seqs, "test", protocol, negs, progress=tick)
+    result.update(model=model, protocol=protocol, train_seconds=round(train_seconds, 1), n_items=seqs.n_items,
+                  valid_ndcg_at_10=valid["ndcg@10"], params=m.params())
+    if save:
+        save_model(m, save)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        out.print(f"{model} on {data} ({protocol}, {result['n_users']:,} users, {seqs.n_items:,} items, "
+                  f"trained in {train_seconds:.0f} s): " + ", ".join(
+                      f"{k} {result[k]:.4f}" for k in ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr")))
 
 
 @app.command("convert-encoder")

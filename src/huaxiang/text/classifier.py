@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..batching import length_batches
 from ..errors import HuaxiangError
 from .convert import convert, load_hf, mean_pool
 
@@ -111,18 +112,6 @@ def _batches(tok, texts: list[str], max_len: int, batch_size: int, device):
         yield i, {k: v.to(device) for k, v in enc.items()}
 
 
-def _bucketed(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng) -> list[np.ndarray]:
-    """Batches of similar length (less padding, faster on CPU): shuffled rows are cut into chunks of
-    50 batches, each chunk sorted by length and cut into batches, and the batches shuffled."""
-    chunk = batch_size * 50
-    batches = []
-    for start in range(0, len(order), chunk):
-        part = order[start:start + chunk]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
 def predict_proba(model: _Classifier, tok, texts: list[str], max_len: int, batch_size: int = 64) -> np.ndarray:
     torch = model.torch
     model.train(False)
@@ -191,7 +180,7 @@ def train_classifier(df: pd.DataFrame, out_dir: str, cfg: TrainConfig,
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         model.train(True)
-        for step, rows in enumerate(_bucketed(rng.permutation(train_idx), lengths, cfg.batch_size, rng)):
+        for step, rows in enumerate(length_batches(rng.permutation(train_idx), lengths, cfg.batch_size, rng)):
             _, batch = next(_batches(tok, [texts[j] for j in rows], cfg.max_len, len(rows), device))
             target = torch.as_tensor(y[rows], device=device)
             loss = torch.nn.functional.cross_entropy(model.logits(batch), target, weight=weight)

@@ -1,0 +1,140 @@
+"""Sequential recommendation: the S3-Rec file format, the leave-one-out protocol and its metrics.
+
+Format: one user per line, `user_id item_1 item_2 …` in chronological order (whitespace separated).
+Items are mapped to indices 1..n in order of first appearance (0 is padding).
+
+Protocol (as in the S3-Rec / SASRec papers and their code): per user the last item is the test
+target, the second-to-last the validation target, the rest is training. A model scores every item
+for a history; the items already in the history are excluded (as the published code does), and the
+target's rank is the number of remaining items scored strictly higher plus the ties (ties count
+against the model). `full` ranks against all items; `sample99` against 99 given negatives.
+Metrics: HR@k (target in the top k), NDCG@k (1/log2(rank+2) when in the top k), MRR (1/(rank+1)),
+averaged over users.
+"""
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..errors import HuaxiangError
+
+
+@dataclass
+class Sequences:
+    users: list[str]
+    seqs: list[list[int]]  # item indices, 1-based
+    items: list[str] = field(default_factory=list)  # items[i - 1] = the file's id of index i
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    def index(self) -> dict[str, int]:
+        return {item: i + 1 for i, item in enumerate(self.items)}
+
+
+def _open(path: str):
+    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+
+
+def read_sequences(path: str, min_length: int = 3) -> Sequences:
+    """Reads an S3-Rec file. Users with fewer than `min_length` items (nothing left to train on) are
+    an error naming the line, as is a repeated user id."""
+    users, seqs, index = [], [], {}
+    try:
+        with _open(path) as f:
+            for no, line in enumerate(f, 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) - 1 < min_length:
+                    raise HuaxiangError(f"{path}, line {no}: user {parts[0]!r} has {len(parts) - 1} items; "
+                                        f"leave-one-out needs at least {min_length}")
+                users.append(parts[0])
+                seqs.append([index.setdefault(item, len(index) + 1) for item in parts[1:]])
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise HuaxiangError(f"cannot read {path}: {exc}") from exc
+    if len(set(users)) != len(users):
+        raise HuaxiangError(f"{path}: a user id appears on more than one line")
+    if not users:
+        raise HuaxiangError(f"{path}: no sequences")
+    return Sequences(users, seqs, list(index))
+
+
+def read_negatives(path: str, data: Sequences, n: int = 99) -> list[np.ndarray]:
+    """`user_id neg_1 … neg_n` per line, aligned with `data.users`."""
+    idx, rows = data.index(), {}
+    with _open(path) as f:
+        for no, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            unknown = [p for p in parts[1:] if p not in idx]
+            if len(parts) - 1 != n or unknown:
+                raise HuaxiangError(f"{path}, line {no}: expected {n} known negative items "
+                                    f"(got {len(parts) - 1}{', unknown ' + ', '.join(unknown[:3]) if unknown else ''})")
+            rows[parts[0]] = np.array([idx[p] for p in parts[1:]], dtype=np.int64)
+    missing = [u for u in data.users if u not in rows]
+    if missing:
+        raise HuaxiangError(f"{path}: no negatives for {len(missing)} users (e.g. {missing[0]!r})")
+    return [rows[u] for u in data.users]
+
+
+def split(data: Sequences, stage: str) -> tuple[list[list[int]], np.ndarray]:
+    """(histories, targets) for `stage`: train (histories = all but the last two), valid, test."""
+    if stage == "train":
+        return [s[:-2] for s in data.seqs], np.zeros(len(data.seqs), dtype=np.int64)
+    cut = -2 if stage == "valid" else -1
+    return [s[:cut] for s in data.seqs], np.array([s[cut] for s in data.seqs], dtype=np.int64)
+
+
+def ranks_full(scores: np.ndarray, histories: list[list[int]], targets: np.ndarray) -> np.ndarray:
+    """Rank (0 = best) of each target among all items, the history's items excluded; `scores` is
+    (users, n_items + 1) with column 0 the padding index."""
+    s = scores.astype(np.float64, copy=True)
+    s[:, 0] = -np.inf
+    for row, hist in enumerate(histories):
+        s[row, hist] = -np.inf
+    t = s[np.arange(len(targets)), targets]
+    s[np.arange(len(targets)), targets] = -np.inf  # the target itself is not a tie
+    return (s >= t[:, None]).sum(axis=1)
+
+
+def ranks_sampled(scores: np.ndarray, targets: np.ndarray, negatives: list[np.ndarray]) -> np.ndarray:
+    t = scores[np.arange(len(targets)), targets]
+    neg = np.stack([scores[row, negs] for row, negs in enumerate(negatives)])
+    return (neg >= t[:, None]).sum(axis=1)
+
+
+def metrics(ranks: np.ndarray, ks: tuple[int, ...] = (5, 10)) -> dict[str, float]:
+    ranks = np.asarray(ranks, dtype=np.float64)
+    out = {}
+    for k in ks:
+        hit = ranks < k
+        out[f"hr@{k}"] = float(hit.mean())
+        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2), 0.0).mean())
+    out["mrr"] = float((1.0 / (ranks + 1)).mean())
+    return out
+
+
+def evaluate(score: Callable[[list[list[int]]], np.ndarray], data: Sequences, stage: str = "test",
+             protocol: str = "full", negatives: list[np.ndarray] | None = None, batch: int = 512,
+             progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+    """Metrics of `score(histories) -> (batch, n_items + 1)` on `stage` under `protocol`."""
+    histories, targets = split(data, stage)
+    if protocol == "sample99" and negatives is None:
+        raise HuaxiangError("the sample99 protocol needs the negatives file (--negatives)")
+    ranks = []
+    for start in range(0, len(histories), batch):
+        h, t = histories[start:start + batch], targets[start:start + batch]
+        s = score(h)
+        ranks.append(ranks_full(s, h, t) if protocol == "full" else
+                     ranks_sampled(s, t, negatives[start:start + batch]))
+        if progress:
+            progress(min(start + batch, len(histories)), len(histories))
+    out = metrics(np.concatenate(ranks))
+    out["n_users"] = len(histories)
+    return out

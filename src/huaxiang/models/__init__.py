@@ -1,0 +1,1 @@
+"""Trained models: each with fit / predict (or score) / save / load."""

@@ -1,0 +1,86 @@
+"""Sequential recommendation: the S3-Rec format, leave-one-out, metrics on hand-computed cases, and
+a small real training run that must beat popularity."""
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from huaxiang.errors import HuaxiangError
+from huaxiang.evaluate.seqrec import (Sequences, evaluate, metrics, ranks_full, ranks_sampled, read_negatives,
+                                      read_sequences, split)
+from huaxiang.models.seqrec import MODELS, load_model, save_model
+
+from conftest import SHARED, cli
+
+
+def test_metrics_by_hand():
+    m = metrics(np.array([0, 4, 9, 10]))
+    assert m["hr@5"] == 0.5 and m["hr@10"] == 0.75
+    assert m["ndcg@5"] == pytest.approx((1 + 1 / np.log2(6)) / 4)
+    assert m["ndcg@10"] == pytest.approx((1 + 1 / np.log2(6) + 1 / np.log2(11)) / 4)
+    assert m["mrr"] == pytest.approx((1 + 1 / 5 + 1 / 10 + 1 / 11) / 4)
+
+
+def test_full_ranking_excludes_history_and_counts_ties_against_the_model():
+    scores = np.array([[9.0, 5.0, 7.0, 3.0, 5.0, 1.0]])  # column 0 is padding
+    # target 1 (score 5): item 2 (7) is in the history, so only item 4 (5, a tie) is not below it
+    assert ranks_full(scores, [[2]], np.array([1])).tolist() == [1]
+    assert ranks_full(scores, [[]], np.array([1])).tolist() == [2]
+    assert ranks_full(scores, [[1]], np.array([2])).tolist() == [0]
+    assert ranks_sampled(scores, np.array([3]), [np.array([5, 1])]).tolist() == [1]
+
+
+def test_leave_one_out_split():
+    d = Sequences(["u"], [[1, 2, 3, 4, 5]], list("abcde"))
+    assert split(d, "train")[0] == [[1, 2, 3]]
+    h, t = split(d, "valid")
+    assert h == [[1, 2, 3]] and t.tolist() == [4]
+    h, t = split(d, "test")
+    assert h == [[1, 2, 3, 4]] and t.tolist() == [5]
+
+
+def test_reading_errors_name_the_line(tmp_path):
+    p = tmp_path / "s.txt"
+    p.write_text("1 a b c\n2 a b\n")
+    with pytest.raises(HuaxiangError, match="line 2: user '2' has 2 items"):
+        read_sequences(str(p))
+    p.write_text("1 a b c\n1 c b a\n")
+    with pytest.raises(HuaxiangError, match="more than one line"):
+        read_sequences(str(p))
+    p.write_text("1 a b c\n")
+    n = tmp_path / "n.txt"
+    n.write_text("1 a zz\n")
+    with pytest.raises(HuaxiangError, match="line 1: expected 2 known negative items .*unknown zz"):
+        read_negatives(str(n), read_sequences(str(p)), n=2)
+
+
+@pytest.fixture(scope="module")
+def beauty_slice(tmp_path_factory):
+    """The first 3,000 users of Amazon Beauty (S3-Rec), re-indexed by first appearance."""
+    path = tmp_path_factory.mktemp("seq") / "beauty3k.txt"
+    with gzip.open(SHARED / "amazon2014_seqrec_s3rec" / "Beauty.txt.gz", "rt") as f:
+        path.write_text("".join(line for _, line in zip(range(3000), f)))
+    return path
+
+
+@pytest.mark.slow
+def test_models_beat_popularity_on_a_real_slice(beauty_slice, tmp_path):
+    data = read_sequences(str(beauty_slice))
+    train, valid = split(data, "train")[0], split(data, "valid")
+    results = {}
+    for name, kw in (("popularity", {}), ("itemknn", {}), ("sasrec", {"epochs": 12, "patience": 3})):
+        m = MODELS[name](**kw)
+        m.fit(train, data.n_items, None, valid=valid) if name == "sasrec" else m.fit(train, data.n_items)
+        results[name] = evaluate(m.score, data)["ndcg@10"]
+        save_model(m, str(tmp_path / name))
+        again = load_model(str(tmp_path / name))
+        assert np.allclose(again.score(split(data, "test")[0][:50]), m.score(split(data, "test")[0][:50]), atol=1e-5)
+    assert results["itemknn"] > 2 * results["popularity"]
+    assert results["sasrec"] > results["popularity"]
+
+
+def test_eval_seqrec_cli_json(beauty_slice):
+    result = json.loads(cli("eval", "seqrec", "--data", str(beauty_slice), "--model", "itemknn", "--json"))
+    assert {"hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr", "n_users", "train_seconds", "model"} <= set(result)
+    assert result["n_users"] == 3000 and 0 < result["ndcg@10"] <= result["hr@10"] <= 1
