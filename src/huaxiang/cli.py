@@ -18,7 +18,7 @@ from . import __version__
 from .config import load_config
 from .errors import HuaxiangError
 from .ingest import FORMATS, ingest_file, parse_mapping
-from .store import connect
+from .store import connect, has_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="huaxiang (画像): deep user profiles for e-commerce search and recommendation.")
@@ -274,6 +274,80 @@ def eval_classifier_cmd(
         print(json.dumps(result))
     else:
         out.print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+
+
+@train_app.command("recommender")
+def train_recommender_cmd(
+    db: str = DB,
+    model: str = typer.Option("hybrid", "--model", help="popularity, itemknn, content, sasrec or hybrid."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="SASRec: at most this many epochs (early stopping)."),
+    config: Optional[str] = typer.Option(None, "--config", help="A TOML file overriding the defaults."),
+):
+    """Train a recommender on the store's behaviour (sequences of item events); `huaxiang recommend`
+    then serves it. Item embeddings from `huaxiang embed` are used when present."""
+    from .recommend.store_model import model_dir, train_store_recommender
+    from .text.encoder import ENCODERS
+    cfg = load_config(config)
+    con = connect(db, read_only=True)
+    with Progress(SpinnerColumn(), TextColumn("train recommender: {task.description}"), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("reading sequences", total=None)
+        meta = train_store_recommender(con, db, model, ENCODERS[cfg.encoder].name,
+                                       {"epochs": epochs} if epochs else None,
+                                       lambda msg: bar.update(task, description=msg))
+    out.print(f"{meta['model']} recommender trained on {meta['trained_on']:,} sequences ({meta['users']:,} users) "
+              f"in {meta['train_seconds']:.0f} s → {model_dir(db)}")
+
+
+@app.command()
+def recommend(
+    user_id: str = typer.Argument(..., help="The user's id (as stored, e.g. beauty:17)."),
+    db: str = DB,
+    k: int = typer.Option(10, "-k", "--k", min=1, max=1000, help="How many items."),
+    explain: bool = typer.Option(False, "--explain", help="Say why each item is recommended."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """Top-k items for a user, already-bought items filtered, with reasons (--explain); users with no
+    history get items from their searches, their segment, or what is popular."""
+    from .recommend.store_model import load_store_recommender
+    from .recommend.top_k import recommend as top_k
+    rec = load_store_recommender(db)
+    result = top_k(connect(db, read_only=True), rec, user_id, k, explain)
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+        return
+    out.print(f"Top {len(result['items'])} for {user_id} (from {result['source']}):", markup=False)
+    for n, item in enumerate(result["items"], 1):
+        out.print(f"{n:>3}. {(item['title'] or item['item_id'])[:70]}" + (f"\n       {item['reason']}" if explain else ""),
+                  markup=False, highlight=False)
+
+
+@app.command()
+def search(
+    query: str = typer.Argument(..., help="What to search for, e.g. \"nail polish\" or 洗发水."),
+    user: Optional[str] = typer.Option(None, "--user", help="Re-rank the results for this user."),
+    db: str = DB,
+    k: int = typer.Option(10, "-k", "--k", min=1, max=1000),
+    embeddings: bool = typer.Option(True, "--embeddings/--no-embeddings", help="Also retrieve by meaning (needs `huaxiang embed`)."),
+    config: Optional[str] = typer.Option(None, "--config", help="A TOML file overriding the defaults."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """Search item titles (BM25 + embeddings), personalised for --user by the store's recommender."""
+    from .recommend.search import search_store
+    from .recommend.store_model import load_store_recommender, model_dir
+    from .text.encoder import load_encoder
+    cfg = load_config(config)
+    con = connect(db, read_only=True)
+    rec = load_store_recommender(db) if user and (model_dir(db) / "recommender.json").exists() else None
+    encoder = load_encoder(cfg.encoder) if embeddings and has_table(con, "embeddings") else None
+    result = search_store(con, query, user, k, encoder, rec)
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+        return
+    how = "personalised for " + user if result["personalised"] else "not personalised" if user else "for anyone"
+    out.print(f"{len(result['items'])} results for {query!r} ({how}):", markup=False)
+    for n, item in enumerate(result["items"], 1):
+        out.print(f"{n:>3}. {item['title'][:80]}  [{item['item_id']}]", markup=False, highlight=False)
 
 
 @eval_app.command("seqrec")

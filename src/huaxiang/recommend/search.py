@@ -1,0 +1,133 @@
+"""Item search over titles — BM25 plus pretrained-LM embeddings (faiss) — re-ranked by the user.
+
+Text relevance of an item to a query = BM25 / (the best BM25 of the query) + `embedding_weight` ×
+cosine(query, item) (E5 query vs passage vectors), over the union of the top candidates of each.
+Personalisation adds `user_weight` × the user's own preference for the candidate, standardised
+over the candidates (z-score): the store recommender's score for the user's history.
+BM25: k1 = 1.2, b = 0.75, idf = ln(1 + (N − df + 0.5) / (df + 0.5)); titles are tokenised like the
+profile keywords (jieba for Chinese, a word tokenizer for English).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+
+from ..features.text import tokens
+from ..store import has_table
+
+
+class TitleIndex:
+    """BM25 over item titles (row i = item i, row 0 unused)."""
+
+    def __init__(self, k1: float = 1.2, b: float = 0.75):
+        self.k1 = k1
+        self.b = b
+
+    def fit(self, titles: list[str]):
+        rows, cols, vocab = [], [], {}
+        lengths = np.zeros(len(titles), dtype=np.float64)
+        for i, title in enumerate(titles):
+            toks = tokens(title) if title else []
+            lengths[i] = len(toks)
+            for t in toks:
+                rows.append(i)
+                cols.append(vocab.setdefault(t, len(vocab)))
+        tf = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(titles), max(len(vocab), 1)))
+        df = np.bincount(cols, minlength=tf.shape[1]).astype(np.float64)
+        n = max(int((lengths > 0).sum()), 1)
+        idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
+        norm = self.k1 * (1 - self.b + self.b * lengths / max(lengths[lengths > 0].mean() if n else 1.0, 1e-9))
+        tf = tf.tocoo()
+        weights = idf[tf.col] * (self.k1 + 1) / (1 + norm[tf.row])
+        self.matrix_ = sparse.csr_matrix((weights, (tf.row, tf.col)), shape=tf.shape).tocsc()
+        self.vocab_ = vocab
+        return self
+
+    def scores(self, query: str) -> np.ndarray:
+        cols = [self.vocab_[t] for t in tokens(query) if t in self.vocab_]
+        if not cols:
+            return np.zeros(self.matrix_.shape[0])
+        return np.asarray(self.matrix_[:, cols].sum(axis=1)).ravel()
+
+
+@dataclass
+class SearchSettings:
+    candidates: int = 200
+    embedding_weight: float = 0.5
+    user_weight: float = 0.3
+
+
+def text_relevance(index: TitleIndex, query: str, query_vector: np.ndarray | None, item_vectors, faiss_index,
+                   settings: SearchSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate item indices, text relevance) for `query`."""
+    bm = index.scores(query)
+    top = np.argsort(-bm)[:settings.candidates]
+    cand = set(top[bm[top] > 0].tolist())
+    cos = {}
+    if query_vector is not None and faiss_index is not None:
+        sims, ids = faiss_index.search(np.asarray(query_vector, dtype=np.float32).reshape(1, -1), settings.candidates)
+        cos = {int(i): float(s) for i, s in zip(ids[0], sims[0]) if i > 0}
+        cand |= set(cos)
+    cand.discard(0)
+    items = np.array(sorted(cand), dtype=np.int64)
+    if not len(items):
+        return items, np.zeros(0)
+    rel = bm[items] / max(float(bm.max()), 1e-9)
+    if query_vector is not None and item_vectors is not None:
+        rel = rel + settings.embedding_weight * (item_vectors[items] @ np.asarray(query_vector, dtype=np.float32))
+    return items, rel
+
+
+def personalise(relevance: np.ndarray, user_scores: np.ndarray | None, weight: float) -> np.ndarray:
+    """Pure: relevance + weight × the user's scores standardised over the candidates."""
+    if user_scores is None or len(user_scores) < 2 or np.ptp(user_scores) == 0:
+        return relevance
+    z = (user_scores - user_scores.mean()) / user_scores.std()
+    return relevance + weight * z
+
+
+def build_faiss(item_vectors: np.ndarray | None):
+    """An exact inner-product index over normalised item vectors (row i = item i)."""
+    if item_vectors is None:
+        return None
+    import faiss
+    index = faiss.IndexFlatIP(item_vectors.shape[1])
+    index.add(np.ascontiguousarray(item_vectors, dtype=np.float32))
+    return index
+
+
+def search_store(con, query: str, user_id: str | None, k: int, encoder=None, rec=None,
+                 settings: SearchSettings | None = None) -> dict:
+    """Search the store's titled items; with `user_id` (and a trained recommender `rec`) re-ranked by
+    the user's preferences. `encoder` adds embedding retrieval over `huaxiang embed`'s item vectors."""
+    from .top_k import user_history
+    settings = settings or SearchSettings()
+    rows = con.execute("SELECT item_id, title FROM items WHERE title IS NOT NULL ORDER BY item_id").fetchall()
+    ids = [None] + [r[0] for r in rows]
+    index = TitleIndex().fit([""] + [r[1] for r in rows])
+    vectors = qv = None
+    if encoder is not None:
+        found = dict(con.execute("SELECT key, vector FROM embeddings WHERE kind = 'item' AND model = ?",
+                                 [encoder.name]).fetchall()) if has_table(con, "embeddings") else {}
+        if found:
+            vectors = np.zeros((len(ids), encoder.dim), dtype=np.float32)
+            for i, item in enumerate(ids[1:], 1):
+                if item in found:
+                    vectors[i] = found[item]
+            qv = encoder.encode([query], "query")[0]
+    items, rel = text_relevance(index, query, qv, vectors, build_faiss(vectors), settings)
+    personal = None
+    if user_id and rec is not None and len(items):
+        history = [rec.index[i] for i, _ in user_history(con, user_id) if i in rec.index]
+        if history:
+            scores = rec.model.score([history])[0]
+            cand = np.array([scores[rec.index[ids[i]]] if ids[i] in rec.index else np.nan for i in items])
+            personal = np.where(np.isnan(cand), np.nanmean(cand) if np.isfinite(cand).any() else 0.0, cand)
+    final = personalise(rel, personal, settings.user_weight)
+    order = np.argsort(-final, kind="stable")[:k]
+    titles = dict(rows)
+    return {"query": query, "user_id": user_id, "personalised": personal is not None,
+            "items": [{"item_id": ids[items[j]], "title": titles[ids[items[j]]], "score": round(float(final[j]), 6),
+                       "relevance": round(float(rel[j]), 6)} for j in order]}

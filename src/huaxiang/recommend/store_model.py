@@ -1,0 +1,118 @@
+"""A recommender trained on the store's own behaviour, saved beside the store, and its top-k.
+
+Sequences: each user's item events (view, fav, cart, buy, review) in time order, a repeat of the
+item just seen dropped. `huaxiang train recommender` fits the chosen model (hybrid by default; its
+text part uses the item embeddings of `huaxiang embed` when they exist) with the leave-one-out
+last item of each sequence held out for early stopping (SASRec, hybrid; the others learn from
+everything), plus an item-KNN used for the reasons, and saves both in `<store>.models/recommender/`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import HuaxiangError
+from ..evaluate.seqrec import Sequences
+from ..models.seqrec import MODELS, ItemKNN, load_model, save_model
+from ..store import has_table
+
+ITEM_EVENTS = ("view", "fav", "cart", "buy", "review")
+
+
+def model_dir(db: str) -> Path:
+    return Path(f"{db}.models") / "recommender"
+
+
+def store_sequences(con, min_length: int = 1) -> Sequences:
+    """Every user's item sequence from `events` (time order, immediate repeats dropped)."""
+    rows = con.execute(f"""
+        SELECT user_id, list(item_id ORDER BY ts, event_id) FROM events
+        WHERE item_id IS NOT NULL AND type IN ({', '.join(repr(t) for t in ITEM_EVENTS)})
+        GROUP BY user_id ORDER BY user_id""").fetchall()
+    users, seqs, index = [], [], {}
+    for user, items in rows:
+        seq = [index.setdefault(i, len(index) + 1) for k, i in enumerate(items) if k == 0 or items[k - 1] != i]
+        if len(seq) >= min_length:
+            users.append(user)
+            seqs.append(seq)
+    return Sequences(users, seqs, list(index))
+
+
+def store_item_vectors(con, items: list[str], encoder_name: str) -> np.ndarray | None:
+    """Item text vectors from `huaxiang embed` (index 0 and items without one: zeros), or None."""
+    if not has_table(con, "embeddings"):
+        return None
+    found = dict(con.execute("SELECT key, vector FROM embeddings WHERE kind = 'item' AND model = ?",
+                             [encoder_name]).fetchall())
+    if not found:
+        return None
+    dim = len(next(iter(found.values())))
+    out = np.zeros((len(items) + 1, dim), dtype=np.float32)
+    for i, item in enumerate(items, 1):
+        if item in found:
+            out[i] = found[item]
+    return out
+
+
+def train_store_recommender(con, db: str, model: str, encoder_name: str, sasrec: dict | None = None,
+                            progress: Callable[[str], None] | None = None) -> dict:
+    if model not in MODELS:
+        raise HuaxiangError(f"unknown model {model!r} (one of: {', '.join(MODELS)})")
+    data = store_sequences(con)
+    if not any(len(s) >= 3 for s in data.seqs):
+        raise HuaxiangError("no user has 3 or more item events: nothing to learn a recommender from")
+    vectors = store_item_vectors(con, data.items, encoder_name)
+    if model == "content" and vectors is None:
+        raise HuaxiangError("the content model needs item embeddings: run `huaxiang embed` first")
+    kw = {"sasrec": sasrec or {}} if model == "hybrid" else (sasrec or {}) if model == "sasrec" else {}
+    m = MODELS[model](**kw)
+    started = time.perf_counter()
+    if model in ("sasrec", "hybrid"):
+        # every sequence but its last item trains; the last items decide when to stop
+        long = [s for s in data.seqs if len(s) >= 3]
+        train = [s[:-1] for s in data.seqs]
+        m.fit(train, data.n_items, vectors, valid=([s[:-1] for s in long], np.array([s[-1] for s in long])),
+              progress=progress)
+    else:
+        train = data.seqs
+        m.fit(train, data.n_items, vectors)
+    # the served model learns from every sequence, the explanations from item-KNN on all of them
+    knn = ItemKNN().fit(data.seqs, data.n_items)
+    out = model_dir(db)
+    save_model(m, str(out / "model"))
+    save_model(knn, str(out / "knn"))
+    popularity = np.bincount(np.concatenate([np.asarray(s) for s in data.seqs]), minlength=data.n_items + 1)
+    np.save(out / "popularity.npy", popularity.astype(np.float32))
+    if vectors is not None:
+        np.save(out / "item_vectors.npy", vectors)
+    meta = {"model": model, "items": data.items, "users": len(data.users), "trained_on": len(train),
+            "train_seconds": round(time.perf_counter() - started, 1), "encoder": encoder_name}
+    (out / "recommender.json").write_text(json.dumps(meta, ensure_ascii=False))
+    return {k: v for k, v in meta.items() if k != "items"}
+
+
+@dataclass
+class StoreRecommender:
+    model: object
+    knn: ItemKNN
+    items: list[str]
+    index: dict[str, int]
+    popularity: np.ndarray
+    vectors: np.ndarray | None
+    meta: dict
+
+
+def load_store_recommender(db: str) -> StoreRecommender:
+    d = model_dir(db)
+    if not (d / "recommender.json").exists():
+        raise HuaxiangError(f"no recommender for {db} yet: run `huaxiang train recommender --db {db}` first")
+    meta = json.loads((d / "recommender.json").read_text())
+    vectors = np.load(d / "item_vectors.npy") if (d / "item_vectors.npy").exists() else None
+    return StoreRecommender(load_model(str(d / "model")), load_model(str(d / "knn")), meta["items"],
+                            {item: i for i, item in enumerate(meta["items"], 1)}, np.load(d / "popularity.npy"),
+                            vectors, meta)
