@@ -22,13 +22,22 @@ def test_metrics_by_hand():
     assert m["mrr"] == pytest.approx((1 + 1 / 5 + 1 / 10 + 1 / 11) / 4)
 
 
-def test_full_ranking_excludes_history_and_counts_ties_against_the_model():
+def test_full_ranking_excludes_history_and_counts_ties():
     scores = np.array([[9.0, 5.0, 7.0, 3.0, 5.0, 1.0]])  # column 0 is padding
-    # target 1 (score 5): item 2 (7) is in the history, so only item 4 (5, a tie) is not below it
-    assert ranks_full(scores, [[2]], np.array([1])).tolist() == [1]
-    assert ranks_full(scores, [[]], np.array([1])).tolist() == [2]
-    assert ranks_full(scores, [[1]], np.array([2])).tolist() == [0]
-    assert ranks_sampled(scores, np.array([3]), [np.array([5, 1])]).tolist() == [1]
+    # target 1 (score 5): item 2 (7) is in the history; item 4 ties with it
+    assert ranks_full(scores, [[2]], np.array([1])).tolist() == [[0, 1]]
+    assert ranks_full(scores, [[]], np.array([1])).tolist() == [[1, 1]]
+    assert ranks_full(scores, [[1]], np.array([2])).tolist() == [[0, 0]]
+    assert ranks_sampled(scores, np.array([3]), [np.array([5, 1, 4])]).tolist() == [[2, 0]]
+
+
+def test_ties_give_the_expected_metrics_of_a_random_order():
+    # above 3, tied with 4 others: ranks 3..7 equally likely
+    m = metrics(np.array([[3, 4]]))
+    assert m["hr@5"] == pytest.approx(2 / 5) and m["hr@10"] == pytest.approx(1.0)
+    assert m["ndcg@5"] == pytest.approx(sum(1 / np.log2(r + 2) for r in (3, 4)) / 5)
+    assert m["mrr"] == pytest.approx(sum(1 / (r + 1) for r in range(3, 8)) / 5)
+    assert metrics(np.array([[2, 0]])) == metrics(np.array([2]))
 
 
 def test_leave_one_out_split():

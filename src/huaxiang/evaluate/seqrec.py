@@ -5,11 +5,13 @@ Items are mapped to indices 1..n in order of first appearance (0 is padding).
 
 Protocol (as in the S3-Rec / SASRec papers and their code): per user the last item is the test
 target, the second-to-last the validation target, the rest is training. A model scores every item
-for a history; the items already in the history are excluded (as the published code does), and the
-target's rank is the number of remaining items scored strictly higher plus the ties (ties count
-against the model). `full` ranks against all items; `sample99` against 99 given negatives.
-Metrics: HR@k (target in the top k), NDCG@k (1/log2(rank+2) when in the top k), MRR (1/(rank+1)),
-averaged over users.
+for a history; the items already in the history are excluded (as the published code does). The
+target's rank is the number of remaining items scored strictly higher, plus a uniformly random
+place among the items tied with it — the metrics are their exact expectation over that draw, so a
+model that scores many items alike (popularity, item-KNN's zeros) is neither flattered nor punished
+by the order ties happen to be broken in. `full` ranks against all items; `sample99` against 99
+given negatives. Metrics: HR@k (target in the top k), NDCG@k (1/log2(rank+2) when in the top k),
+MRR (1/(rank+1)), averaged over users.
 """
 from __future__ import annotations
 
@@ -92,31 +94,39 @@ def split(data: Sequences, stage: str) -> tuple[list[list[int]], np.ndarray]:
 
 
 def ranks_full(scores: np.ndarray, histories: list[list[int]], targets: np.ndarray) -> np.ndarray:
-    """Rank (0 = best) of each target among all items, the history's items excluded; `scores` is
-    (users, n_items + 1) with column 0 the padding index."""
+    """(above, tied) per target among all items, the history's items excluded: how many items score
+    strictly higher and how many the same; `scores` is (users, n_items + 1), column 0 padding."""
     s = scores.astype(np.float64, copy=True)
     s[:, 0] = -np.inf
     for row, hist in enumerate(histories):
         s[row, hist] = -np.inf
     t = s[np.arange(len(targets)), targets]
-    s[np.arange(len(targets)), targets] = -np.inf  # the target itself is not a tie
-    return (s >= t[:, None]).sum(axis=1)
+    s[np.arange(len(targets)), targets] = np.nan  # the target is neither above nor tied with itself
+    return np.stack([(s > t[:, None]).sum(axis=1), (s == t[:, None]).sum(axis=1)], axis=1)
 
 
 def ranks_sampled(scores: np.ndarray, targets: np.ndarray, negatives: list[np.ndarray]) -> np.ndarray:
     t = scores[np.arange(len(targets)), targets]
     neg = np.stack([scores[row, negs] for row, negs in enumerate(negatives)])
-    return (neg >= t[:, None]).sum(axis=1)
+    return np.stack([(neg > t[:, None]).sum(axis=1), (neg == t[:, None]).sum(axis=1)], axis=1)
 
 
 def metrics(ranks: np.ndarray, ks: tuple[int, ...] = (5, 10)) -> dict[str, float]:
+    """Mean HR@k, NDCG@k and MRR; `ranks` holds plain ranks (0 = best) or (above, tied) rows, whose
+    metrics are the expectation over a uniformly random place among the tied items."""
     ranks = np.asarray(ranks, dtype=np.float64)
+    above, tied = (ranks[:, 0], ranks[:, 1]) if ranks.ndim == 2 else (ranks, np.zeros_like(ranks))
+    places = tied + 1  # the target's possible ranks: above, above + 1, ..., above + tied
     out = {}
     for k in ks:
-        hit = ranks < k
-        out[f"hr@{k}"] = float(hit.mean())
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2), 0.0).mean())
-    out["mrr"] = float((1.0 / (ranks + 1)).mean())
+        offsets = np.arange(k)
+        rank = above[:, None] + offsets[None, :]  # each rank below k that a place can give
+        valid = (offsets[None, :] < places[:, None]) & (rank < k)
+        out[f"hr@{k}"] = float((valid.sum(axis=1) / places).mean())
+        out[f"ndcg@{k}"] = float((np.where(valid, 1.0 / np.log2(rank + 2), 0.0).sum(axis=1) / places).mean())
+    # E[1 / (rank + 1)] = (H(above + tied + 1) - H(above)) / (tied + 1), H the harmonic numbers
+    from scipy.special import digamma
+    out["mrr"] = float(((digamma(above + places + 1) - digamma(above + 1)) / places).mean())
     return out
 
 

@@ -102,7 +102,7 @@ def search_store(con, query: str, user_id: str | None, k: int, encoder=None, rec
                  settings: SearchSettings | None = None) -> dict:
     """Search the store's titled items; with `user_id` (and a trained recommender `rec`) re-ranked by
     the user's preferences. `encoder` adds embedding retrieval over `huaxiang embed`'s item vectors."""
-    from .top_k import user_history
+    from .top_k import user_view
     settings = settings or SearchSettings()
     rows = con.execute("SELECT item_id, title FROM items WHERE title IS NOT NULL ORDER BY item_id").fetchall()
     ids = [None] + [r[0] for r in rows]
@@ -120,7 +120,7 @@ def search_store(con, query: str, user_id: str | None, k: int, encoder=None, rec
     items, rel = text_relevance(index, query, qv, vectors, build_faiss(vectors), settings)
     personal = None
     if user_id and rec is not None and len(items):
-        history = [rec.index[i] for i, _ in user_history(con, user_id) if i in rec.index]
+        history = [i for i, _ in user_view(con, rec, user_id).history]
         if history:
             scores = rec.model.score([history])[0]
             cand = np.array([scores[rec.index[ids[i]]] if ids[i] in rec.index else np.nan for i in items])

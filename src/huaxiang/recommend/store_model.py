@@ -4,7 +4,9 @@ Sequences: each user's item events (view, fav, cart, buy, review) in time order,
 item just seen dropped. `huaxiang train recommender` fits the chosen model (hybrid by default; its
 text part uses the item embeddings of `huaxiang embed` when they exist) with the leave-one-out
 last item of each sequence held out for early stopping (SASRec, hybrid; the others learn from
-everything), plus an item-KNN used for the reasons, and saves both in `<store>.models/recommender/`.
+everything), plus an item-KNN used for the reasons, and saves both in `<store>.models/recommender/`
+with a snapshot of what serving needs (recent histories, segments, titles), so that `recommend`
+answers without querying the store; a user who arrived after training is read from the store.
 """
 from __future__ import annotations
 
@@ -90,10 +92,44 @@ def train_store_recommender(con, db: str, model: str, encoder_name: str, sasrec:
     np.save(out / "popularity.npy", popularity.astype(np.float32))
     if vectors is not None:
         np.save(out / "item_vectors.npy", vectors)
+    (out / "snapshot.json").write_text(json.dumps(snapshot(con, data, popularity), ensure_ascii=False))
     meta = {"model": model, "items": data.items, "users": len(data.users), "trained_on": len(train),
             "train_seconds": round(time.perf_counter() - started, 1), "encoder": encoder_name}
     (out / "recommender.json").write_text(json.dumps(meta, ensure_ascii=False))
     return {k: v for k, v in meta.items() if k != "items"}
+
+
+def snapshot(con, data: Sequences, popularity: np.ndarray, recent: int = 50) -> dict:
+    """What `recommend` needs per user and item, read once so that serving makes no store queries:
+    recent history (index, type), well-reviewed items, segment and top category, latest searches,
+    each segment's most popular items, and the items' titles and categories."""
+    index = data.index()
+    histories = {}
+    for user, items in con.execute(f"""SELECT user_id, list([item_id, type] ORDER BY ts, event_id) FROM events
+            WHERE item_id IS NOT NULL AND type IN ({', '.join(repr(t) for t in ITEM_EVENTS)}) GROUP BY 1""").fetchall():
+        h = [(index[i], t) for k, (i, t) in enumerate(items) if (k == 0 or items[k - 1][0] != i) and i in index]
+        histories[user] = h[-recent:]
+    liked = {}
+    for user, item in con.execute("""SELECT user_id, item_id FROM reviews WHERE user_id IS NOT NULL
+            AND item_id IS NOT NULL AND (rating >= 4 OR label = 1) ORDER BY ts""").fetchall():
+        if item in index:
+            liked.setdefault(user, []).append(index[item])
+    queries = {u: q for u, q in con.execute("""SELECT user_id, list(query ORDER BY ts DESC)[:3] FROM events
+            WHERE type = 'search' AND query IS NOT NULL GROUP BY 1""").fetchall()}
+    profiles, segment_top = {}, {}
+    if has_table(con, "profiles"):
+        profiles = {u: [s, c] for u, s, c in con.execute("SELECT user_id, segment, top_category FROM profiles").fetchall()}
+        for segment, items in con.execute("""SELECT segment, list(item_id ORDER BY n DESC, item_id)[:200] FROM (
+                SELECT p.segment, e.item_id, count(*) AS n FROM events e JOIN profiles p USING (user_id)
+                WHERE e.item_id IS NOT NULL GROUP BY 1, 2) GROUP BY 1""").fetchall():
+            segment_top[segment] = [index[i] for i in items if i in index]
+    info = dict((i, (t, c)) for i, t, c in con.execute("""SELECT x.item_id, i.title, coalesce(i.category, e.category)
+        FROM (SELECT unnest(?) AS item_id) x LEFT JOIN items i USING (item_id)
+        LEFT JOIN (SELECT item_id, any_value(category_id) AS category FROM events WHERE category_id IS NOT NULL
+                   GROUP BY 1) e USING (item_id)""", [data.items]).fetchall())
+    return {"histories": histories, "liked": liked, "queries": queries, "profiles": profiles,
+            "segment_top": segment_top, "titles": [None] + [info.get(i, (None, None))[0] for i in data.items],
+            "categories": [None] + [info.get(i, (None, None))[1] for i in data.items]}
 
 
 @dataclass
@@ -105,6 +141,7 @@ class StoreRecommender:
     popularity: np.ndarray
     vectors: np.ndarray | None
     meta: dict
+    snapshot: dict
 
 
 def load_store_recommender(db: str) -> StoreRecommender:
@@ -115,4 +152,4 @@ def load_store_recommender(db: str) -> StoreRecommender:
     vectors = np.load(d / "item_vectors.npy") if (d / "item_vectors.npy").exists() else None
     return StoreRecommender(load_model(str(d / "model")), load_model(str(d / "knn")), meta["items"],
                             {item: i for i, item in enumerate(meta["items"], 1)}, np.load(d / "popularity.npy"),
-                            vectors, meta)
+                            vectors, meta, json.loads((d / "snapshot.json").read_text()))

@@ -2,20 +2,22 @@
 can read, and a cold start for users with no history.
 
 Filtering: items the user already bought (or reviewed) are never recommended, viewed ones may be;
-in a store shared by tenants (namespaced ids `ns:…`) only the user's own tenant's items are offered. Reasons, the
-first that holds for an item:
+in a store shared by tenants (namespaced ids `ns:…`) only the user's own tenant's items are offered.
+Reasons, the first that holds for an item:
   1. "similar to <item> you reviewed well" — the item's text vector is close (cosine ≥ 0.85) to an
      item the user rated ≥ 4 (or wrote a positive review of);
   2. "because you <viewed|bought|…> <item>" — the history item with the strongest item-KNN link;
   3. "popular in your favourite category <c>" — the item is in the user's top category;
-  4. "popular with shoppers like you" / "popular right now" (cold start), or "picked from your
-     recent activity" (the sequence model's own choice).
+  4. "picked from your recent activity" (the sequence model's own choice).
 Cold start (no item history, or none the model knows): the best title matches (BM25) of the user's
-latest searches, else the most popular items of the user's segment, else of everyone.
+latest searches ("matches your search …"), else the most popular items of the user's segment
+("popular with shoppers like you"), else of everyone ("popular right now").
+What is known of a user comes from the recommender's snapshot (no store query), or from the store
+for a user who arrived after training.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,25 +25,34 @@ from ..store import has_table
 from .store_model import ITEM_EVENTS, StoreRecommender
 
 VERBS = {"view": "viewed", "fav": "saved", "cart": "added to your cart", "buy": "bought", "review": "reviewed"}
+COLD_REASONS = {"segment": "popular with shoppers like you", "popularity": "popular right now"}
 
 
 @dataclass
-class Recommendation:
-    item_id: str
-    score: float
-    title: str | None
-    reason: str
-
-    def as_dict(self) -> dict:
-        return {"item_id": self.item_id, "score": round(float(self.score), 6), "title": self.title,
-                "reason": self.reason}
+class UserView:
+    history: list[tuple[int, str]] = field(default_factory=list)  # (item index, event type), oldest first
+    liked: list[int] = field(default_factory=list)  # items reviewed well
+    queries: list[str] = field(default_factory=list)  # latest searches first
+    segment: str | None = None
+    top_category: str | None = None
 
 
-def user_history(con, user_id: str) -> list[tuple[str, str]]:
-    """(item_id, type) of the user's item events, oldest first, immediate repeats dropped."""
+def user_view(con, rec: StoreRecommender, user_id: str) -> UserView:
+    snap = rec.snapshot
+    if user_id in snap["histories"] or user_id in snap["profiles"]:
+        segment, category = snap["profiles"].get(user_id, (None, None))
+        return UserView([tuple(h) for h in snap["histories"].get(user_id, [])], snap["liked"].get(user_id, []),
+                        snap["queries"].get(user_id, []), segment, category)
     rows = con.execute(f"""SELECT item_id, type FROM events WHERE user_id = ? AND item_id IS NOT NULL
         AND type IN ({', '.join(repr(t) for t in ITEM_EVENTS)}) ORDER BY ts, event_id""", [user_id]).fetchall()
-    return [r for k, r in enumerate(rows) if k == 0 or rows[k - 1][0] != r[0]]
+    history = [(rec.index[i], t) for k, (i, t) in enumerate(rows) if (k == 0 or rows[k - 1][0] != i) and i in rec.index]
+    liked = [rec.index[i] for (i,) in con.execute("""SELECT item_id FROM reviews WHERE user_id = ?
+        AND (rating >= 4 OR label = 1)""", [user_id]).fetchall() if i in rec.index]
+    queries = [q for (q,) in con.execute("""SELECT query FROM events WHERE user_id = ? AND type = 'search'
+        AND query IS NOT NULL ORDER BY ts DESC LIMIT 3""", [user_id]).fetchall()]
+    profile = con.execute("SELECT segment, top_category FROM profiles WHERE user_id = ?", [user_id]).fetchone() \
+        if has_table(con, "profiles") else None
+    return UserView(history, liked, queries, *(profile or (None, None)))
 
 
 def top_indices(scores: np.ndarray, k: int, exclude: set[int]) -> list[int]:
@@ -58,33 +69,32 @@ def top_indices(scores: np.ndarray, k: int, exclude: set[int]) -> list[int]:
 
 
 def recommend(con, rec: StoreRecommender, user_id: str, k: int = 10, explain: bool = True) -> dict:
-    history = [(rec.index[i], t) for i, t in user_history(con, user_id) if i in rec.index]
-    bought = {i for i, t in history if t in ("buy", "review")}  # a review means the user has it
+    user = user_view(con, rec, user_id)
+    bought = {i for i, t in user.history if t in ("buy", "review")}  # a review means the user has it
     scores, source = None, "history"
-    if history:
-        scores = rec.model.score([[i for i, _ in history]])[0].astype(np.float64)
+    if user.history:
+        scores = rec.model.score([[i for i, _ in user.history]])[0].astype(np.float64)
         if np.ptp(scores[1:]) == 0:  # the model knows nothing about these items
             scores = None
     if scores is None:
-        found = _from_searches(con, user_id, k, {rec.items[i - 1] for i in bought})
+        found = _from_searches(con, user.queries, k, {rec.items[i - 1] for i in bought})
         if found:
             return {"user_id": user_id, "source": "searches", "k": k, "items": found}
-        scores, source = _cold_start(con, rec, user_id)
+        scores, source = _cold_start(rec, user)
     # popularity breaks ties; items of another tenant (namespace) are never offered
     scores = scores + 1e-6 * rec.popularity / max(float(rec.popularity.max()), 1.0)
     chosen = top_indices(scores, k, bought | _other_tenants(rec, user_id)) or top_indices(scores, k, bought)
-    titles = _titles(con, [rec.items[i - 1] for i in chosen])
-    reasons = _reasons(con, rec, user_id, history, chosen, source) if explain else [""] * len(chosen)
+    titles = rec.snapshot["titles"]
+    reasons = (_reasons(rec, user, chosen) if source == "history" else [COLD_REASONS[source]] * len(chosen)) \
+        if explain else [""] * len(chosen)
     return {"user_id": user_id, "source": source, "k": k,
-            "items": [Recommendation(rec.items[i - 1], scores[i], titles.get(rec.items[i - 1]), why).as_dict()
-                      for i, why in zip(chosen, reasons)]}
+            "items": [{"item_id": rec.items[i - 1], "score": round(float(scores[i]), 6), "title": titles[i],
+                       "reason": why} for i, why in zip(chosen, reasons)]}
 
 
-def _from_searches(con, user_id: str, k: int, exclude: set[str]) -> list[dict]:
+def _from_searches(con, queries: list[str], k: int, exclude: set[str]) -> list[dict]:
     """Cold start from the user's latest searches: the best title matches (BM25) of each."""
     from .search import search_store
-    queries = [q for (q,) in con.execute("""SELECT query FROM events WHERE user_id = ? AND type = 'search'
-        AND query IS NOT NULL ORDER BY ts DESC LIMIT 3""", [user_id]).fetchall()]
     out = []
     for q in queries:
         for item in search_store(con, q, None, k)["items"]:
@@ -98,80 +108,44 @@ def _other_tenants(rec: StoreRecommender, user_id: str) -> set[int]:
     if ":" not in user_id:
         return set()
     prefix = user_id.split(":", 1)[0] + ":"
-    return {i for i, item in enumerate(rec.items, 1) if not item.startswith(prefix)}
+    tenants = rec.snapshot.setdefault("_tenant_items", {})
+    if prefix not in tenants:  # computed once per tenant
+        tenants[prefix] = {i for i, item in enumerate(rec.items, 1) if not item.startswith(prefix)}
+    return tenants[prefix]
 
 
-def _cold_start(con, rec: StoreRecommender, user_id: str) -> tuple[np.ndarray, str]:
+def _cold_start(rec: StoreRecommender, user: UserView) -> tuple[np.ndarray, str]:
     """The most popular items of the user's segment, else of everyone."""
-    segment = _profile_value(con, user_id, "segment")
-    if segment:
-        rows = con.execute("""SELECT e.item_id, count(*) FROM events e JOIN profiles p USING (user_id)
-            WHERE p.segment = ? AND e.item_id IS NOT NULL GROUP BY 1""", [segment]).fetchall()
+    top = rec.snapshot["segment_top"].get(user.segment or "", [])
+    if top:
         scores = np.zeros(len(rec.items) + 1, dtype=np.float64)
-        for item, n in rows:
-            if item in rec.index:
-                scores[rec.index[item]] = n
-        if scores.any():
-            return scores, "segment"
+        scores[top] = np.arange(len(top), 0, -1)
+        return scores, "segment"
     return rec.popularity.astype(np.float64), "popularity"
 
 
-def _profile_value(con, user_id: str, column: str):
-    """One value of the user's profile, or None (no profile, or no profiles built yet)."""
-    if not has_table(con, "profiles"):
-        return None
-    row = con.execute(f"SELECT {column} FROM profiles WHERE user_id = ?", [user_id]).fetchone()
-    return row[0] if row else None
-
-
-def _titles(con, items: list[str]) -> dict[str, str]:
-    if not items:
-        return {}
-    return dict(con.execute("SELECT item_id, title FROM items WHERE item_id IN (SELECT unnest(?)) AND title IS NOT NULL",
-                            [items]).fetchall())
-
-
-def _label(title: str | None, item: str) -> str:
-    text = title or item
+def _label(rec: StoreRecommender, i: int) -> str:
+    text = rec.snapshot["titles"][i] or rec.items[i - 1]
     return f"“{text[:60]}{'…' if len(text) > 60 else ''}”"
 
 
-def _reasons(con, rec: StoreRecommender, user_id: str, history: list[tuple[int, str]], chosen: list[int],
-             source: str) -> list[str]:
-    if source != "history":
-        return [{"segment": "popular with shoppers like you"}.get(source, "popular right now")] * len(chosen)
-    liked = _liked(con, rec, user_id)
-    top_category = _profile_value(con, user_id, "top_category")
-    categories = _categories(con, [rec.items[i - 1] for i in chosen]) if top_category else {}
-    names = _titles(con, [rec.items[i - 1] for i, _ in history] + [rec.items[i - 1] for i in liked])
-    hist_idx = np.array([i for i, _ in history])
-    last_type = {i: t for i, t in history}
+def _reasons(rec: StoreRecommender, user: UserView, chosen: list[int]) -> list[str]:
+    hist_idx = np.array([i for i, _ in user.history])
+    last_type = dict(user.history)
     sims = rec.knn.sim_[hist_idx][:, chosen].toarray() if len(chosen) else np.zeros((len(hist_idx), 0))
+    categories = rec.snapshot["categories"]
     out = []
     for col, item in enumerate(chosen):
         reason = None
-        if liked and rec.vectors is not None:
-            cos = rec.vectors[liked] @ rec.vectors[item]
+        if user.liked and rec.vectors is not None:
+            cos = rec.vectors[user.liked] @ rec.vectors[item]
             best = int(np.argmax(cos))
-            if cos[best] >= 0.85 and liked[best] != item:
-                reason = f"similar to {_label(names.get(rec.items[liked[best] - 1]), rec.items[liked[best] - 1])} you reviewed well"
+            if cos[best] >= 0.85 and user.liked[best] != item:
+                reason = f"similar to {_label(rec, user.liked[best])} you reviewed well"
         if reason is None and sims[:, col].max(initial=0) > 0:
-            row = int(np.argmax(sims[:, col]))
-            src = int(hist_idx[row])
-            reason = f"because you {VERBS.get(last_type[src], 'viewed')} {_label(names.get(rec.items[src - 1]), rec.items[src - 1])}"
-        if reason is None and top_category and categories.get(rec.items[item - 1]) == top_category:
-            reason = f"popular in your favourite category {top_category}"
+            src = int(hist_idx[int(np.argmax(sims[:, col]))])
+            reason = f"because you {VERBS.get(last_type[src], 'viewed')} {_label(rec, src)}"
+        if reason is None and user.top_category and categories[item] == user.top_category:
+            reason = f"popular in your favourite category {user.top_category}"
         out.append(reason or "picked from your recent activity")
     return out
-
-
-def _liked(con, rec: StoreRecommender, user_id: str) -> list[int]:
-    rows = con.execute("""SELECT r.item_id FROM reviews r WHERE r.user_id = ? AND r.item_id IS NOT NULL
-        AND (r.rating >= 4 OR r.label = 1)""", [user_id]).fetchall()
-    return [rec.index[i] for (i,) in rows if i in rec.index]
-
-
-def _categories(con, items: list[str]) -> dict[str, str]:
-    return dict(con.execute("""SELECT x.item_id, coalesce(i.category, (SELECT any_value(e.category_id)
-        FROM events e WHERE e.item_id = x.item_id)) FROM (SELECT unnest(?) AS item_id) x LEFT JOIN items i
-        USING (item_id)""", [items]).fetchall())

