@@ -2,7 +2,7 @@
 with RecBole's SASRec on the same split and machine.
 
     .venv/bin/python benchmarks/seqrec.py --dataset Beauty [--models popularity,itemknn,sasrec,hybrid]
-        [--recbole /path/to/recbole-venv/bin/python] [--recbole-epochs 30] [--epochs 200]
+        [--recbole /path/to/recbole-venv/bin/python] [--recbole-epochs 30] [--sasrec '{"batch_size": 64}']
 
 Protocol (README): leave-one-out — per user the last item is the test target, the second-to-last
 the validation target (early stopping), the rest trains; full ranking over all items with the
@@ -50,6 +50,9 @@ cfg = Config(model="SASRec", dataset="seq", config_dict={
     "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
     "metrics": ["Hit", "NDCG", "MRR"], "topk": [5, 10], "valid_metric": "NDCG@10",
     "show_progress": False, "seed": 0, "reproducibility": True, "device": "cpu", "checkpoint_dir": data_path})
+import torch
+_load = torch.load  # RecBole 1.2.1 reloads its checkpoint with torch.load, whose default became weights_only=True
+torch.load = lambda *a, **k: _load(*a, **{**k, "weights_only": False})
 init_seed(cfg["seed"], cfg["reproducibility"])
 ds = create_dataset(cfg)
 train, valid, test = data_preparation(cfg, ds)
@@ -93,15 +96,24 @@ def run_recbole(python: str, seq_path: Path, epochs: int) -> dict:
             "valid_ndcg@10": r["valid_ndcg@10"], "note": "RecBole's MRR is MRR@10"}
 
 
-def run_ours(name: str, data, vectors, negatives, epochs: int) -> dict:
-    from huaxiang.evaluate.seqrec import evaluate, split
+def row(name: str, m, data, negatives, secs: float, epochs: int) -> dict:
+    from huaxiang.evaluate.seqrec import evaluate
+    full = evaluate(m.score, data, "test", "full")
+    sampled = evaluate(m.score, data, "test", "sample99", negatives)
+    return {"model": name, **{k: full[k] for k in ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr")},
+            "sample99_hr@10": sampled["hr@10"], "sample99_ndcg@10": sampled["ndcg@10"], "train_seconds": secs,
+            "valid_ndcg@10": evaluate(m.score, data, "valid", "full")["ndcg@10"], "epochs_run": epochs}
+
+
+def run_ours(name: str, data, vectors, negatives, sasrec: dict) -> list[dict]:
+    """One row per model; a hybrid also reports its own SASRec part (same training, evaluated alone)."""
+    from huaxiang.evaluate.seqrec import split
     from huaxiang.models.seqrec import MODELS
-    kw = {"sasrec": {"epochs": epochs}, "hybrid": {"sasrec": {"epochs": epochs}}}.get(name, {})
     text = None
     if name.endswith("+text"):
         name, text = name.split("+")[0], "fuse"
-        kw = {"epochs": epochs, "text": text} if name == "sasrec" else {"sasrec": {"epochs": epochs, "text": text}}
-    m = MODELS[name](**kw)
+    params = {**sasrec, **({"text": text} if text else {})}
+    m = MODELS[name](**({"sasrec": params} if name == "hybrid" else params if name == "sasrec" else {}))
     train = split(data, "train")[0]
     t = time.perf_counter()
     if name in ("sasrec", "hybrid"):
@@ -110,19 +122,20 @@ def run_ours(name: str, data, vectors, negatives, epochs: int) -> dict:
     else:
         m.fit(train, data.n_items, vectors)
     secs = time.perf_counter() - t
-    full = evaluate(m.score, data, "test", "full")
-    sampled = evaluate(m.score, data, "test", "sample99", negatives)
-    return {"model": name + ("+text" if text else ""), **{k: full[k] for k in ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr")},
-            "sample99_hr@10": sampled["hr@10"], "sample99_ndcg@10": sampled["ndcg@10"], "train_seconds": secs,
-            "valid_ndcg@10": evaluate(m.score, data, "valid", "full")["ndcg@10"],
-            "epochs_run": len(getattr(m, "history_", []) or getattr(getattr(m, "parts_", {}).get("sasrec"), "history_", []))}
+    label = name + ("+text" if text else "")
+    if name != "hybrid":
+        return [row(label, m, data, negatives, secs, len(getattr(m, "history_", [])))]
+    part = m.parts_["sasrec"]
+    return [row("sasrec" + ("+text" if text else "") + " (the hybrid's part)", part, data, negatives,
+                part.train_seconds_, len(part.history_)),
+            {**row(label, m, data, negatives, secs, len(part.history_)), "weights": m.weights_}]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="Beauty", choices=["Beauty", "Sports_and_Outdoors"])
-    ap.add_argument("--models", default="popularity,itemknn,content,sasrec,sasrec+text,hybrid+text")
-    ap.add_argument("--epochs", type=int, default=200, help="SASRec: at most (early stopping, patience 10)")
+    ap.add_argument("--models", default="popularity,itemknn,content,sasrec,hybrid+text", help="empty: RecBole only")
+    ap.add_argument("--sasrec", default="{}", help='SASRec settings as JSON, e.g. {"batch_size": 64, "epochs": 200}')
     ap.add_argument("--recbole", default=None, help="python of a RecBole virtual environment (skipped if absent)")
     ap.add_argument("--recbole-epochs", type=int, default=30)
     args = ap.parse_args()
@@ -138,19 +151,22 @@ def main() -> None:
           f"Python {platform.python_version()}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in args.models.split(","):
-        rows.append(run_ours(name, data, vectors, negatives, args.epochs))
-        print(json.dumps(rows[-1]), flush=True)
+    save = lambda: (OUT / f"{args.dataset}.json").write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
+    for name in filter(None, args.models.split(",")):
+        for r in run_ours(name, data, vectors, negatives, json.loads(args.sasrec)):
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+            save()
     if args.recbole:
         rows.append(run_recbole(args.recbole, seq_path, args.recbole_epochs))
         print(json.dumps(rows[-1]), flush=True)
+        save()
     print("\n| model | HR@5 | HR@10 | NDCG@5 | NDCG@10 | MRR | sample99 HR@10 | sample99 NDCG@10 | train s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         s99 = (f"{r['sample99_hr@10']:.4f} | {r['sample99_ndcg@10']:.4f}" if "sample99_hr@10" in r else "– | –")
         print(f"| {r['model']} | {r['hr@5']:.4f} | {r['hr@10']:.4f} | {r['ndcg@5']:.4f} | {r['ndcg@10']:.4f} | "
               f"{r['mrr']:.4f} | {s99} | {r['train_seconds']:.0f} |")
-    (OUT / f"{args.dataset}.json").write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
 
 
 if __name__ == "__main__":

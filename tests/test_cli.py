@@ -64,6 +64,7 @@ def test_demo_end_to_end(tmp_path):
     assert "built" in out and "profiles" in out
     assert "User taobao:" in out and "User retail:" in out  # readable profiles are printed
     assert "funnel" in out and "categories" in out
+    assert "Recommended (item-KNN" in out and "because you bought" in out  # and recommendations with reasons
     import duckdb
     con = duckdb.connect(db, read_only=True)
     assert con.execute("SELECT count(*) FROM profiles WHERE starts_with(user_id, 'taobao:')").fetchone()[0] == 814

@@ -86,10 +86,12 @@ def test_bm25_by_hand():
     assert s[0] == 0 and index.scores("unknown words").sum() == 0
 
 
-def test_personalise_adds_standardised_user_scores():
+def test_personalise_adds_scaled_user_scores():
     rel = np.array([1.0, 0.9, 0.1])
     assert personalise(rel, None, 0.5).tolist() == rel.tolist()
-    out = personalise(rel, np.array([0.0, 10.0, 0.0]), 0.5)
+    assert personalise(rel, np.array([3.0, 3.0, 3.0]), 0.5).tolist() == rel.tolist()
+    out = personalise(rel, np.array([0.0, 10.0, 5.0]), 0.5)
+    assert out.tolist() == pytest.approx([1.0, 1.4, 0.35])  # scaled to [0, 1], then weighted
     assert out[1] > out[0]  # the user's preference lifts a slightly less relevant item
 
 

@@ -73,20 +73,26 @@ def beauty_slice(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def beauty():
+    return read_sequences(str(SHARED / "amazon2014_seqrec_s3rec" / "Beauty.txt.gz"))
+
+
 @pytest.mark.slow
-def test_models_beat_popularity_on_a_real_slice(beauty_slice, tmp_path):
-    data = read_sequences(str(beauty_slice))
-    train, valid = split(data, "train")[0], split(data, "valid")
+def test_models_beat_popularity_on_real_data(beauty, tmp_path):
+    """Amazon Beauty (22k users): collaborative signal needs the whole set — on a 3,000-user slice
+    item-KNN is no better than popularity. SASRec gets two epochs (~40 s on 2 cores)."""
+    train, valid = split(beauty, "train")[0], split(beauty, "valid")
+    probe = split(beauty, "test")[0][:50]
     results = {}
-    for name, kw in (("popularity", {}), ("itemknn", {}), ("sasrec", {"epochs": 12, "patience": 3})):
+    for name, kw in (("popularity", {}), ("itemknn", {}), ("sasrec", {"epochs": 2})):
         m = MODELS[name](**kw)
-        m.fit(train, data.n_items, None, valid=valid) if name == "sasrec" else m.fit(train, data.n_items)
-        results[name] = evaluate(m.score, data)["ndcg@10"]
+        m.fit(train, beauty.n_items, None, valid=valid) if name == "sasrec" else m.fit(train, beauty.n_items)
+        results[name] = evaluate(m.score, beauty)["ndcg@10"]
         save_model(m, str(tmp_path / name))
-        again = load_model(str(tmp_path / name))
-        assert np.allclose(again.score(split(data, "test")[0][:50]), m.score(split(data, "test")[0][:50]), atol=1e-5)
-    assert results["itemknn"] > 2 * results["popularity"]
-    assert results["sasrec"] > results["popularity"]
+        assert np.allclose(load_model(str(tmp_path / name)).score(probe), m.score(probe), atol=1e-5)
+    assert results["itemknn"] > 3 * results["popularity"]
+    assert results["sasrec"] > 2 * results["popularity"]
 
 
 def test_eval_seqrec_cli_json(beauty_slice):

@@ -39,10 +39,20 @@ def run_demo(db: str, show: int, run_ingest, run_build, out) -> None:
         run_ingest(con, demo_path(name), fmt, namespace=ns)
     run_build(con, load_config())
     from .profile.render import profile_record, render_text
+    from .recommend.store_model import load_store_recommender, train_store_recommender
+    from .recommend.top_k import recommend
+    from .text.encoder import ENCODERS
+    train_store_recommender(con, db, "itemknn", ENCODERS[load_config().encoder].name)
+    rec = load_store_recommender(db)
     for user in showcase_users(con, show):
         out.print()
         out.print(render_text(profile_record(con, user)), markup=False, highlight=False)
+        result = recommend(con, rec, user, 5, True)
+        out.print(f"  Recommended (item-KNN, from {result['source']}):", markup=False)
+        for item in result["items"]:
+            out.print(f"    - {(item['title'] or item['item_id'])[:60]} — {item['reason']}", markup=False, highlight=False)
     out.print()
     out.print(f"Store: {db} — plain SQL, e.g. from Python: duckdb.connect('{db}').sql("
               "'SELECT segment, count(*) FROM profiles GROUP BY 1').show()")
-    out.print(f"More:  huaxiang profile taobao:1000251 --db {db}   ·   huaxiang segments --db {db}")
+    out.print(f"More:  huaxiang profile taobao:1000251 --db {db}   ·   huaxiang segments --db {db}   ·   "
+              f"huaxiang recommend beauty:1 --explain --db {db}")

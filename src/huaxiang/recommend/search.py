@@ -2,8 +2,10 @@
 
 Text relevance of an item to a query = BM25 / (the best BM25 of the query) + `embedding_weight` ×
 cosine(query, item) (E5 query vs passage vectors), over the union of the top candidates of each.
-Personalisation adds `user_weight` × the user's own preference for the candidate, standardised
-over the candidates (z-score): the store recommender's score for the user's history.
+Personalisation adds `user_weight` × the user's own preference for the candidate — the store
+recommender's score for the user's history, min-max scaled over the candidates to [0, 1] (bounded:
+a z-score let one sparse item-KNN score swamp the text match; on Beauty min-max at 0.2 beat the
+best z-score weight, see benchmarks/search_personalisation.py).
 BM25: k1 = 1.2, b = 0.75, idf = ln(1 + (N − df + 0.5) / (df + 0.5)); titles are tokenised like the
 profile keywords (jieba for Chinese, a word tokenizer for English).
 """
@@ -56,7 +58,7 @@ class TitleIndex:
 class SearchSettings:
     candidates: int = 200
     embedding_weight: float = 0.5
-    user_weight: float = 0.3
+    user_weight: float = 0.2
 
 
 def text_relevance(index: TitleIndex, query: str, query_vector: np.ndarray | None, item_vectors, faiss_index,
@@ -81,11 +83,10 @@ def text_relevance(index: TitleIndex, query: str, query_vector: np.ndarray | Non
 
 
 def personalise(relevance: np.ndarray, user_scores: np.ndarray | None, weight: float) -> np.ndarray:
-    """Pure: relevance + weight × the user's scores standardised over the candidates."""
+    """Pure: relevance + weight × the user's scores min-max scaled over the candidates."""
     if user_scores is None or len(user_scores) < 2 or np.ptp(user_scores) == 0:
         return relevance
-    z = (user_scores - user_scores.mean()) / user_scores.std()
-    return relevance + weight * z
+    return relevance + weight * (user_scores - user_scores.min()) / np.ptp(user_scores)
 
 
 def build_faiss(item_vectors: np.ndarray | None):
