@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from machine import stamp
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "out" / "behaviour_text"
@@ -155,10 +155,8 @@ def main() -> None:
         ingest_file(con, str(SHARED / "taobao_userbehavior_head" / "UserBehavior_head.csv.gz"), "taobao")
         con.close()
         parts = examples(master, Path(tmp))
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    print(f"examples: " + ", ".join(f"{k} {len(v):,} ({v['label'].mean():.1%} buy next day)" for k, v in parts.items())
-          + f"; CPU ({cpu}, {os.cpu_count()} cores); Python {platform.python_version()}; "
-          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", flush=True)
+    print("examples: " + ", ".join(f"{k} {len(v):,} ({v['label'].mean():.1%} buy next day)" for k, v in parts.items())
+          + f"; {stamp()}", flush=True)
     print("example text:", parts["test"]["text"].iloc[0][:400], flush=True)
     rows = []
     for method in args.methods.split(","):

@@ -25,6 +25,8 @@ import time
 import traceback
 from datetime import datetime, timezone
 
+from machine import cpu_name
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "out")
 PHASES = ("generate", "ingest", "profile")
@@ -119,12 +121,7 @@ def child(args) -> None:
 
 # ---------------------------------------------------------------- the driver
 def machine() -> dict:
-    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "ram_gib": None}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "ram_gib": None}
     try:
         with open("/proc/meminfo") as f:
             kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal"))

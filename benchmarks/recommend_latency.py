@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
-from datetime import datetime, timezone
 
 import numpy as np
+
+from machine import stamp
 
 
 def main() -> None:
@@ -54,12 +54,10 @@ def main() -> None:
                 times.append((time.perf_counter() - t) * 1000)
                 sources[result["source"]] = sources.get(result["source"], 0) + 1
         con.close()
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     times = np.array(times)
     print(f"recommend k=10 explain={args.explain}, model {args.model} (trained in {train_s:.0f} s), "
           f"{len(times):,} requests over {len(users):,} users ({', '.join(f'{k} {v}' for k, v in sorted(sources.items()))}); "
-          f"CPU ({cpu}, {os.cpu_count()} cores); Python {platform.python_version()}; "
-          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+          f"{stamp()}")
     print(f"p50 {np.percentile(times, 50):.2f} ms, p90 {np.percentile(times, 90):.2f} ms, "
           f"p99 {np.percentile(times, 99):.2f} ms, max {times.max():.2f} ms (target p99 <= 10 ms)")
 

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from machine import stamp
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon2014_seqrec_s3rec"
 OUT = Path(__file__).resolve().parent / "out" / "search"
@@ -94,10 +93,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     users = np.sort(rng.choice(len(data.users), min(args.users, len(data.users)), replace=False))
     settings = SearchSettings()
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"{args.dataset}: {len(users):,} of {len(data.users):,} users, {data.n_items:,} items, personalised by "
-          f"{args.model} (fit {fit_seconds:.0f} s); CPU ({cpu}, {os.cpu_count()} cores); "
-          f"Python {platform.python_version()}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", flush=True)
+          f"{args.model} (fit {fit_seconds:.0f} s); {stamp()}", flush=True)
     result = {}
     for part in ("valid", "test"):
         histories, targets = split(data, part)

@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from machine import stamp
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "out" / "sentiment"
@@ -103,11 +102,9 @@ def main() -> None:
         parts["test"] = parts["test"].sample(n=min(args.test_rows, len(parts["test"])), random_state=0)
     OUT.mkdir(parents=True, exist_ok=True)
     import torch
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({cpu}, {os.cpu_count()} cores)"
     print(f"dataset {args.dataset}: train {len(parts['train']):,} / validation {len(parts['validation']):,} / "
-          f"test {len(parts['test']):,} rows; {device}; Python {platform.python_version()}; "
-          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", flush=True)
+          f"test {len(parts['test']):,} rows; {stamp(torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)}",
+          flush=True)
     rows = []
     for method in args.methods.split(","):
         if method == "frozen":

