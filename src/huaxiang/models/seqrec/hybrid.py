@@ -4,6 +4,7 @@ chosen on the validation targets (a small grid, SASRec's weight fixed at 1)."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 
@@ -66,11 +67,10 @@ class Hybrid(Recommender):
         for name, m in self.parts_.items():
             (d / name).mkdir(exist_ok=True)
             m.save(d / name)
-            (d / name / "params.json").write_text(__import__("json").dumps(m.params()))
+            (d / name / "params.json").write_text(json.dumps(m.params()))
 
     @classmethod
     def load(cls, d, params):
-        import json
         m = cls(**params)
         m.weights_ = params["weights"]
         m.parts_ = {}
