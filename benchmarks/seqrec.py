@@ -37,7 +37,7 @@ from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.model.sequential_recommender import SASRec
 from recbole.trainer import Trainer
-from recbole.utils import init_seed
+from recbole.utils import init_logger, init_seed
 data_path, epochs = sys.argv[1], int(sys.argv[2])
 cfg = Config(model="SASRec", dataset="seq", config_dict={
     "data_path": data_path, "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
@@ -53,6 +53,7 @@ import torch
 _load = torch.load  # RecBole 1.2.1 reloads its checkpoint with torch.load, whose default became weights_only=True
 torch.load = lambda *a, **k: _load(*a, **{**k, "weights_only": False})
 init_seed(cfg["seed"], cfg["reproducibility"])
+init_logger(cfg)  # per-epoch lines to stderr
 ds = create_dataset(cfg)
 train, valid, test = data_preparation(cfg, ds)
 model = SASRec(cfg, train.dataset)
@@ -79,16 +80,18 @@ def recbole_files(seq_path: Path, workdir: Path) -> Path:
     return workdir
 
 
-def run_recbole(python: str, seq_path: Path, epochs: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
+def run_recbole(python: str, seq_path: Path, epochs: int, log: Path) -> dict:
+    """RecBole in its own environment; its per-epoch log goes to `log` (tail it to follow progress)."""
+    print(f"RecBole: up to {epochs} epochs, progress in {log}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp, open(log, "w") as err:
         data_path = recbole_files(seq_path, Path(tmp))
         script = Path(tmp) / "run.py"
         script.write_text(RECBOLE_SCRIPT)
-        proc = subprocess.run([python, str(script), str(data_path), str(epochs)], capture_output=True, text=True,
-                              cwd=tmp)
+        proc = subprocess.run([python, str(script), str(data_path), str(epochs)], stdout=subprocess.PIPE,
+                              stderr=err, text=True, cwd=tmp)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
-        raise RuntimeError("RecBole failed:\n" + proc.stderr[-3000:])
+        raise RuntimeError(f"RecBole failed (exit {proc.returncode}); see {log}")
     r = json.loads(line[7:])
     return {"model": "recbole-sasrec", "hr@5": r["hit@5"], "hr@10": r["hit@10"], "ndcg@5": r["ndcg@5"],
             "ndcg@10": r["ndcg@10"], "mrr": r["mrr@10"], "train_seconds": r["train_seconds"],
@@ -148,14 +151,15 @@ def main() -> None:
     print(f"{args.dataset}: {len(data.users):,} users, {data.n_items:,} items; {stamp()}", flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     rows = []
-    save = lambda: (OUT / f"{args.dataset}.json").write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
+    stem = args.dataset + ("" if args.models else "_recbole")
+    save = lambda: (OUT / f"{stem}.json").write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
     for name in filter(None, args.models.split(",")):
         for r in run_ours(name, data, vectors, negatives, json.loads(args.sasrec)):
             rows.append(r)
             print(json.dumps(r), flush=True)
             save()
     if args.recbole:
-        rows.append(run_recbole(args.recbole, seq_path, args.recbole_epochs))
+        rows.append(run_recbole(args.recbole, seq_path, args.recbole_epochs, OUT / f"{args.dataset}_recbole.log"))
         print(json.dumps(rows[-1]), flush=True)
         save()
     print("\n| model | HR@5 | HR@10 | NDCG@5 | NDCG@10 | MRR | sample99 HR@10 | sample99 NDCG@10 | train s |")

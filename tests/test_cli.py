@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["ingest", "build", "profile", "segments", "embed", "sentiment", "graph", "demo"]
+COMMANDS = ["ingest", "build", "profile", "segments", "embed", "sentiment", "graph", "demo", "score"]
 GROUPS = [("train", "classifier", "--text-col"), ("eval", "classifier", "--text-col"), ("eval", "seqrec", "--protocol")]
 
 

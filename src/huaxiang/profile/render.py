@@ -9,6 +9,7 @@ from datetime import date, datetime
 import duckdb
 
 from ..errors import HuaxiangError
+from .scores import user_scores
 from .summary import summarize
 
 WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
@@ -43,6 +44,7 @@ def profile_record(con: duckdb.DuckDBPyConnection, user_id: str, recent: int = 1
                      [user_id, recent])
     names = [d[0] for d in ev.description]
     record["recent_events"] = [{k: _plain(v) for k, v in zip(names, r) if v is not None} for r in ev.fetchall()]
+    record["scores"] = user_scores(con, user_id)
     record["summary"] = summarize(record)
     return record
 
@@ -77,6 +79,7 @@ def render_text(r: dict) -> str:
     tz = "UTC" if not offset else f"UTC{offset:+g}"
     lines = [
         f"User {r['user_id']}  ·  segment: {r['segment']}  ({', '.join(r.get('segments') or [])})"
+        + (f"  ·  value tier: {r['scores']['clv']['value_tier']}" if "clv" in (r.get("scores") or {}) else "")
         + (f"  ·  cluster {r['cluster']}" if r.get("cluster") is not None else ""),
         *textwrap.wrap(r.get("summary") or summarize(r), 100, initial_indent="  ", subsequent_indent="  "),
         f"  tags        {', '.join(r.get('tags') or []) or '–'}",
@@ -110,6 +113,16 @@ def render_text(r: dict) -> str:
         if r.get("brands_mentioned") or r.get("colours_mentioned"):
             lines.append(f"  mentions    brands {_counts(r.get('brands_mentioned'))}; "
                          f"colours {_counts(r.get('colours_mentioned'))}")
+    sc = r.get("scores") or {}
+    if "clv" in sc:
+        c = sc["clv"]
+        lines.append(f"  value       {c['value_tier']} tier: CLV {c['score']:,.2f} over {c['months']} months — {c['text']}")
+    for kind, label in (("churn", f"churn risk ({(sc.get('churn') or {}).get('horizon_days')} days)"),
+                        ("propensity", "buys tomorrow")):
+        if kind in sc:
+            lines.append(f"  {kind:<11} {sc[kind]['score']:.0%} {label} — because {sc[kind]['text']}")
+    if sc.get("risk", {}).get("flagged"):
+        lines.append(f"  RISK        flagged: {sc['risk']['text']}")
     if r.get("recent_events"):
         lines.append("  recent")
         for e in r["recent_events"][:5]:
