@@ -1,17 +1,17 @@
 """Benchmark: does a user's behaviour, written as text and read by the fine-tuned encoder, predict
 a purchase on the next day as well as gradient boosting on the profile features?
 
-    .venv/bin/python benchmarks/behaviour_text.py [--epochs 2] [--methods gbdt,frozen,full]
+    .venv/bin/python benchmarks/behaviour_text.py [--label buy|cart] [--epochs 2] [--methods gbdt,frozen,full]
 
 Data: the Taobao UserBehavior slice in ../shared/data (814 users, 2017-11-25 .. 2017-12-03, China
 time = UTC+8). Task: for a cut-off at the end of day D (China time), every user with an event before
-it; label 1 when they buy anything during day D+1. Time-based split, no leakage: each cut-off's
+it; label 1 when they buy (--label cart: add to cart) anything during day D+1. Time-based split, no leakage: each cut-off's
 features and texts see only events before it (the store is copied with later events removed and
 profiles are built with `as_of` = the cut-off); train on cut-offs 11-26 .. 11-30, validate on 12-01,
 test on 12-02 (labels from 12-03, the last day of the log).
 
 Routes:
-  gbdt    scikit-learn HistGradientBoosting on every numeric profile feature (`huaxiang build`);
+  gbdt    LightGBM on every numeric profile feature (`huaxiang build`), as `huaxiang score propensity`;
   frozen  the behaviour text embedded by the frozen encoder + logistic regression;
   full    the encoder fine-tuned on the behaviour text (full fine-tuning, balanced loss).
 The text: totals, the last day's counts, then the 25 most recent events, newest first, as
@@ -27,7 +27,6 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from machine import stamp
@@ -37,6 +36,7 @@ OUT = Path(__file__).resolve().parent / "out" / "behaviour_text"
 CUTOFFS = {"train": ["2017-11-26", "2017-11-27", "2017-11-28", "2017-11-29", "2017-11-30"],
            "validation": ["2017-12-01"], "test": ["2017-12-02"]}
 PLURAL = {"view": "views", "cart": "carts", "fav": "favs", "buy": "buys"}
+LABELS = ("buy", "cart")  # what the user does on the next day
 
 
 def cutoff_utc(day: str) -> datetime:
@@ -79,38 +79,43 @@ def examples(master: str, workdir: Path) -> dict[str, pd.DataFrame]:
             feats = con.execute("SELECT * FROM features ORDER BY user_id").df()
             con.close()
             before = events[events["ts"] < cut]
-            nxt = events[(events["ts"] >= cut) & (events["ts"] < cut + timedelta(days=1)) & (events["type"] == "buy")]
+            nxt = events[(events["ts"] >= cut) & (events["ts"] < cut + timedelta(days=1))]
             texts = {u: behaviour_text(g, cut) for u, g in before.groupby("user_id")}
             feats = feats[feats["user_id"].isin(texts)]
-            feats = feats.assign(cutoff=day, text=feats["user_id"].map(texts),
-                                 label=feats["user_id"].isin(set(nxt["user_id"])).astype(int))
+            feats = feats.assign(cutoff=day, text=feats["user_id"].map(texts), **{
+                f"label_{t}": feats["user_id"].isin(set(nxt.loc[nxt["type"] == t, "user_id"])).astype(int)
+                for t in LABELS})
             frames.append(feats)
         out[part] = pd.concat(frames, ignore_index=True)
     return out
 
 
+def with_label(parts: dict, kind: str) -> dict:
+    """The examples with `label` = 1 when the user does `kind` (buy or cart) on the next day."""
+    return {k: v.assign(label=v[f"label_{kind}"]) for k, v in parts.items()}
+
+
 def numeric(df: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in df.columns if c != "label" and pd.api.types.is_numeric_dtype(df[c])
+    cols = [c for c in df.columns if not c.startswith("label") and pd.api.types.is_numeric_dtype(df[c])
             and not pd.api.types.is_bool_dtype(df[c])]
     return df[cols].astype(float)
 
 
 def metrics(y, p) -> dict:
-    from sklearn.metrics import average_precision_score, roc_auc_score
-    return {"auc": float(roc_auc_score(y, p)), "pr_auc": float(average_precision_score(y, p)),
-            "n": int(len(y)), "positive_rate": float(np.mean(y))}
+    from huaxiang.models.scores import binary_metrics
+    return {k: v for k, v in binary_metrics(y, p).items() if k != "calibration"}
 
 
 def run_gbdt(parts) -> dict:
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    """LightGBM on the profile features: the model `huaxiang score propensity` uses."""
+    from huaxiang.models.scores import ScoreModel
     t = time.perf_counter()
     train = pd.concat([parts["train"], parts["validation"]])
     x = numeric(train)
     x = x.loc[:, x.notna().any()]  # all-empty columns (no prices on Taobao) carry nothing
-    clf = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, early_stopping=True,
-                                         validation_fraction=0.15, random_state=0).fit(x, train["label"])
+    clf = ScoreModel("propensity").fit(x, train["label"])
     secs = time.perf_counter() - t
-    return {**metrics(parts["test"]["label"], clf.predict_proba(numeric(parts["test"])[x.columns])[:, 1]),
+    return {**metrics(parts["test"]["label"], clf.predict(numeric(parts["test"])[x.columns])),
             "train_seconds": secs, "features": x.shape[1]}
 
 
@@ -140,35 +145,43 @@ def run_finetuned(parts, epochs: int, max_len: int, lora: bool) -> dict:
             "epochs_run": len(meta["history"])}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default="gbdt,frozen,full")
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--max-len", type=int, default=160)
-    args = ap.parse_args()
+def taobao_examples() -> dict[str, pd.DataFrame]:
+    """Ingest the Taobao slice into a scratch store and build every cut-off's examples."""
     from huaxiang.ingest import ingest_file
     from huaxiang.store import connect
-    OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         master = str(Path(tmp) / "taobao.duckdb")
         con = connect(master)
         ingest_file(con, str(SHARED / "taobao_userbehavior_head" / "UserBehavior_head.csv.gz"), "taobao")
         con.close()
-        parts = examples(master, Path(tmp))
-    print("examples: " + ", ".join(f"{k} {len(v):,} ({v['label'].mean():.1%} buy next day)" for k, v in parts.items())
-          + f"; {stamp()}", flush=True)
+        return examples(master, Path(tmp))
+
+
+ROUTES = {"gbdt": lambda parts, args: run_gbdt(parts), "frozen": lambda parts, args: run_frozen(parts),
+          "full": lambda parts, args: run_finetuned(parts, args.epochs, args.max_len, False),
+          "lora": lambda parts, args: run_finetuned(parts, args.epochs, args.max_len, True)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default="gbdt,frozen,full", help=f"any of {', '.join(ROUTES)}")
+    ap.add_argument("--label", default="buy", choices=LABELS, help="what the user does on the next day")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--max-len", type=int, default=160)
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    parts = with_label(taobao_examples(), args.label)
+    print("examples: " + ", ".join(f"{k} {len(v):,} ({v['label'].mean():.1%} {args.label} next day)"
+                                   for k, v in parts.items()) + f"; {stamp()}", flush=True)
     print("example text:", parts["test"]["text"].iloc[0][:400], flush=True)
     rows = []
     for method in args.methods.split(","):
-        r = {"gbdt": lambda: run_gbdt(parts), "frozen": lambda: run_frozen(parts),
-             "full": lambda: run_finetuned(parts, args.epochs, args.max_len, False),
-             "lora": lambda: run_finetuned(parts, args.epochs, args.max_len, True)}[method]()
-        rows.append({"method": method, **r})
+        rows.append({"method": method, "label": args.label, **ROUTES[method](parts, args)})
         print(json.dumps(rows[-1]), flush=True)
     print("\n| route | ROC AUC | PR-AUC | train s |\n|---|---:|---:|---:|")
     for r in rows:
         print(f"| {r['method']} | {r['auc']:.4f} | {r['pr_auc']:.4f} | {r['train_seconds']:.0f} |")
-    (OUT / "results.json").write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
+    (OUT / f"results_{args.label}.json").write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
 
 
 if __name__ == "__main__":

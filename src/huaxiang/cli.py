@@ -157,9 +157,12 @@ def segments(db: str = DB, as_json: bool = typer.Option(False, "--json", help="P
     except duckdb.CatalogException as exc:
         raise HuaxiangError("no segments in this store yet: run `huaxiang build` first") from exc
     total = sum(r[2] for r in rows) or 1
+    from .profile.scores import value_tiers
+    tiers = value_tiers(con)
     if as_json:
         print(json.dumps({"segments": [{"segment": s, "definition": d, "size": n, "share": n / total}
                                        for s, d, n in rows],
+                          "value_tiers": tiers,
                           "clusters": json.loads(clusters.to_json(orient="records"))}, ensure_ascii=False))
         return
     t = Table(title=f"Segments ({total:,} users; a user's segment is the first rule it matches)")
@@ -168,6 +171,11 @@ def segments(db: str = DB, as_json: bool = typer.Option(False, "--json", help="P
     for s, d, n in rows:
         t.add_row(s, f"{n:,}", f"{n / total:.1%}", d)
     out.print(t)
+    if tiers:
+        v = Table("value tier", "segment", "users", "mean CLV", title="CLV value tiers × segments (`huaxiang score clv`)")
+        for r in tiers:
+            v.add_row(r["value_tier"], r["segment"], f"{r['users']:,}", f"{r['mean_clv']:,.2f}")
+        out.print(v)
     if len(clusters):
         c = Table(title="k-means clusters (mean features)")
         for col in clusters.columns:

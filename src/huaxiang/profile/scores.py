@@ -195,3 +195,15 @@ def user_scores(con: duckdb.DuckDBPyConnection, user_id: str) -> dict:
     except duckdb.CatalogException:
         return {}
     return {kind: {"score": score, **json.loads(detail)} for kind, score, detail in rows}
+
+
+def value_tiers(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """Users per (CLV value tier, segment) with their mean CLV; [] before `huaxiang score clv`."""
+    try:
+        rows = con.execute("""SELECT tier, segment, count(*) AS n, avg(score) FROM (
+                SELECT json_extract_string(s.detail, '$.value_tier') AS tier, p.segment, s.score
+                FROM scores s JOIN profiles p USING (user_id) WHERE s.kind = 'clv')
+                GROUP BY tier, segment ORDER BY list_position(['top', 'high', 'medium', 'low'], tier), n DESC""").fetchall()
+    except duckdb.CatalogException:
+        return []
+    return [{"value_tier": t, "segment": g, "users": n, "mean_clv": c} for t, g, n, c in rows]
