@@ -480,8 +480,8 @@ def clv(
         bar.update(task, description=f"fitting BG/NBD + Gamma-Gamma on {len(summary):,} customers")
         model = CLVModel().fit(summary)
         result = {**model.params_, "customers": len(summary), "calibration_end": calibration_end,
-                  "skipped_rows": tx.skipped,
-                  "mean_clv": float(model.clv(summary, months).mean()), "clv_months": months}
+                  "skipped_rows": tx.skipped, "clv_months": months,
+                  "mean_clv": float(model.clv(summary, months).mean()) if model.gg_ else None}
         if holdout_end:
             weeks = (_date(holdout_end, "--holdout-end") - _date(calibration_end, "--calibration-end")).days / 7
             if weeks <= 0:
@@ -502,9 +502,10 @@ def clv(
     if as_json:
         print(json.dumps(result))
         return
+    spend = (f"Gamma-Gamma p {result['p']:.3f}, q {result['q']:.3f}, v {result['v']:.3f}; mean {months}-month CLV "
+             f"{result['mean_clv']:,.2f}" if model.gg_ else "no spend model (too few priced repeat purchases)")
     out.print(f"BG/NBD r {result['r']:.4f}, α {result['alpha']:.4f}, a {result['a']:.4f}, b {result['b']:.4f}; "
-              f"Gamma-Gamma p {result['p']:.3f}, q {result['q']:.3f}, v {result['v']:.3f} "
-              f"({len(summary):,} customers)")
+              f"{spend} ({len(summary):,} customers)")
     if holdout_end:
         t = Table("calibration frequency", "customers", "actual", *(k for k in preds))
         for b in result["buckets"]:

@@ -127,10 +127,17 @@ class CLVModel:
         self.discount_rate_monthly = discount_rate_monthly
 
     def fit(self, summary: pd.DataFrame) -> "CLVModel":
-        from pymc_marketing.clv import BetaGeoModel, GammaGammaModel
         if len(summary) < 10 or summary["frequency"].sum() == 0:
             raise HuaxiangError(f"CLV needs repeat buyers to fit: {len(summary)} customers, "
                                 f"{int(summary['frequency'].sum())} repeat transactions before the calibration end")
+        try:
+            self._fit(summary)
+        except Exception as exc:  # the optimiser's own errors (e.g. a start point with -inf likelihood)
+            raise HuaxiangError(f"BG/NBD fit failed: {str(exc).strip().splitlines()[0][:120]}") from exc
+        return self
+
+    def _fit(self, summary: pd.DataFrame) -> None:
+        from pymc_marketing.clv import BetaGeoModel, GammaGammaModel
         with _quiet():
             self.bg_ = BetaGeoModel(data=summary[["customer_id", "frequency", "recency", "T"]],
                                     model_config=_flat(["r", "alpha", "a", "b"]))
@@ -141,7 +148,6 @@ class CLVModel:
                 self.gg_ = GammaGammaModel(data=repeaters[["customer_id", "frequency", "monetary_value"]],
                                            model_config=_flat(["p", "q", "v"]))
                 self.gg_.fit(method="map", progressbar=False)
-        return self
 
     @property
     def params_(self) -> dict:

@@ -116,7 +116,8 @@ def render_text(r: dict) -> str:
     sc = r.get("scores") or {}
     if "clv" in sc:
         c = sc["clv"]
-        lines.append(f"  value       {c['value_tier']} tier: CLV {c['score']:,.2f} over {c['months']} months — {c['text']}")
+        worth = (f"CLV {c['score']:,.2f}" if c.get("unit") == "money" else "no prices known, ranked by purchases")
+        lines.append(f"  value       {c['value_tier']} tier: {worth} over {c['months']} months — {c['text']}")
     for kind, label in (("churn", f"churn risk ({(sc.get('churn') or {}).get('horizon_days')} days)"),
                         ("propensity", "buys tomorrow")):
         if kind in sc:

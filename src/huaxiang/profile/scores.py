@@ -123,8 +123,8 @@ def score_clv(con, cfg: Config, note: Callable[[str], None]) -> pd.DataFrame:
             continue
         try:
             model = CLVModel().fit(summary)
-        except Exception as exc:  # the optimiser can fail on odd data; one tenant must not stop the others
-            note(f"clv: {tenant or 'store'}: fit failed ({str(exc).splitlines()[0][:80]}) — skipped")
+        except HuaxiangError as exc:  # one tenant's odd data must not stop the others
+            note(f"clv: {tenant or 'store'}: {exc} — skipped")
             continue
         alive = model.probability_alive(summary)
         purchases = model.expected_purchases(summary, cfg.clv_months * 30.4 / 7)
