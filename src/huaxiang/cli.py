@@ -515,6 +515,37 @@ def clv(
         out.print(f"  skipped {n:,} rows: {reason}")
 
 
+keys_app = typer.Typer(no_args_is_help=True, help="API keys for `huaxiang serve`.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: str = typer.Option(..., "--scope", help="read, write (events) or admin (deletion)."),
+    db: str = DB,
+    label: str = typer.Option("", "--label", help="A note on who holds the key."),
+):
+    """Create an API key; it is printed once, as the last line (only its hash is stored)."""
+    from .serve.keys import create_key
+    key = create_key(connect(db), scope, label)
+    out.print(f"created a {scope} key{' for ' + label if label else ''}; store it now, it is not shown again:")
+    print(key)
+
+
+@app.command()
+def serve(
+    db: str = DB,
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", help="Larger request bodies get 413."),
+):
+    """Serve profiles, recommendations, search and segments over HTTP (OpenAPI at /docs and /openapi.json)."""
+    import uvicorn
+    from .serve.app import ServeSettings, create_app
+    uvicorn.run(create_app(db, ServeSettings(max_body_bytes=max_body_bytes)), host=host, port=port,
+                log_level="warning")
+
+
 @app.command("convert-encoder")
 def convert_encoder(
     out_dir: Optional[str] = typer.Option(None, "--out", help="Target folder (default: ~/.cache/huaxiang/e5-small-hf, or $HUAXIANG_CACHE)."),
