@@ -119,3 +119,56 @@ def test_bad_bodies_get_4xx_with_a_message(server):
     assert call(base, "POST", "/v1/events", key=keys["write"], body={"event": []})[0] == 422
     deep = b'{"events": ' + b"[" * 5000 + b"]" * 5000 + b"}"
     assert call(base, "POST", "/v1/events", key=keys["write"], body=deep)[0] in (400, 422)
+
+
+def store_mentions(db: str, user_id: str) -> dict[str, int]:
+    """Every place in the store (any column of any table, cast to text) and the model folder that names the user."""
+    import duckdb
+    from huaxiang.recommend.store_model import model_dir
+    con = duckdb.connect(db, read_only=True)
+    found = {}
+    for table, column in con.execute("""SELECT table_name, column_name FROM information_schema.columns
+            WHERE table_schema = 'main'""").fetchall():
+        n = con.execute(f'SELECT count(*) FROM "{table}" WHERE contains(CAST("{column}" AS VARCHAR), ?)',
+                        [user_id]).fetchone()[0]
+        if n:
+            found[f"{table}.{column}"] = n
+    con.close()
+    for f in model_dir(db).rglob("*.json"):
+        if user_id in f.read_text():
+            found[str(f)] = 1
+    return found
+
+
+def test_forget_leaves_nothing(tmp_path):
+    db = str(tmp_path / "f.duckdb")
+    amazon = SHARED / "amazon2018_all_beauty_5core_reviews"
+    reviews = next(amazon.glob("*.json.gz"))
+    run("ingest", str(TAOBAO), "--format", "taobao", "--namespace", "taobao", "--db", db)
+    run("ingest", str(reviews), "--format", "amazon-reviews", "--namespace", "amazon", "--db", db)
+    run("build", "--db", db)
+    run("graph", "--build", "--db", db)
+    run("train", "recommender", "--model", "itemknn", "--db", db)
+    import duckdb
+    con = duckdb.connect(db, read_only=True)
+    ids = [u for (u,) in con.execute("SELECT user_id FROM profiles").fetchall()]
+    reviewer = con.execute("""SELECT user_id FROM reviews GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1""").fetchone()[0]
+    con.close()
+    shopper = "taobao:1000251"
+    for uid in (reviewer, shopper):
+        assert not any(uid in other for other in ids if other != uid)  # a distinctive id, so a scan means it
+        assert store_mentions(db, uid)  # present before
+        out = json.loads(run("forget", uid, "--db", db, "--json").stdout)
+        assert out["removed"]
+        assert store_mentions(db, uid) == {}
+    gone = run("forget", shopper, "--db", db, check=False)
+    assert gone.returncode == 1 and "nothing of them" in gone.stderr
+
+
+def test_delete_user_over_http_needs_admin(server):
+    base, keys = server
+    assert call(base, "DELETE", "/v1/users/taobao:1000007", key=keys["write"])[0] == 403
+    status, body = call(base, "DELETE", "/v1/users/taobao:1000007", key=keys["admin"])
+    assert status == 200 and body["removed"]["events"] > 0
+    assert call(base, "GET", "/v1/users/taobao:1000007/profile", key=keys["read"])[0] == 404
+    assert call(base, "DELETE", "/v1/users/taobao:1000007", key=keys["admin"])[0] == 404

@@ -515,6 +515,24 @@ def clv(
         out.print(f"  skipped {n:,} rows: {reason}")
 
 
+@app.command()
+def forget(
+    user_id: str = typer.Argument(..., help="The user to remove, as stored (e.g. taobao:1000251)."),
+    db: str = DB,
+    as_json: bool = typer.Option(False, "--json", help="Print what was removed as JSON."),
+):
+    """Delete a user from every table, the graph, the vector cache, the quarantine and the recommender snapshot."""
+    from .privacy import forget_user
+    removed = forget_user(connect(db), db, user_id)
+    if not removed:
+        raise HuaxiangError(f"unknown user {user_id!r}: nothing of them is in the store")
+    if as_json:
+        print(json.dumps({"user_id": user_id, "removed": removed}, ensure_ascii=False))
+    else:
+        out.print(f"forgot {user_id}: " + ", ".join(f"{n:,} from {place}" for place, n in removed.items()),
+                  markup=False, highlight=False)
+
+
 keys_app = typer.Typer(no_args_is_help=True, help="API keys for `huaxiang serve`.")
 app.add_typer(keys_app, name="keys")
 

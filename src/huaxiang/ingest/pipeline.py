@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from .. import schema
 from ..errors import HuaxiangError
+from ..privacy import MASKED, mask_sql, register_pseudonym
 from .adapters import FORMATS, Source, generic, sources_for
 from .readers import Chunk, Reject, json_text, text_table
 from .validate import blank_to_null, validation_sql
@@ -64,11 +65,14 @@ def _stage_chunk(con, table: schema.Table, select: str, where: str | None, raw: 
     try:
         inner = f"SELECT _line, {select} FROM raw" + (f" WHERE {where}" if where else "")
         present = {c for c in con.sql(inner).columns if c != "_line"}
-        spaced = [c for c in NAMESPACED if c in present] if namespace else []
         # an empty id stays NULL, so that it is still quarantined as missing
-        replace = (" REPLACE (" + ", ".join(f"{_sql_str(namespace + ':')} || {blank_to_null(c)} AS {c}"
-                                             for c in spaced) + ")"
-                   if spaced else "")
+        exprs = {c: f"{_sql_str(namespace + ':')} || {blank_to_null(c)}"
+                 for c in NAMESPACED if namespace and c in present}
+        pseudo = register_pseudonym(con)
+        if pseudo and "user_id" in present:
+            exprs["user_id"] = f"{pseudo}({exprs.get('user_id', blank_to_null('user_id'))})"
+        exprs.update({c: mask_sql(c) for c in MASKED.get(table.name, ()) if c in present})
+        replace = " REPLACE (" + ", ".join(f"{e} AS {c}" for c, e in exprs.items()) + ")" if exprs else ""
         con.execute(f"CREATE OR REPLACE TEMP VIEW mapped AS SELECT *{replace} FROM ({inner})")
         key = table.key if table.key != "item_id" else None
         k = f"coalesce({key}, {_content_hash(table)})" if key else "NULL"

@@ -161,6 +161,15 @@ def create_app(db: str, settings: ServeSettings | None = None) -> FastAPI:
         return {"segments": [{"segment": s, "definition": d, "size": n} for s, d, n in rows],
                 "value_tiers": value_tiers(c)}
 
+    @app.delete("/v1/users/{user_id}", dependencies=[need("admin")])
+    def forget(user_id: str) -> dict:
+        from ..privacy import forget_user
+        removed = forget_user(cursor(), db, user_id)
+        if not removed:
+            raise HTTPException(404, f"unknown user {user_id!r}: nothing of them is in the store")
+        state["rec"] = None  # the serving snapshot changed on disk: reload it on the next request
+        return {"user_id": user_id, "removed": removed}
+
     @app.post("/v1/events", dependencies=[need("write")])
     async def events(request: Request) -> dict:
         import json
