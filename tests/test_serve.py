@@ -167,8 +167,8 @@ def test_forget_leaves_nothing(tmp_path):
 
 def test_delete_user_over_http_needs_admin(server):
     base, keys = server
-    assert call(base, "DELETE", "/v1/users/taobao:1000007", key=keys["write"])[0] == 403
-    status, body = call(base, "DELETE", "/v1/users/taobao:1000007", key=keys["admin"])
+    assert call(base, "DELETE", "/v1/users/taobao:1000004", key=keys["write"])[0] == 403
+    status, body = call(base, "DELETE", "/v1/users/taobao:1000004", key=keys["admin"])
     assert status == 200 and body["removed"]["events"] > 0
-    assert call(base, "GET", "/v1/users/taobao:1000007/profile", key=keys["read"])[0] == 404
-    assert call(base, "DELETE", "/v1/users/taobao:1000007", key=keys["admin"])[0] == 404
+    assert call(base, "GET", "/v1/users/taobao:1000004/profile", key=keys["read"])[0] == 404
+    assert call(base, "DELETE", "/v1/users/taobao:1000004", key=keys["admin"])[0] == 404
