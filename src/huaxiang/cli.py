@@ -533,6 +533,33 @@ def forget(
                   markup=False, highlight=False)
 
 
+@app.command()
+def consume(
+    db: str = DB,
+    redis_url: str = typer.Option("redis://127.0.0.1:6379/0", "--redis", help="Redis server URL."),
+    stream: str = typer.Option("huaxiang:events", "--stream", help="The Redis stream of events."),
+    group: str = typer.Option("huaxiang", "--group", help="Consumer group."),
+    consumer_name: str = typer.Option("consumer-1", "--consumer", help="This consumer's name in the group."),
+    batch: int = typer.Option(500, "--batch", min=1, help="Events per store transaction."),
+    idle_exit: Optional[float] = typer.Option(None, "--idle-exit", help="Stop after this many idle seconds."),
+    config: Optional[str] = typer.Option(None, "--config", help="A TOML file overriding the defaults."),
+):
+    """Keep profiles fresh from a Redis stream: store each batch, refresh its users' profiles, then acknowledge."""
+    from .stream import RedisSource
+    from .stream import consume as run_consume
+    source = RedisSource(redis_url, stream, group, consumer_name)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task(f"waiting for events on {stream}", total=None)
+        report = run_consume(connect(db), load_config(config), source, batch, idle_exit_s=idle_exit,
+                             on_batch=lambda r: bar.update(task, description=(
+                                 f"{r.messages:,} messages: {r.added:,} added, {r.duplicates:,} duplicates, "
+                                 f"{r.quarantined:,} quarantined, {r.refreshed:,} profiles refreshed")))
+    out.print(f"{report.messages:,} messages in {report.batches:,} batches: {report.added:,} events added, "
+              f"{report.duplicates:,} duplicates, {report.quarantined:,} quarantined, "
+              f"{report.refreshed:,} profiles refreshed")
+
+
 keys_app = typer.Typer(no_args_is_help=True, help="API keys for `huaxiang serve`.")
 app.add_typer(keys_app, name="keys")
 
