@@ -1,4 +1,4 @@
 from .adapters import FORMATS, parse_mapping
-from .pipeline import IngestReport, ingest_file
+from .pipeline import IngestReport, ingest_file, ingest_records
 
-__all__ = ["FORMATS", "IngestReport", "ingest_file", "parse_mapping"]
+__all__ = ["FORMATS", "IngestReport", "ingest_file", "ingest_records", "parse_mapping"]

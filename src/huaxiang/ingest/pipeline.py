@@ -15,7 +15,9 @@ import pyarrow as pa
 
 from .. import schema
 from ..errors import HuaxiangError
-from .adapters import FORMATS, Source, sources_for
+from ..privacy import MASKED, mask_sql, register_pseudonym
+from .adapters import FORMATS, Source, generic, sources_for
+from .readers import Chunk, Reject, json_text, text_table
 from .validate import blank_to_null, validation_sql
 
 
@@ -63,11 +65,14 @@ def _stage_chunk(con, table: schema.Table, select: str, where: str | None, raw: 
     try:
         inner = f"SELECT _line, {select} FROM raw" + (f" WHERE {where}" if where else "")
         present = {c for c in con.sql(inner).columns if c != "_line"}
-        spaced = [c for c in NAMESPACED if c in present] if namespace else []
         # an empty id stays NULL, so that it is still quarantined as missing
-        replace = (" REPLACE (" + ", ".join(f"{_sql_str(namespace + ':')} || {blank_to_null(c)} AS {c}"
-                                             for c in spaced) + ")"
-                   if spaced else "")
+        exprs = {c: f"{_sql_str(namespace + ':')} || {blank_to_null(c)}"
+                 for c in NAMESPACED if namespace and c in present}
+        pseudo = register_pseudonym(con)
+        if pseudo and "user_id" in present:
+            exprs["user_id"] = f"{pseudo}({exprs.get('user_id', blank_to_null('user_id'))})"
+        exprs.update({c: mask_sql(c) for c in MASKED.get(table.name, ()) if c in present})
+        replace = " REPLACE (" + ", ".join(f"{e} AS {c}" for c, e in exprs.items()) + ")" if exprs else ""
         con.execute(f"CREATE OR REPLACE TEMP VIEW mapped AS SELECT *{replace} FROM ({inner})")
         key = table.key if table.key != "item_id" else None
         k = f"coalesce({key}, {_content_hash(table)})" if key else "NULL"
@@ -150,8 +155,27 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: str, fmt: str, table: str 
     if fmt in FORMATS and not os.path.isfile(path):
         raise HuaxiangError(f"file not found: {path}")
     sources = sources_for(path, fmt, table, mapping)
-    report = IngestReport(path)
     sizes = [os.path.getsize(s.path) for s in sources]
+    return _ingest_sources(con, sources, path, fmt, namespace, progress, sizes)
+
+
+def ingest_records(con: duckdb.DuckDBPyConnection, records: list, label: str, table: str = "events",
+                   namespace: str | None = None) -> IngestReport:
+    """Ingests records already in memory (an API batch, a stream message): the same validation,
+    quarantine (with `label` as the source and the record's position, from 1, as the line) and
+    de-duplication as a file, in one transaction."""
+    def reader(path, progress=None):
+        objects = [(n, r) for n, r in enumerate(records, start=1) if isinstance(r, dict)]
+        keys = sorted({k for _, r in objects for k in r})
+        cols = {k: [json_text(r.get(k)) for _, r in objects] for k in keys}
+        rejects = [Reject(n, "an event must be a JSON object", json_text(r)[:1000] if r is not None else "null")
+                   for n, r in enumerate(records, start=1) if not isinstance(r, dict)]
+        yield Chunk(text_table(cols, [n for n, _ in objects]), rejects)
+    return _ingest_sources(con, generic(label, reader, table), label, "records", namespace, None, [0])
+
+
+def _ingest_sources(con, sources: list[Source], label: str, fmt: str, namespace, progress, sizes) -> IngestReport:
+    report = IngestReport(label)
     total = sum(sizes)
     con.execute("BEGIN TRANSACTION")
     try:
@@ -169,7 +193,7 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: str, fmt: str, table: str 
                     _merge_keyed(con, schema.TABLES[name], source.path, report)
                 con.execute(f"DROP TABLE {_stage_name(name)}")
         con.execute("INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, current_timestamp)",
-                    [path, fmt, report.rows_read, sum(report.added.values()),
+                    [label, fmt, report.rows_read, sum(report.added.values()),
                      sum(report.duplicates.values()), report.quarantined])
         con.execute("COMMIT")
     except BaseException:

@@ -86,10 +86,10 @@ def _is_gzip(path: str) -> bool:
 def _rows_table(names: list[str], rows: list[list[str]], lines: list[int]) -> pa.Table:
     """Rows of fields (all of len(names)) as a table of text columns plus `_line`."""
     columns = dict(zip(names, map(list, zip(*rows)))) if rows else {n: [] for n in names}
-    return _table(columns, lines)
+    return text_table(columns, lines)
 
 
-def _table(columns: dict[str, list], lines: list[int]) -> pa.Table:
+def text_table(columns: dict[str, list], lines: list[int]) -> pa.Table:
     data = {name: pa.array(values, type=pa.string()) for name, values in columns.items()}
     data["_line"] = pa.array(lines, type=pa.int64())
     return pa.table(data)
@@ -164,7 +164,7 @@ def whitespace_chunks(path: str, names: list[str], progress: Progress | None = N
     yield Chunk(_rows_table(names, rows, lines), rejects)
 
 
-def _json_text(value) -> str | None:
+def json_text(value) -> str | None:
     if value is None:
         return None
     if isinstance(value, (dict, list)):
@@ -185,8 +185,8 @@ def jsonl_chunks(path: str, progress: Progress | None = None,
     def flush():
         for r in records:
             seen.update(dict.fromkeys(r))
-        cols = {k: [_json_text(r.get(k)) for r in records] for k in sorted(seen)}
-        return Chunk(_table(cols, lines), rejects)
+        cols = {k: [json_text(r.get(k)) for r in records] for k in sorted(seen)}
+        return Chunk(text_table(cols, lines), rejects)
 
     with open_text(path, progress) as f:
         for n, text in enumerate(f, start=1):
@@ -228,7 +228,7 @@ def parquet_chunks(path: str, progress: Progress | None = None,
             if pa.types.is_timestamp(col.type):
                 cols[name] = col.cast(pa.string())
             elif pa.types.is_nested(col.type):
-                cols[name] = pa.array([_json_text(v) for v in col.to_pylist()], type=pa.string())
+                cols[name] = pa.array([json_text(v) for v in col.to_pylist()], type=pa.string())
             elif pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type) \
                     or pa.types.is_fixed_size_binary(col.type):  # undecodable bytes become U+FFFD
                 cols[name] = pa.array([None if v is None else v.decode("utf-8", "replace")

@@ -49,11 +49,13 @@ def reference_times(ib, as_of: datetime | None):
 
 
 def feature_parts(ib, cfg: Config, refs, price_cuts: tuple[float, float], with_sentiment: bool = False,
-                  with_embeddings: bool = False):
+                  with_embeddings: bool = False, only: list[str] | None = None):
     """The users (everyone seen in events, orders or reviews) and each group of behaviour features,
     as Ibis expressions keyed by user_id (sentiment and embeddings once `huaxiang sentiment` /
     `huaxiang embed` have run)."""
     events, items, orders, reviews = (ib.table(t) for t in ("events", "items", "orders", "reviews"))
+    if only is not None:  # just these users (an incremental refresh)
+        events, orders, reviews = (t.filter(t.user_id.isin(only)) for t in (events, orders, reviews))
     users = (events.select("user_id").union(orders.select("user_id"))
              .union(reviews.filter(reviews.user_id.notnull()).select("user_id")).distinct())
     users = bh.with_reference(users, refs)
@@ -134,6 +136,40 @@ def _replace_tables(con, names: list[str]) -> None:
         raise
 
 
+def profile_rows(feats, th: dict[str, float], cfg: Config):
+    """Features -> profile rows (segments against the population thresholds `th`, tags); and the rules."""
+    conds, described = sg.rules(feats, th, cfg.new_days, cfg.at_risk_days, cfg.dormant_days, cfg.high_quantile)
+    prof = sg.assign(feats, conds)
+    return prof.mutate(tags=tg.interest_tags(prof), cluster=ibis.null("int64"),
+                       habit_utc_offset=ibis.literal(float(cfg.utc_offset_hours))), described
+
+
+def refresh_users(con: duckdb.DuckDBPyConnection, cfg: Config, user_ids: list[str]) -> int:
+    """Incremental update: recomputes the features, segment and tags of `user_ids` from the store as it is now and
+    replaces their rows in `features` and `profiles` (one transaction); everyone else is untouched. Segments compare
+    against the thresholds of the population in `features`. Returns the number of profiles written."""
+    if not user_ids or not has_table(con, "profiles"):
+        return 0
+    ib = ibis.duckdb.from_connection(con)
+    users, parts = feature_parts(ib, cfg, reference_times(ib, None), _price_cuts(con),
+                                 has_table(con, "review_sentiment"), has_table(con, "user_interests"), only=user_ids)
+    feats = join_parts(users, list(parts.values()))
+    prof, _ = profile_rows(feats, sg.thresholds(ib.table("features"), cfg.high_quantile, cfg.potential_quantile), cfg)
+    f_rows, p_rows = feats.execute(), prof.execute()
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for table, rows in (("features", f_rows), ("profiles", p_rows)):
+            con.execute(f"DELETE FROM {table} WHERE user_id IN (SELECT unnest(?))", [list(user_ids)])
+            con.register("_rows", rows)
+            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
+            con.unregister("_rows")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return len(p_rows)
+
+
 def build_profiles(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime | None = None,
                    step: Callable[[str], None] | None = None,
                    progress: Callable[[int, int], None] | None = None) -> BuildReport:
@@ -181,10 +217,7 @@ def build_profiles(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime 
     step("assigning segments and tags")
     feats = ib.table("_new_features")
     th = sg.thresholds(feats, cfg.high_quantile, cfg.potential_quantile)
-    conds, described = sg.rules(feats, th, cfg.new_days, cfg.at_risk_days, cfg.dormant_days, cfg.high_quantile)
-    prof = sg.assign(feats, conds)
-    prof = prof.mutate(tags=tg.interest_tags(prof), cluster=ibis.null("int64"),
-                       habit_utc_offset=ibis.literal(float(cfg.utc_offset_hours)))
+    prof, described = profile_rows(feats, th, cfg)
     ib.create_table("_new_profiles", prof, overwrite=True)
     lap("segments")
 

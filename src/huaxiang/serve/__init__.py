@@ -1,0 +1,1 @@
+"""The HTTP service: `huaxiang serve` (FastAPI + uvicorn) and its API keys."""

@@ -1,0 +1,174 @@
+"""The HTTP service for real: a uvicorn server in its own process on a free loopback port."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import SHARED
+from test_cli import run
+
+TAOBAO = SHARED / "taobao_userbehavior_head" / "UserBehavior_head.csv.gz"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(base, method, path, key=None, body=None, headers=None):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method,
+                                 headers={**({"X-API-Key": key} if key else {}),
+                                          **({"Content-Type": "application/json"} if data else {}), **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            raw = r.read()
+            return r.status, (json.loads(raw) if r.headers.get("content-type", "").startswith("application/json")
+                              else raw.decode())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    d = tmp_path_factory.mktemp("serve")
+    db = str(d / "s.duckdb")
+    run("ingest", str(TAOBAO), "--format", "taobao", "--namespace", "taobao", "--db", db)
+    run("build", "--db", db)
+    run("train", "recommender", "--model", "itemknn", "--db", db)
+    keys = {scope: run("keys", "create", "--scope", scope, "--db", db).stdout.strip().splitlines()[-1]
+            for scope in ("read", "write", "admin")}
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "huaxiang.cli", "serve", "--db", db, "--port", str(port),
+                             "--max-body-bytes", "200000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ})
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if call(base, "GET", "/healthz")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise AssertionError(proc.stderr.read().decode())
+    yield base, keys
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_keys_are_required_and_scoped(server):
+    base, keys = server
+    assert call(base, "GET", "/healthz")[0] == 200
+    assert call(base, "GET", "/v1/users/taobao:1/profile")[0] == 401
+    assert call(base, "GET", "/v1/users/taobao:1/profile", key="hx_wrong")[0] == 401
+    assert call(base, "GET", "/v1/users/taobao:1/profile", key=keys["read"])[0] == 200
+    status, body = call(base, "POST", "/v1/events", key=keys["read"], body={"events": []})
+    assert status == 403 and "needs 'write'" in body["detail"]
+    status, body = call(base, "GET", "/v1/segments", headers={"Authorization": f"Bearer {keys['admin']}"})
+    assert status == 200 and body["segments"]
+
+
+def test_profile_recommendations_search_metrics(server):
+    base, keys = server
+    status, profile = call(base, "GET", "/v1/users/taobao:1000251/profile", key=keys["read"])
+    assert status == 200 and profile["user_id"] == "taobao:1000251" and profile["segment"]
+    status, body = call(base, "GET", "/v1/users/taobao:nobody/profile", key=keys["read"])
+    assert status == 404 and "unknown user" in body["detail"]
+    status, recs = call(base, "GET", "/v1/users/taobao:1000251/recommendations?k=5&explain=true", key=keys["read"])
+    assert status == 200 and len(recs["items"]) == 5 and all(i["reason"] for i in recs["items"])
+    assert call(base, "GET", "/v1/users/taobao:1000251/recommendations?k=0", key=keys["read"])[0] == 422
+    status, text = call(base, "GET", "/metrics", key=keys["read"])
+    assert status == 200 and 'huaxiang_requests_total{route="/v1/users/{user_id}/profile",status="200"}' in text
+    status, spec = call(base, "GET", "/openapi.json")
+    assert status == 200 and "/v1/events" in spec["paths"]
+
+
+def test_events_batch_keeps_the_valid_and_names_the_bad(server):
+    base, keys = server
+    batch = {"events": [
+        {"event_id": "api-1", "user_id": "taobao:new-user", "item_id": "taobao:2268318", "type": "view",
+         "ts": "2017-12-03T10:00:00"},
+        {"event_id": "api-2", "user_id": "taobao:new-user", "item_id": "taobao:2268318", "type": "teleport",
+         "ts": "2017-12-03T10:01:00"},
+        {"event_id": "api-3", "user_id": "taobao:new-user", "type": "buy", "ts": "not a time"},
+        "not an object",
+        {"event_id": "api-4", "user_id": "taobao:new-user", "item_id": "x'; DROP TABLE events; --", "type": "cart",
+         "ts": "2017-12-03T10:02:00"},
+    ]}
+    status, body = call(base, "POST", "/v1/events", key=keys["write"], body=batch)
+    assert status == 200 and body["received"] == 5 and body["added"] == 2 and body["quarantined"] == 3
+    assert {r["index"] for r in body["rejected"]} == {1, 2, 3}
+    assert any(r["field"] == "type" for r in body["rejected"]) and any(r["field"] == "ts" for r in body["rejected"])
+    again = call(base, "POST", "/v1/events", key=keys["write"], body=batch)[1]  # redelivery: counted once
+    assert again["added"] == 0 and again["duplicates"] == 2
+
+
+def test_bad_bodies_get_4xx_with_a_message(server):
+    base, keys = server
+    status, body = call(base, "POST", "/v1/events", key=keys["write"], body=b"x" * 300_000)
+    assert status == 413 and "over the limit" in body["detail"]
+    assert call(base, "POST", "/v1/events", key=keys["write"], body=b"{not json")[0] == 400
+    assert call(base, "POST", "/v1/events", key=keys["write"], body={"event": []})[0] == 422
+    deep = b'{"events": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    assert call(base, "POST", "/v1/events", key=keys["write"], body=deep)[0] in (400, 422)
+
+
+def store_mentions(db: str, user_id: str) -> dict[str, int]:
+    """Every place in the store (any column of any table, cast to text) and the model folder that names the user."""
+    import duckdb
+    from huaxiang.recommend.store_model import model_dir
+    con = duckdb.connect(db, read_only=True)
+    found = {}
+    for table, column in con.execute("""SELECT table_name, column_name FROM information_schema.columns
+            WHERE table_schema = 'main'""").fetchall():
+        n = con.execute(f'SELECT count(*) FROM "{table}" WHERE contains(CAST("{column}" AS VARCHAR), ?)',
+                        [user_id]).fetchone()[0]
+        if n:
+            found[f"{table}.{column}"] = n
+    con.close()
+    for f in model_dir(db).rglob("*.json"):
+        if user_id in f.read_text():
+            found[str(f)] = 1
+    return found
+
+
+def test_forget_leaves_nothing(tmp_path):
+    db = str(tmp_path / "f.duckdb")
+    amazon = SHARED / "amazon2018_all_beauty_5core_reviews"
+    reviews = next(amazon.glob("*.json.gz"))
+    run("ingest", str(TAOBAO), "--format", "taobao", "--namespace", "taobao", "--db", db)
+    run("ingest", str(reviews), "--format", "amazon-reviews", "--namespace", "amazon", "--db", db)
+    run("build", "--db", db)
+    run("graph", "--build", "--db", db)
+    run("train", "recommender", "--model", "itemknn", "--db", db)
+    import duckdb
+    con = duckdb.connect(db, read_only=True)
+    ids = [u for (u,) in con.execute("SELECT user_id FROM profiles").fetchall()]
+    reviewer = con.execute("""SELECT user_id FROM reviews GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1""").fetchone()[0]
+    con.close()
+    shopper = "taobao:1000251"
+    for uid in (reviewer, shopper):
+        assert not any(uid in other for other in ids if other != uid)  # a distinctive id, so a scan means it
+        assert store_mentions(db, uid)  # present before
+        out = json.loads(run("forget", uid, "--db", db, "--json").stdout)
+        assert out["removed"]
+        assert store_mentions(db, uid) == {}
+    gone = run("forget", shopper, "--db", db, check=False)
+    assert gone.returncode == 1 and "nothing of them" in gone.stderr
+
+
+def test_delete_user_over_http_needs_admin(server):
+    base, keys = server
+    assert call(base, "DELETE", "/v1/users/taobao:1000004", key=keys["write"])[0] == 403
+    status, body = call(base, "DELETE", "/v1/users/taobao:1000004", key=keys["admin"])
+    assert status == 200 and body["removed"]["events"] > 0
+    assert call(base, "GET", "/v1/users/taobao:1000004/profile", key=keys["read"])[0] == 404
+    assert call(base, "DELETE", "/v1/users/taobao:1000004", key=keys["admin"])[0] == 404
