@@ -6,8 +6,10 @@ import sys
 
 import pytest
 
-COMMANDS = ["ingest", "build", "profile", "segments", "embed", "sentiment", "graph", "demo", "score"]
-GROUPS = [("train", "classifier", "--text-col"), ("eval", "classifier", "--text-col"), ("eval", "seqrec", "--protocol")]
+COMMANDS = ["ingest", "build", "profile", "segments", "embed", "sentiment", "graph", "demo", "score", "serve",
+            "consume", "forget"]
+GROUPS = [("train", "classifier", "--text-col"), ("eval", "classifier", "--text-col"), ("eval", "seqrec", "--protocol"),
+          ("keys", "create", "--scope")]
 
 
 def run(*args, cwd=None, check=True):

@@ -1,5 +1,4 @@
 """Behaviour features, tags and segments checked against values computed by hand."""
-import math
 from datetime import datetime
 
 import pytest
