@@ -105,6 +105,9 @@ def test_events_batch_keeps_the_valid_and_names_the_bad(server):
     ]}
     status, body = call(base, "POST", "/v1/events", key=keys["write"], body=batch)
     assert status == 200 and body["received"] == 5 and body["added"] == 2 and body["quarantined"] == 3
+    assert body["profiles_refreshed"] == 1
+    fresh = call(base, "GET", "/v1/users/taobao:new-user/profile", key=keys["read"])[1]  # live, no rebuild
+    assert fresh["n_view"] == 1 and fresh["n_cart"] == 1
     assert {r["index"] for r in body["rejected"]} == {1, 2, 3}
     assert any(r["field"] == "type" for r in body["rejected"]) and any(r["field"] == "ts" for r in body["rejected"])
     again = call(base, "POST", "/v1/events", key=keys["write"], body=batch)[1]  # redelivery: counted once

@@ -129,8 +129,9 @@ def consume(con, cfg, source: Source, batch: int = 500, block_ms: int = 200, idl
     """Read → store (one transaction) → refresh those users' profiles → acknowledge, until idle for
     `idle_exit_s` seconds or `max_messages` read."""
     from .ingest import ingest_records
-    from .profile.build import refresh_users
+    from .profile.build import ProfileRefresher
     report, idle_since = ConsumeReport(), time.monotonic()
+    refresher = ProfileRefresher(con, cfg)
     while max_messages is None or report.messages < max_messages:
         messages = source.read(batch, block_ms)
         if not messages:
@@ -143,7 +144,7 @@ def consume(con, cfg, source: Source, batch: int = 500, block_ms: int = 200, idl
             ids = [rec["event_id"] for rec in records if isinstance(rec, dict)]
             users = [u for (u,) in con.execute("SELECT DISTINCT user_id FROM events WHERE event_id IN (SELECT unnest(?))",
                                                [[str(i) for i in ids]]).fetchall()]
-            report.refreshed += refresh_users(con, cfg, users)
+            report.refreshed += refresher.refresh(users)
         source.ack(messages)
         report.messages += len(messages)
         report.added += r.added.get("events", 0)

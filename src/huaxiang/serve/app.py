@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from .. import __version__
+from ..config import load_config
 from ..errors import HuaxiangError
 from ..ingest import ingest_records
 from ..store import connect
@@ -68,6 +69,7 @@ def create_app(db: str, settings: ServeSettings | None = None) -> FastAPI:
     con = connect(db)
     state = {"keys": load_keys(con), "keys_read": time.monotonic(), "rec": None}
     metrics = Metrics()
+    lock = threading.Lock()
     app = FastAPI(title="huaxiang", version=__version__,
                   description="Deep user profiles for e-commerce search and recommendation.")
 
@@ -161,6 +163,25 @@ def create_app(db: str, settings: ServeSettings | None = None) -> FastAPI:
         return {"segments": [{"segment": s, "definition": d, "size": n} for s, d, n in rows],
                 "value_tiers": value_tiers(c)}
 
+    def refresh(raw_ids: list[str]) -> int:
+        """Profiles of the batch's users recomputed now; their cached recommendation context dropped."""
+        from ..privacy import id_key, pseudonym
+        from ..profile.build import ProfileRefresher
+        from ..store import has_table
+        key = id_key()
+        users = sorted({pseudonym(u, key) if key else u for u in raw_ids})
+        if not users or not has_table(cursor(), "profiles"):
+            return 0
+        with lock:
+            if state.get("refresher") is None:
+                state["refresher"] = ProfileRefresher(con, load_config())
+            n = state["refresher"].refresh(users)
+        if state["rec"] is not None:
+            for part in ("histories", "liked", "queries", "profiles"):
+                for u in users:
+                    state["rec"].snapshot[part].pop(u, None)  # recommend() then reads them from the store
+        return n
+
     @app.delete("/v1/users/{user_id}", dependencies=[need("admin")])
     def forget(user_id: str) -> dict:
         from ..privacy import forget_user
@@ -188,9 +209,11 @@ def create_app(db: str, settings: ServeSettings | None = None) -> FastAPI:
             raise HTTPException(413, f"{len(batch):,} events in one batch; the limit is {settings.max_batch_events:,}")
         label = f"api:{time.time_ns()}"
         report = ingest_records(cursor(), batch, label)
+        refreshed = refresh([r["user_id"] for r in batch if isinstance(r, dict) and isinstance(r.get("user_id"), str)]
+                            if report.added.get("events") else [])
         rejected = cursor().execute("SELECT line, field, reason FROM quarantine WHERE source = ? ORDER BY line",
                                     [label]).fetchall()
-        return {"received": len(batch), "added": report.added.get("events", 0),
+        return {"received": len(batch), "added": report.added.get("events", 0), "profiles_refreshed": refreshed,
                 "duplicates": report.duplicates.get("events", 0), "quarantined": report.quarantined,
                 "rejected": [{"index": line - 1, "field": field, "reason": reason} for line, field, reason in rejected]}
 
