@@ -552,7 +552,7 @@ def consume(
                   transient=True) as bar:
         task = bar.add_task(f"waiting for events on {stream}", total=None)
         report = run_consume(connect(db), load_config(config), source, batch, idle_exit_s=idle_exit,
-                             on_batch=lambda r: bar.update(task, description=(
+                             on_batch=lambda r, _: bar.update(task, description=(
                                  f"{r.messages:,} messages: {r.added:,} added, {r.duplicates:,} duplicates, "
                                  f"{r.quarantined:,} quarantined, {r.refreshed:,} profiles refreshed")))
     out.print(f"{report.messages:,} messages in {report.batches:,} batches: {report.added:,} events added, "

@@ -125,9 +125,10 @@ class ConsumeReport:
 
 
 def consume(con, cfg, source: Source, batch: int = 500, block_ms: int = 200, idle_exit_s: float | None = None,
-            max_messages: int | None = None, on_batch: Callable[[ConsumeReport], None] | None = None) -> ConsumeReport:
+            max_messages: int | None = None,
+            on_batch: Callable[[ConsumeReport, list[Message]], None] | None = None) -> ConsumeReport:
     """Read → store (one transaction) → refresh those users' profiles → acknowledge, until idle for
-    `idle_exit_s` seconds or `max_messages` read."""
+    `idle_exit_s` seconds or `max_messages` read. `on_batch(report, messages)` runs after each acknowledgement."""
     from .ingest import ingest_records
     from .profile.build import ProfileRefresher
     report, idle_since = ConsumeReport(), time.monotonic()
@@ -153,5 +154,5 @@ def consume(con, cfg, source: Source, batch: int = 500, block_ms: int = 200, idl
         report.batches += 1
         idle_since = time.monotonic()
         if on_batch:
-            on_batch(report)
+            on_batch(report, messages)
     return report
