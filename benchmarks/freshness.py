@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/freshness.py [--events 2000] [--rate 200]
 
-Starts Debian's redis-server on a free loopback port, builds a store from the Taobao slice (814 users), runs the
+Starts Debian's redis-server on a free loopback port (`huaxiang.stream.local_redis`), builds a store from the Taobao slice (814 users), runs the
 consumer (`huaxiang.stream.consume`, as `huaxiang consume` does) in a thread, and a producer that XADDs single
 events at `--rate` per second for existing users. An event's freshness = the moment its batch's profiles are
 refreshed and committed (after the acknowledgement) minus the time Redis stamped into its entry id (ms).
@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -37,49 +34,35 @@ def main() -> None:
     from huaxiang.ingest import ingest_file
     from huaxiang.profile.build import build_profiles
     from huaxiang.store import connect
-    from huaxiang.stream import RedisSource, consume
-    with tempfile.TemporaryDirectory() as tmp, socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
-        server = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--save", "", "--appendonly",
-                                   "no", "--dir", tmp], stdout=subprocess.DEVNULL)
-        try:
-            r = redis.Redis(port=port)
-            for _ in range(100):
-                try:
-                    r.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            con = connect(str(Path(tmp) / "live.duckdb"))
-            ingest_file(con, str(SHARED / "taobao_userbehavior_head" / "UserBehavior_head.csv.gz"), "taobao",
-                        namespace="taobao")
-            build_profiles(con, load_config())
-            users = [u for (u,) in con.execute("SELECT user_id FROM profiles ORDER BY user_id").fetchall()]
-            lags: list[float] = []
+    from huaxiang.stream import RedisSource, consume, local_redis
+    with tempfile.TemporaryDirectory() as tmp, local_redis(tmp) as url:
+        r = redis.Redis.from_url(url)
+        con = connect(str(Path(tmp) / "live.duckdb"))
+        ingest_file(con, str(SHARED / "taobao_userbehavior_head" / "UserBehavior_head.csv.gz"), "taobao",
+                    namespace="taobao")
+        build_profiles(con, load_config())
+        users = [u for (u,) in con.execute("SELECT user_id FROM profiles ORDER BY user_id").fetchall()]
+        lags: list[float] = []
 
-            def done(report, messages):
-                now = time.time() * 1000
-                lags.extend(now - int(m.id.split("-")[0]) for m in messages)
+        def done(report, messages):
+            now = time.time() * 1000
+            lags.extend(now - int(m.id.split("-")[0]) for m in messages)
 
-            source = RedisSource(f"redis://127.0.0.1:{port}/0", "fresh")
-            consumer = threading.Thread(target=consume, kwargs=dict(
-                con=con, cfg=load_config(), source=source, batch=500, block_ms=5, max_messages=args.events,
-                on_batch=done))
-            consumer.start()
-            time.sleep(2)  # the consumer compiles its refresh query first
-            rng = np.random.default_rng(0)
-            gap = 1 / args.rate
-            start = time.perf_counter()
-            for n in range(args.events):
-                r.xadd("fresh", {"event": json.dumps({"user_id": users[int(rng.integers(len(users)))],
-                                                      "item_id": f"taobao:{int(rng.integers(1, 10**6))}",
-                                                      "type": "view", "ts": "2017-12-03T15:00:00"})})
-                time.sleep(max(0.0, start + (n + 1) * gap - time.perf_counter()))
-            consumer.join()
-        finally:
-            server.terminate()
+        source = RedisSource(url, "fresh")
+        consumer = threading.Thread(target=consume, kwargs=dict(
+            con=con, cfg=load_config(), source=source, batch=500, block_ms=5, max_messages=args.events,
+            on_batch=done))
+        consumer.start()
+        time.sleep(2)  # the consumer compiles its refresh query first
+        rng = np.random.default_rng(0)
+        gap = 1 / args.rate
+        start = time.perf_counter()
+        for n in range(args.events):
+            r.xadd("fresh", {"event": json.dumps({"user_id": users[int(rng.integers(len(users)))],
+                                                  "item_id": f"taobao:{int(rng.integers(1, 10**6))}",
+                                                  "type": "view", "ts": "2017-12-03T15:00:00"})})
+            time.sleep(max(0.0, start + (n + 1) * gap - time.perf_counter()))
+        consumer.join()
     lags = np.array(lags)
     print(f"freshness over {len(lags):,} events at {args.rate:g}/s, store of {len(users)} users; {stamp()}")
     print(f"p50 {np.percentile(lags, 50):.1f} ms, p90 {np.percentile(lags, 90):.1f} ms, "

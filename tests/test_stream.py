@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,26 +20,11 @@ TAOBAO = SHARED / "taobao_userbehavior_head" / "UserBehavior_head.csv.gz"
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
-    server = shutil.which("redis-server")
-    if server is None:
+    from huaxiang.stream import local_redis
+    if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed (Debian package redis-server; .ci/run installs it)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    d = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(d)], stdout=subprocess.DEVNULL)
-    import redis
-    r = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            r.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+    with local_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 @pytest.fixture()

@@ -9,9 +9,13 @@ messages are read again) and counts nothing twice (event ids).
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 from .errors import HuaxiangError
 
@@ -156,3 +160,30 @@ def consume(con, cfg, source: Source, batch: int = 500, block_ms: int = 200, idl
         if on_batch:
             on_batch(report, messages)
     return report
+
+
+@contextmanager
+def local_redis(directory: str) -> Iterator[str]:
+    """A throwaway Debian `redis-server` on a free loopback port, without persistence, for tests, benchmarks and
+    trying `huaxiang consume` out; yields its URL and stops it on exit."""
+    import redis
+    server = shutil.which("redis-server")
+    if server is None:
+        raise HuaxiangError("redis-server is not installed (Debian package redis-server; .ci/run installs it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(directory)], stdout=subprocess.DEVNULL)
+    try:
+        r = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                r.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
