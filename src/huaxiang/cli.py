@@ -474,7 +474,7 @@ def clv(
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
                   transient=True) as bar:
         task = bar.add_task("reading transactions", total=None)
-        _date(calibration_end, "--calibration-end")
+        cal_end = _date(calibration_end, "--calibration-end")
         tx = read_transactions(path, fmt)
         summary = rfm_summary(tx.frame, calibration_end, holdout_end)
         bar.update(task, description=f"fitting BG/NBD + Gamma-Gamma on {len(summary):,} customers")
@@ -483,7 +483,7 @@ def clv(
                   "skipped_rows": tx.skipped, "clv_months": months,
                   "mean_clv": float(model.clv(summary, months).mean()) if model.gg_ else None}
         if holdout_end:
-            weeks = (_date(holdout_end, "--holdout-end") - _date(calibration_end, "--calibration-end")).days / 7
+            weeks = (_date(holdout_end, "--holdout-end") - cal_end).days / 7
             if weeks <= 0:
                 raise HuaxiangError("--holdout-end must come after --calibration-end")
             preds = {"bgnbd": model.expected_purchases(summary, weeks)}

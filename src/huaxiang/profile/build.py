@@ -166,7 +166,10 @@ class ProfileRefresher:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE _refresh_feats AS SELECT * FROM ({feats_sql}) LIMIT 0")
         prof, _ = profile_rows(ib.table("_refresh_feats"), sg.thresholds(ib.table("features"), cfg.high_quantile,
                                                                            cfg.potential_quantile), cfg)
-        self.sql = {"features": feats_sql, "profiles": ibis.to_sql(prof, dialect="duckdb")}
+        refs = bh.reference_times(ib.table("events"), ib.table("orders"))  # each wanted tenant's data end, now
+        refs = refs.filter(refs.tenant.isin(bh.tenant(only)))
+        self.sql = {"features": feats_sql, "profiles": ibis.to_sql(prof, dialect="duckdb"),
+                    "refs": ibis.to_sql(refs, dialect="duckdb")}
 
     def refresh(self, user_ids: list[str]) -> int:
         """Returns the number of profiles written."""
@@ -176,11 +179,7 @@ class ProfileRefresher:
         c.execute("DELETE FROM _refresh_users")
         c.execute("INSERT INTO _refresh_users SELECT DISTINCT unnest(?)", [list(user_ids)])
         c.execute("DELETE FROM _refresh_refs")
-        c.execute("""INSERT INTO _refresh_refs SELECT tenant, max(ts) FROM (
-            SELECT regexp_extract(user_id, '^([^:]+):', 1) AS tenant, ts FROM events
-            UNION ALL SELECT regexp_extract(user_id, '^([^:]+):', 1), ts FROM orders)
-            WHERE tenant IN (SELECT DISTINCT regexp_extract(user_id, '^([^:]+):', 1) FROM _refresh_users)
-            GROUP BY 1""")
+        c.execute(f"INSERT INTO _refresh_refs BY NAME {self.sql['refs']}")
         c.execute("BEGIN TRANSACTION")
         try:
             c.execute("DELETE FROM _refresh_feats")

@@ -22,6 +22,7 @@ from ..config import Config
 from ..errors import HuaxiangError
 from ..models import churn as ch
 from ..models.scores import ScoreModel, reason_text
+from ..store import has_table
 
 KINDS = ("churn", "propensity", "clv", "risk")
 TIERS = (("top", 0.9), ("high", 0.7), ("medium", 0.3), ("low", 0.0))  # CLV quantile tiers within a tenant
@@ -170,8 +171,7 @@ def write_scores(con: duckdb.DuckDBPyConnection, cfg: Config, kinds, note: Calla
     unknown = [k for k in kinds if k not in SCORERS]
     if unknown:
         raise HuaxiangError(f"unknown score {unknown[0]!r} (one of: {', '.join(KINDS)})")
-    if kinds and not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'features'"
-                                 ).fetchone()[0]:
+    if kinds and not has_table(con, "features"):
         raise HuaxiangError("no profiles in this store yet: run `huaxiang build` first")
     con.execute(SCORES_DDL)
     written = {}

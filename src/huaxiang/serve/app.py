@@ -18,7 +18,7 @@ from .. import __version__
 from ..config import load_config
 from ..errors import HuaxiangError
 from ..ingest import ingest_records
-from ..store import connect
+from ..store import connect, has_table
 from .keys import allows, load_keys, scope_of
 
 
@@ -73,6 +73,9 @@ def create_app(db: str, settings: ServeSettings | None = None) -> FastAPI:
     app = FastAPI(title="huaxiang", version=__version__,
                   description="Deep user profiles for e-commerce search and recommendation.")
 
+    def too_large(size: str) -> str:
+        return f"payload of {size} bytes is over the limit of {settings.max_body_bytes:,} bytes"
+
     def cursor() -> duckdb.DuckDBPyConnection:
         return con.cursor()
 
@@ -102,8 +105,7 @@ def create_app(db: str, settings: ServeSettings | None = None) -> FastAPI:
         started = time.perf_counter()
         size = request.headers.get("content-length")
         if size is not None and (not size.isdigit() or int(size) > settings.max_body_bytes):
-            response = JSONResponse({"detail": f"payload of {size} bytes is over the limit of "
-                                               f"{settings.max_body_bytes:,} bytes"}, status_code=413)
+            response = JSONResponse({"detail": too_large(size)}, status_code=413)
         else:
             response = await call_next(request)
         route = request.scope.get("route")
@@ -122,9 +124,8 @@ def create_app(db: str, settings: ServeSettings | None = None) -> FastAPI:
 
     @app.get("/metrics", response_class=PlainTextResponse, dependencies=[need("read")])
     def prometheus() -> str:
-        users = cursor().execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'profiles'"
-                                 ).fetchone()[0]
-        profiles = cursor().execute("SELECT count(*) FROM profiles").fetchone()[0] if users else 0
+        c = cursor()
+        profiles = c.execute("SELECT count(*) FROM profiles").fetchone()[0] if has_table(c, "profiles") else 0
         return metrics.text({"profiles": profiles})
 
     @app.get("/v1/users/{user_id}/profile", dependencies=[need("read")])
@@ -167,7 +168,6 @@ def create_app(db: str, settings: ServeSettings | None = None) -> FastAPI:
         """Profiles of the batch's users recomputed now; their cached recommendation context dropped."""
         from ..privacy import id_key, pseudonym
         from ..profile.build import ProfileRefresher
-        from ..store import has_table
         key = id_key()
         users = sorted({pseudonym(u, key) if key else u for u in raw_ids})
         if not users or not has_table(cursor(), "profiles"):
@@ -196,8 +196,7 @@ def create_app(db: str, settings: ServeSettings | None = None) -> FastAPI:
         import json
         body = await request.body()
         if len(body) > settings.max_body_bytes:  # a chunked body has no Content-Length to check up front
-            raise HTTPException(413, f"payload of {len(body):,} bytes is over the limit of "
-                                     f"{settings.max_body_bytes:,} bytes")
+            raise HTTPException(413, too_large(f"{len(body):,}"))
         try:
             doc = json.loads(body)
         except (ValueError, RecursionError) as exc:
