@@ -66,7 +66,6 @@ def register_pseudonym(con) -> str | None:
     return "hx_pseudonym"
 
 
-
 def _tables_with(con, column: str) -> list[str]:
     return [t for (t,) in con.execute("""SELECT table_name FROM information_schema.columns
         WHERE column_name = ? AND table_schema = 'main' ORDER BY 1""", [column]).fetchall()]
@@ -79,7 +78,8 @@ def forget_user(con, db: str, user_id: str) -> dict[str, int]:
     import json
 
     from .recommend.store_model import model_dir
-    has = set(_tables_with(con, "user_id"))
+    from .store import has_table
+    has = _tables_with(con, "user_id")
     removed: dict[str, int] = {}
 
     def delete(place: str, sql: str, params: list) -> None:
@@ -94,17 +94,17 @@ def forget_user(con, db: str, user_id: str) -> dict[str, int]:
             AND query NOT IN (SELECT query FROM events WHERE user_id <> ? AND query IS NOT NULL)""",
                                              [user_id, user_id]).fetchall()]
         for table in ("review_sentiment", "review_mentions"):
-            if table in _tables_with(con, "review_id"):
+            if has_table(con, table):
                 delete(table, f"DELETE FROM {table} WHERE review_id IN (SELECT unnest(?))", [reviews])
-        if "embeddings" in _tables_with(con, "key"):
+        if has_table(con, "embeddings"):
             delete("embeddings", """DELETE FROM embeddings WHERE (kind = 'review'
                 AND key IN (SELECT unnest(?))) OR (kind = 'query' AND key IN (SELECT unnest(?)))""",
                    [reviews, queries])
-        if "triples" in _tables_with(con, "subject"):
+        if has_table(con, "triples"):
             node = "user:" + user_id
             delete("triples", "DELETE FROM triples WHERE subject = ? OR object = ?", [node, node])
         delete("quarantine", "DELETE FROM quarantine WHERE contains(raw, ?)", [user_id])
-        for table in sorted(has):
+        for table in has:
             delete(table, f"DELETE FROM {table} WHERE user_id = ?", [user_id])
         con.execute("COMMIT")
     except BaseException:
