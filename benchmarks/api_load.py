@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from huaxiang.ports import free_port
 from machine import stamp
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -91,9 +92,7 @@ def main() -> None:
         con = duckdb.connect(db, read_only=True)
         users = [u for (u,) in con.execute("SELECT user_id FROM profiles ORDER BY user_id").fetchall()]
         con.close()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         server = subprocess.Popen(cli + ["serve", "--db", db, "--port", str(port)], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL, env=os.environ.copy())
         try:

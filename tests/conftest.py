@@ -1,7 +1,18 @@
-"""Shared test helpers: where the real datasets are, and running the CLI as a user would."""
+"""Shared test helpers: where the real datasets are, running the CLI as a user would, and a live `huaxiang serve`
+(uvicorn in its own process on a free loopback port) over the Taobao slice with one key per scope."""
+import json
+import os
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
+
+from huaxiang.ports import free_port
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the repository
 
@@ -10,3 +21,57 @@ def cli(*args):
     proc = subprocess.run([sys.executable, "-m", "huaxiang.cli", *args], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+def call(base, method, path, key=None, body=None, headers=None):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method,
+                                 headers={**({"X-API-Key": key} if key else {}),
+                                          **({"Content-Type": "application/json"} if data else {}), **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            raw = r.read()
+            return r.status, (json.loads(raw) if r.headers.get("content-type", "").startswith("application/json")
+                              else raw.decode())
+    except urllib.error.HTTPError as e:
+        raw = e.read() or b"{}"
+        try:
+            return e.code, json.loads(raw)
+        except ValueError:  # refused by the HTTP layer before the app (e.g. a 100 kB URL): plain text
+            return e.code, {"detail": raw.decode()}
+
+
+@contextmanager
+def start_server(db: str, *args: str):
+    """`huaxiang serve --db db *args` on a free port until the block ends; yields its base URL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "huaxiang.cli", "serve", "--db", db, "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if call(base, "GET", "/healthz")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            proc.kill()
+            raise AssertionError(proc.stderr.read().decode())
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    db = str(tmp_path_factory.mktemp("serve") / "s.duckdb")
+    cli("ingest", str(SHARED / "taobao_userbehavior_head" / "UserBehavior_head.csv.gz"), "--format", "taobao",
+        "--namespace", "taobao", "--db", db)
+    cli("build", "--db", db)
+    cli("train", "recommender", "--model", "itemknn", "--db", db)
+    keys = {scope: cli("keys", "create", "--scope", scope, "--db", db).strip().splitlines()[-1]
+            for scope in ("read", "write", "admin")}
+    with start_server(db, "--max-body-bytes", "200000") as base:
+        yield base, keys

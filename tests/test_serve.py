@@ -1,67 +1,10 @@
 """The HTTP service for real: a uvicorn server in its own process on a free loopback port."""
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 
-import pytest
-
-from conftest import SHARED
+from conftest import SHARED, call
 from test_cli import run
 
 TAOBAO = SHARED / "taobao_userbehavior_head" / "UserBehavior_head.csv.gz"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(base, method, path, key=None, body=None, headers=None):
-    data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base + path, data=data, method=method,
-                                 headers={**({"X-API-Key": key} if key else {}),
-                                          **({"Content-Type": "application/json"} if data else {}), **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            raw = r.read()
-            return r.status, (json.loads(raw) if r.headers.get("content-type", "").startswith("application/json")
-                              else raw.decode())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    d = tmp_path_factory.mktemp("serve")
-    db = str(d / "s.duckdb")
-    run("ingest", str(TAOBAO), "--format", "taobao", "--namespace", "taobao", "--db", db)
-    run("build", "--db", db)
-    run("train", "recommender", "--model", "itemknn", "--db", db)
-    keys = {scope: run("keys", "create", "--scope", scope, "--db", db).stdout.strip().splitlines()[-1]
-            for scope in ("read", "write", "admin")}
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "huaxiang.cli", "serve", "--db", db, "--port", str(port),
-                             "--max-body-bytes", "200000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ})
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if call(base, "GET", "/healthz")[0] == 200:
-                break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise AssertionError(proc.stderr.read().decode())
-    yield base, keys
-    proc.terminate()
-    proc.wait(10)
 
 
 def test_keys_are_required_and_scoped(server):
@@ -89,6 +32,16 @@ def test_profile_recommendations_search_metrics(server):
     assert status == 200 and 'huaxiang_requests_total{route="/v1/users/{user_id}/profile",status="200"}' in text
     status, spec = call(base, "GET", "/openapi.json")
     assert status == 200 and "/v1/events" in spec["paths"]
+
+
+def test_segments_can_be_differentially_private(server):
+    base, keys = server
+    exact = call(base, "GET", "/v1/segments", key=keys["read"])[1]
+    status, noisy = call(base, "GET", "/v1/segments?epsilon=0.5", key=keys["read"])
+    assert status == 200 and noisy["privacy"]["epsilon"] == 0.5 and "clusters" not in noisy
+    assert [s["segment"] for s in noisy["segments"]] == [s["segment"] for s in exact["segments"]]
+    assert all("definition" not in s for s in noisy["segments"])
+    assert call(base, "GET", "/v1/segments?epsilon=0.001", key=keys["read"])[0] == 422
 
 
 def test_events_batch_keeps_the_valid_and_names_the_bad(server):

@@ -144,3 +144,18 @@ def test_kafka_source_commits_after_the_store(store):
     ids = [i for (i,) in con.execute("SELECT event_id FROM events WHERE starts_with(event_id, 'kafka:')").fetchall()]
     assert sorted(ids)[:2] == ["kafka:events:0:0", "kafka:events:0:1"]
     con.close()
+
+
+def test_the_service_consumes_the_stream_and_serves_the_fresh_profile(redis_url, store):
+    from conftest import call, start_server
+    key = run("keys", "create", "--scope", "read", "--db", store).stdout.strip().splitlines()[-1]
+    with start_server(store, "--redis", redis_url, "--stream", "served") as base:
+        before = call(base, "GET", "/v1/users/taobao:1000001/profile", key=key)[1]
+        push(redis_url, "served", [{"user_id": "taobao:1000001", "item_id": "taobao:2268318", "type": "buy",
+                                    "ts": "2017-12-03T13:00:00"}])
+        for _ in range(100):
+            after = call(base, "GET", "/v1/users/taobao:1000001/profile", key=key)[1]
+            if after["n_buy"] == before["n_buy"] + 1:
+                break
+            time.sleep(0.1)
+        assert after["n_buy"] == before["n_buy"] + 1 and after["n_events"] == before["n_events"] + 1

@@ -148,40 +148,39 @@ def score(
 
 
 @app.command()
-def segments(db: str = DB, as_json: bool = typer.Option(False, "--json", help="Print as JSON.")):
+def segments(db: str = DB, as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+             epsilon: Optional[float] = typer.Option(None, "--epsilon", help="Add differential-privacy noise with "
+                                                     "this budget (e.g. 1.0); see the README's privacy section."),
+             clv_cap: float = typer.Option(1_000.0, "--clv-cap", help="With --epsilon: each user's CLV is clipped "
+                                           "to this bound before summing (choose it without looking at the data)."),
+             seed: Optional[int] = typer.Option(None, "--seed", help="With --epsilon: seed the noise (for tests).")):
     """Summarise the segments: size, share and what defines each."""
-    con = connect(db, read_only=True)
-    try:
-        rows = con.execute("SELECT segment, definition, size FROM segment_rules").fetchall()
-        clusters = con.execute("SELECT * FROM clusters ORDER BY cluster").df()
-    except duckdb.CatalogException as exc:
-        raise HuaxiangError("no segments in this store yet: run `huaxiang build` first") from exc
-    total = sum(r[2] for r in rows) or 1
-    from .profile.scores import value_tiers
-    tiers = value_tiers(con)
+    from .profile.segment_report import segment_report
+    report = segment_report(connect(db, read_only=True), epsilon, clv_cap, seed)
     if as_json:
-        print(json.dumps({"segments": [{"segment": s, "definition": d, "size": n, "share": n / total}
-                                       for s, d, n in rows],
-                          "value_tiers": tiers,
-                          "clusters": json.loads(clusters.to_json(orient="records"))}, ensure_ascii=False))
+        print(json.dumps(report, ensure_ascii=False))
         return
+    total = sum(r["size"] for r in report["segments"])
+    tiers = report["value_tiers"]
+    clusters = report.get("clusters", [])
+    if "privacy" in report:
+        out.print(f"[bold]Differentially private report[/]: ε = {epsilon:g} (CLV clipped to {clv_cap:,g}); "
+                  "counts and means below are noisy.")
     t = Table(title=f"Segments ({total:,} users; a user's segment is the first rule it matches)")
     for col in ("segment", "users", "share", "definition"):
         t.add_column(col, justify="right" if col in ("users", "share") else "left")
-    for s, d, n in rows:
-        t.add_row(s, f"{n:,}", f"{n / total:.1%}", d)
+    for r in report["segments"]:
+        t.add_row(r["segment"], f"{r['size']:,}", f"{r['share']:.1%}", r.get("definition", "(withheld: private)"))
     out.print(t)
     if tiers:
         v = Table("value tier", "segment", "users", "mean CLV", title="CLV value tiers × segments (`huaxiang score clv`)")
         for r in tiers:
             v.add_row(r["value_tier"], r["segment"], f"{r['users']:,}", f"{r['mean_clv']:,.2f}")
         out.print(v)
-    if len(clusters):
-        c = Table(title="k-means clusters (mean features)")
-        for col in clusters.columns:
-            c.add_column(str(col), justify="right")
-        for _, row in clusters.iterrows():
-            c.add_row(*[f"{v:,.1f}" if isinstance(v, float) else f"{v}" for v in row])
+    if clusters:
+        c = Table(*map(str, clusters[0]), title="k-means clusters (mean features)")
+        for row in clusters:
+            c.add_row(*[f"{v:,.1f}" if isinstance(v, float) else f"{v}" for v in row.values()])
         out.print(c)
 
 
@@ -583,12 +582,19 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
     max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", help="Larger request bodies get 413."),
+    redis_url: Optional[str] = typer.Option(None, "--redis", help="Also consume events from this Redis server "
+                                            "(the service owns the store, so it runs the consumer itself)."),
+    stream: str = typer.Option("huaxiang:events", "--stream", help="With --redis: the stream of events."),
+    group: str = typer.Option("huaxiang", "--group", help="With --redis: the consumer group."),
 ):
     """Serve profiles, recommendations, search and segments over HTTP (OpenAPI at /docs and /openapi.json)."""
     import uvicorn
+
     from .serve.app import ServeSettings, create_app
-    uvicorn.run(create_app(db, ServeSettings(max_body_bytes=max_body_bytes)), host=host, port=port,
-                log_level="warning")
+    from .stream import RedisSource
+    source = RedisSource(redis_url, stream, group, "serve") if redis_url else None
+    uvicorn.run(create_app(db, ServeSettings(max_body_bytes=max_body_bytes), source), host=host, port=port,
+                log_level="warning", access_log=False)
 
 
 @app.command("convert-encoder")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
 from .errors import HuaxiangError
+from .ports import free_port
 
 
 @dataclass
@@ -130,13 +130,16 @@ class ConsumeReport:
 
 def consume(con, cfg, source: Source, batch: int = 500, block_ms: int = 200, idle_exit_s: float | None = None,
             max_messages: int | None = None,
-            on_batch: Callable[[ConsumeReport, list[Message]], None] | None = None) -> ConsumeReport:
+            on_batch: Callable[[ConsumeReport, list[Message]], None] | None = None,
+            refresh: Callable[[list[str]], int] | None = None) -> ConsumeReport:
     """Read → store (one transaction) → refresh those users' profiles → acknowledge, until idle for
-    `idle_exit_s` seconds or `max_messages` read. `on_batch(report, messages)` runs after each acknowledgement."""
+    `idle_exit_s` seconds or `max_messages` read. `refresh(user_ids)` updates profiles (default: a
+    `ProfileRefresher`; the service passes its own, which also renews its profile documents).
+    `on_batch(report, messages)` runs after each acknowledgement."""
     from .ingest import ingest_records
     from .profile.build import ProfileRefresher
     report, idle_since = ConsumeReport(), time.monotonic()
-    refresher = ProfileRefresher(con, cfg)
+    refresh = refresh or ProfileRefresher(con, cfg).refresh
     while max_messages is None or report.messages < max_messages:
         messages = source.read(batch, block_ms)
         if not messages:
@@ -149,7 +152,7 @@ def consume(con, cfg, source: Source, batch: int = 500, block_ms: int = 200, idl
             ids = [rec["event_id"] for rec in records if isinstance(rec, dict)]
             users = [u for (u,) in con.execute("SELECT DISTINCT user_id FROM events WHERE event_id IN (SELECT unnest(?))",
                                                [[str(i) for i in ids]]).fetchall()]
-            report.refreshed += refresher.refresh(users)
+            report.refreshed += refresh(users)
         source.ack(messages)
         report.messages += len(messages)
         report.added += r.added.get("events", 0)
@@ -170,9 +173,7 @@ def local_redis(directory: str) -> Iterator[str]:
     server = shutil.which("redis-server")
     if server is None:
         raise HuaxiangError("redis-server is not installed (Debian package redis-server; .ci/run installs it)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(directory)], stdout=subprocess.DEVNULL)
     try:

@@ -166,7 +166,8 @@ def ingest_records(con: duckdb.DuckDBPyConnection, records: list, label: str, ta
     de-duplication as a file, in one transaction."""
     def reader(path, progress=None):
         objects = [(n, r) for n, r in enumerate(records, start=1) if isinstance(r, dict)]
-        keys = sorted({k for _, r in objects for k in r})
+        # the target's own columns always, so that a batch naming none of them is quarantined row by row
+        keys = sorted({k for _, r in objects for k in r} | set(schema.TABLES[table].names))
         cols = {k: [json_text(r.get(k)) for _, r in objects] for k in keys}
         rejects = [Reject(n, "an event must be a JSON object", json_text(r)[:1000] if r is not None else "null")
                    for n, r in enumerate(records, start=1) if not isinstance(r, dict)]

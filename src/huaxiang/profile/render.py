@@ -28,25 +28,45 @@ def _plain(value):
     return value
 
 
-def profile_record(con: duckdb.DuckDBPyConnection, user_id: str, recent: int = 10) -> dict:
-    """The profile row of `user_id` plus their most recent events (with item titles)."""
+def profile_records(con: duckdb.DuckDBPyConnection, user_ids: list[str], recent: int = 10) -> dict[str, dict]:
+    """{user_id: profile record} for those of `user_ids` with a profile: the profile row, their `recent` latest
+    events (with item titles) and their scores — three queries however many users."""
     try:
-        cur = con.execute("SELECT * FROM profiles WHERE user_id = ?", [user_id])
+        cur = con.execute("SELECT * FROM profiles WHERE user_id IN (SELECT unnest(?))", [list(user_ids)])
     except duckdb.CatalogException as exc:
         raise HuaxiangError("no profiles in this store yet: run `huaxiang build` first") from exc
-    row = cur.fetchone()
-    if row is None:
-        raise HuaxiangError(f"unknown user {user_id!r}: no profile (ids are case-sensitive; "
-                            "namespaced ids look like `taobao:1`)")
-    record = {d[0]: _plain(v) for d, v in zip(cur.description, row)}
-    ev = con.execute("""SELECT e.ts, e.type, e.item_id, i.title, e.category_id, e.price, e.query FROM events e
-        LEFT JOIN items i USING (item_id) WHERE e.user_id = ? ORDER BY e.ts DESC, e.event_id LIMIT ?""",
-                     [user_id, recent])
-    names = [d[0] for d in ev.description]
-    record["recent_events"] = [{k: _plain(v) for k, v in zip(names, r) if v is not None} for r in ev.fetchall()]
-    record["scores"] = user_scores(con, user_id)
-    record["summary"] = summarize(record)
+    names = [d[0] for d in cur.description]
+    records = {row[0]: {k: _plain(v) for k, v in zip(names, row)} for row in cur.fetchall()}
+    if not records:
+        return {}
+    ids = list(records)
+    ev = con.execute("""SELECT e.user_id, e.ts, e.type, e.item_id, i.title, e.category_id, e.price, e.query
+        FROM events e LEFT JOIN items i USING (item_id) WHERE e.user_id IN (SELECT unnest(?))
+        QUALIFY row_number() OVER (PARTITION BY e.user_id ORDER BY e.ts DESC, e.event_id) <= ?
+        ORDER BY e.user_id, e.ts DESC, e.event_id""", [ids, recent])
+    names = [d[0] for d in ev.description][1:]
+    for r in records.values():
+        r["recent_events"] = []
+    for user, *row in ev.fetchall():
+        records[user]["recent_events"].append({k: _plain(v) for k, v in zip(names, row) if v is not None})
+    scores = user_scores(con, ids)
+    for user, r in records.items():
+        r["scores"] = scores.get(user, {})
+        r["summary"] = summarize(r)
+    return records
+
+
+def profile_record(con: duckdb.DuckDBPyConnection, user_id: str, recent: int = 10) -> dict:
+    """The profile record of one user (see `profile_records`)."""
+    record = profile_records(con, [user_id], recent).get(user_id)
+    if record is None:
+        raise no_profile(user_id)
     return record
+
+
+def no_profile(user_id: str) -> HuaxiangError:
+    return HuaxiangError(f"unknown user {user_id!r}: no profile (ids are case-sensitive; "
+                         "namespaced ids look like `taobao:1`)")
 
 
 def to_json(record: dict) -> str:

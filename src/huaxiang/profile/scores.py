@@ -188,22 +188,29 @@ def write_scores(con: duckdb.DuckDBPyConnection, cfg: Config, kinds, note: Calla
     return written
 
 
-def user_scores(con: duckdb.DuckDBPyConnection, user_id: str) -> dict:
-    """{kind: {score, ...detail}} for one user; {} before `huaxiang score` has run."""
+def user_scores(con: duckdb.DuckDBPyConnection, user_ids: list[str]) -> dict[str, dict]:
+    """{user_id: {kind: {score, ...detail}}} for `user_ids`; {} before `huaxiang score` has run."""
     try:
-        rows = con.execute("SELECT kind, score, detail FROM scores WHERE user_id = ?", [user_id]).fetchall()
+        rows = con.execute("SELECT user_id, kind, score, detail FROM scores WHERE user_id IN (SELECT unnest(?))",
+                           [list(user_ids)]).fetchall()
     except duckdb.CatalogException:
         return {}
-    return {kind: {"score": score, **json.loads(detail)} for kind, score, detail in rows}
+    out: dict[str, dict] = {}
+    for user, kind, score, detail in rows:
+        out.setdefault(user, {})[kind] = {"score": score, **json.loads(detail)}
+    return out
 
 
-def value_tiers(con: duckdb.DuckDBPyConnection) -> list[dict]:
-    """Users per (CLV value tier, segment) with their mean CLV; [] before `huaxiang score clv`."""
+def value_tiers(con: duckdb.DuckDBPyConnection, clv_cap: float | None = None) -> list[dict]:
+    """Users per (CLV value tier, segment) with their mean CLV (each user's clipped to [0, clv_cap] if given);
+    [] before `huaxiang score clv`."""
+    clv = "score" if clv_cap is None else "greatest(0, least(score, ?))"
     try:
-        rows = con.execute("""SELECT tier, segment, count(*) AS n, avg(score) FROM (
+        rows = con.execute(f"""SELECT tier, segment, count(*) AS n, avg({clv}) FROM (
                 SELECT json_extract_string(s.detail, '$.value_tier') AS tier, p.segment, s.score
                 FROM scores s JOIN profiles p USING (user_id) WHERE s.kind = 'clv')
-                GROUP BY tier, segment ORDER BY list_position(['top', 'high', 'medium', 'low'], tier), n DESC""").fetchall()
+                GROUP BY tier, segment ORDER BY list_position(['top', 'high', 'medium', 'low'], tier), n DESC""",
+                           [] if clv_cap is None else [clv_cap]).fetchall()
     except duckdb.CatalogException:
         return []
     return [{"value_tier": t, "segment": g, "users": n, "mean_clv": c} for t, g, n, c in rows]

@@ -5,6 +5,7 @@ The service owns its DuckDB file (DuckDB allows one writing process); each reque
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import defaultdict
@@ -12,13 +13,19 @@ from dataclasses import dataclass
 
 import duckdb
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..config import load_config
 from ..errors import HuaxiangError
 from ..ingest import ingest_records
+from ..profile.render import no_profile
+from ..profile.segment_report import MAX_EPSILON, MIN_EPSILON, segment_report
 from ..store import connect, has_table
+from .docs import ProfileDocs
 from .keys import allows, load_keys, scope_of
 
 
@@ -27,6 +34,7 @@ class ServeSettings:
     max_body_bytes: int = 1_000_000  # a POST body over this gets 413
     max_batch_events: int = 5_000  # events per POST /v1/events
     key_reload_seconds: float = 2.0  # an unknown key re-reads the key table at most this often
+    profile_docs: int = 200_000  # profile documents held in memory, most recently active users first
 
 
 class Metrics:
@@ -64,17 +72,66 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def create_app(db: str, settings: ServeSettings | None = None) -> FastAPI:
+class Guard:
+    """ASGI middleware: 413 for a declared body over the limit, and every request's status and time into metrics."""
+
+    def __init__(self, app, settings: ServeSettings, metrics: Metrics):
+        self.app, self.settings, self.metrics = app, settings, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 500
+
+        async def sent(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            size = dict(scope["headers"]).get(b"content-length")
+            if size is not None and (not size.isdigit() or int(size) > self.settings.max_body_bytes):
+                refusal = JSONResponse({"detail": too_large(size.decode("latin-1"), self.settings)}, 413)
+                await refusal(scope, receive, sent)
+            else:
+                await self.app(scope, receive, sent)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe(route, status, time.perf_counter() - started)
+
+
+def events_body_schema(settings: ServeSettings) -> dict:
+    """OpenAPI for POST /v1/events, from the store's `events` schema (the route parses the body itself, so that a
+    bad event is quarantined by position instead of failing the batch)."""
+    from .. import schema
+    types = {"VARCHAR": {"type": "string"}, "DOUBLE": {"type": "number"}, "BIGINT": {"type": "integer"},
+             "TIMESTAMP": {"type": "string", "description": "ISO 8601, or epoch seconds"},
+             "EVENT_TYPE": {"type": "string", "enum": list(schema.EVENT_TYPES)}}
+    event = {"type": "object", "properties": {c.name: types[c.type] for c in schema.EVENTS.columns},
+             "required": [c.name for c in schema.EVENTS.columns if c.required]}
+    body = {"type": "object", "required": ["events"],
+            "properties": {"events": {"type": "array", "items": event, "maxItems": settings.max_batch_events}}}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}},
+                            "description": f"at most {settings.max_body_bytes:,} bytes"}}
+
+
+def too_large(size: str, settings: ServeSettings) -> str:
+    return f"payload of {size} bytes is over the limit of {settings.max_body_bytes:,} bytes"
+
+
+def create_app(db: str, settings: ServeSettings | None = None, stream=None) -> FastAPI:
+    """The API over the store `db`; with `stream` (a `huaxiang.stream` source) it also consumes that stream."""
     settings = settings or ServeSettings()
     con = connect(db)
     state = {"keys": load_keys(con), "keys_read": time.monotonic(), "rec": None}
     metrics = Metrics()
     lock = threading.Lock()
+    docs = ProfileDocs(con, settings.profile_docs)
+    docs.warm()
     app = FastAPI(title="huaxiang", version=__version__,
                   description="Deep user profiles for e-commerce search and recommendation.")
-
-    def too_large(size: str) -> str:
-        return f"payload of {size} bytes is over the limit of {settings.max_body_bytes:,} bytes"
+    app.add_middleware(Guard, settings=settings, metrics=metrics)
 
     def cursor() -> duckdb.DuckDBPyConnection:
         return con.cursor()
@@ -91,7 +148,7 @@ def create_app(db: str, settings: ServeSettings | None = None) -> FastAPI:
         return scope
 
     def need(scope: str):
-        def check(request: Request) -> None:
+        async def check(request: Request) -> None:
             have = key_scope(request)
             if have is None:
                 raise HTTPException(401, "a valid API key is required (header X-API-Key or Authorization: Bearer)",
@@ -100,17 +157,12 @@ def create_app(db: str, settings: ServeSettings | None = None) -> FastAPI:
                 raise HTTPException(403, f"this key's scope is {have!r}; this route needs {scope!r}")
         return Depends(check)
 
-    @app.middleware("http")
-    async def limits_and_metrics(request: Request, call_next):
-        started = time.perf_counter()
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > settings.max_body_bytes):
-            response = JSONResponse({"detail": too_large(size)}, status_code=413)
-        else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.observe(getattr(route, "path", "unmatched"), response.status_code, time.perf_counter() - started)
-        return response
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404 and exc.detail == "Not Found":  # no route matched: say which, and where to look
+            exc = StarletteHTTPException(404, f"no route {request.method} {request.url.path[:300]} (the API is "
+                                              "described at /docs and /openapi.json)")
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(HuaxiangError)
     async def user_error(request: Request, exc: HuaxiangError):
@@ -128,10 +180,13 @@ def create_app(db: str, settings: ServeSettings | None = None) -> FastAPI:
         profiles = c.execute("SELECT count(*) FROM profiles").fetchone()[0] if has_table(c, "profiles") else 0
         return metrics.text({"profiles": profiles})
 
-    @app.get("/v1/users/{user_id}/profile", dependencies=[need("read")])
-    def profile(user_id: str) -> dict:
-        from ..profile.render import profile_record
-        return profile_record(cursor(), user_id)
+    @app.get("/v1/users/{user_id}/profile", dependencies=[need("read")], response_class=Response,
+             responses={200: {"content": {"application/json": {}}, "description": "the user's profile record"}})
+    async def profile(user_id: str) -> Response:
+        doc = docs.get(user_id) or (await run_in_threadpool(docs.load, [user_id])).get(user_id)
+        if doc is None:
+            raise no_profile(user_id)
+        return Response(doc, media_type="application/json")
 
     def recommender():
         from ..recommend.store_model import load_store_recommender, model_dir
@@ -154,28 +209,23 @@ def create_app(db: str, settings: ServeSettings | None = None) -> FastAPI:
         return search_store(cursor(), q, user_id, k, None, rec)
 
     @app.get("/v1/segments", dependencies=[need("read")])
-    def segments() -> dict:
-        from ..profile.scores import value_tiers
-        c = cursor()
-        try:
-            rows = c.execute("SELECT segment, definition, size FROM segment_rules").fetchall()
-        except duckdb.CatalogException:
-            raise HTTPException(409, "no segments yet: run `huaxiang build`") from None
-        return {"segments": [{"segment": s, "definition": d, "size": n} for s, d, n in rows],
-                "value_tiers": value_tiers(c)}
+    def segments(epsilon: float | None = Query(None, ge=MIN_EPSILON, le=MAX_EPSILON,
+                                               description="differential-privacy budget"),
+                 clv_cap: float = Query(1_000.0, gt=0, description="with epsilon: per-user CLV bound")) -> dict:
+        return segment_report(cursor(), epsilon, clv_cap)
 
-    def refresh(raw_ids: list[str]) -> int:
-        """Profiles of the batch's users recomputed now; their cached recommendation context dropped."""
-        from ..privacy import id_key, pseudonym
+    def refresh(users: list[str]) -> int:
+        """Profiles of these (stored) users recomputed now, their documents renewed, their cached recommendation
+        context dropped. Used by POST /v1/events and by the stream consumer."""
         from ..profile.build import ProfileRefresher
-        key = id_key()
-        users = sorted({pseudonym(u, key) if key else u for u in raw_ids})
+        users = sorted(set(users))
         if not users or not has_table(cursor(), "profiles"):
             return 0
         with lock:
             if state.get("refresher") is None:
                 state["refresher"] = ProfileRefresher(con, load_config())
             n = state["refresher"].refresh(users)
+        docs.load(users)
         if state["rec"] is not None:
             for part in ("histories", "liked", "queries", "profiles"):
                 for u in users:
@@ -188,15 +238,15 @@ def create_app(db: str, settings: ServeSettings | None = None) -> FastAPI:
         removed = forget_user(cursor(), db, user_id)
         if not removed:
             raise HTTPException(404, f"unknown user {user_id!r}: nothing of them is in the store")
+        docs.drop([user_id])
         state["rec"] = None  # the serving snapshot changed on disk: reload it on the next request
         return {"user_id": user_id, "removed": removed}
 
-    @app.post("/v1/events", dependencies=[need("write")])
+    @app.post("/v1/events", dependencies=[need("write")], openapi_extra=events_body_schema(settings))
     async def events(request: Request) -> dict:
-        import json
         body = await request.body()
         if len(body) > settings.max_body_bytes:  # a chunked body has no Content-Length to check up front
-            raise HTTPException(413, too_large(f"{len(body):,}"))
+            raise HTTPException(413, too_large(f"{len(body):,}", settings))
         try:
             doc = json.loads(body)
         except (ValueError, RecursionError) as exc:
@@ -206,14 +256,24 @@ def create_app(db: str, settings: ServeSettings | None = None) -> FastAPI:
             raise HTTPException(422, 'expected {"events": [ {...}, … ]}')
         if len(batch) > settings.max_batch_events:
             raise HTTPException(413, f"{len(batch):,} events in one batch; the limit is {settings.max_batch_events:,}")
+        return await run_in_threadpool(store_events, batch)
+
+    def store_events(batch: list) -> dict:
+        """Validated, stored (one transaction) and the batch's users' profiles refreshed, off the event loop."""
         label = f"api:{time.time_ns()}"
         report = ingest_records(cursor(), batch, label)
-        refreshed = refresh([r["user_id"] for r in batch if isinstance(r, dict) and isinstance(r.get("user_id"), str)]
-                            if report.added.get("events") else [])
+        from ..privacy import id_key, pseudonym
+        key = id_key()
+        raw = [r["user_id"] for r in batch if isinstance(r, dict) and isinstance(r.get("user_id"), str)]
+        refreshed = refresh([pseudonym(u, key) if key else u for u in raw] if report.added.get("events") else [])
         rejected = cursor().execute("SELECT line, field, reason FROM quarantine WHERE source = ? ORDER BY line",
                                     [label]).fetchall()
         return {"received": len(batch), "added": report.added.get("events", 0), "profiles_refreshed": refreshed,
                 "duplicates": report.duplicates.get("events", 0), "quarantined": report.quarantined,
                 "rejected": [{"index": line - 1, "field": field, "reason": reason} for line, field, reason in rejected]}
 
+    if stream is not None:  # events from a Redis stream, consumed in this process (it owns the store)
+        from ..stream import consume
+        threading.Thread(target=consume, name="stream-consumer", daemon=True, kwargs=dict(
+            con=con.cursor(), cfg=load_config(), source=stream, refresh=refresh)).start()
     return app

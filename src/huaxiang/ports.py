@@ -1,0 +1,8 @@
+"""A free TCP port on loopback, for throwaway servers (redis-server in tests, `huaxiang serve` in benchmarks)."""
+import socket
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
