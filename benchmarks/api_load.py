@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import uvloop
 
 from huaxiang.ports import free_port
 from machine import stamp
@@ -105,8 +106,8 @@ def main() -> None:
             rng = np.random.default_rng(0)
             suffix = "/profile" if args.route == "profile" else "/recommendations?k=10&explain=true"
             paths = [f"/v1/users/{users[int(i)]}{suffix}" for i in rng.integers(0, len(users), 5000)]
-            asyncio.run(drive(port, key, paths, min(args.rate, 200), 2, args.connections))  # warm-up
-            lat, errors, wall = asyncio.run(drive(port, key, paths, args.rate, args.seconds, args.connections))
+            uvloop.run(drive(port, key, paths, min(args.rate, 200), 2, args.connections))  # warm-up
+            lat, errors, wall = uvloop.run(drive(port, key, paths, args.rate, args.seconds, args.connections))
         finally:
             server.terminate()
             server.wait(10)

@@ -16,5 +16,7 @@ def cpu_name() -> str:
 
 def stamp(device: str | None = None) -> str:
     """e.g. "CPU (AMD EPYC, 2 cores); Python 3.11.7; 2026-11-24 21:58 UTC"."""
-    return (f"{device or f'CPU ({cpu_name()}, {os.cpu_count()} cores)'}; Python {platform.python_version()}; "
+    usable = len(os.sched_getaffinity(0))
+    pinned = f", this run pinned to {usable}" if usable < (os.cpu_count() or usable) else ""
+    return (f"{device or f'CPU ({cpu_name()}, {os.cpu_count()} cores{pinned})'}; Python {platform.python_version()}; "
             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
