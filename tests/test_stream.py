@@ -159,3 +159,16 @@ def test_the_service_consumes_the_stream_and_serves_the_fresh_profile(redis_url,
                 break
             time.sleep(0.1)
         assert after["n_buy"] == before["n_buy"] + 1 and after["n_events"] == before["n_events"] + 1
+
+
+def test_rewind_delivers_the_unacknowledged_batch_again(redis_url):
+    from huaxiang.stream import RedisSource
+    push(redis_url, "rewind", [{"user_id": "u", "n": i} for i in range(3)])
+    source = RedisSource(redis_url, "rewind")
+    first = source.read(10, 10)
+    assert len(first) == 3 and source.read(10, 10) == []  # delivered, not acknowledged: nothing new
+    source.rewind()
+    assert [m.id for m in source.read(10, 10)] == [m.id for m in first]
+    source.ack(first)
+    source.rewind()
+    assert source.read(10, 10) == []

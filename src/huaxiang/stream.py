@@ -29,6 +29,7 @@ class Message:
 class Source(Protocol):
     def read(self, max_messages: int, block_ms: int) -> list[Message]: ...
     def ack(self, messages: list[Message]) -> None: ...
+    def rewind(self) -> None: ...  # deliver again what was read but never acknowledged (after a failed batch)
     def default_event_id(self, message: Message) -> str: ...
 
 
@@ -61,6 +62,9 @@ class RedisSource:
         if messages:
             self.r.xack(self.stream, self.group, *[m.id for m in messages])
 
+    def rewind(self) -> None:
+        self.pending = True
+
     def default_event_id(self, message: Message) -> str:
         return f"redis:{self.stream}:{message.id}"
 
@@ -92,6 +96,11 @@ class KafkaSource:
     def ack(self, messages: list[Message]) -> None:
         if messages:
             self.c.commit(asynchronous=False)  # commits the offsets of everything consumed so far
+
+    def rewind(self) -> None:
+        for tp in self.c.committed(self.c.assignment()):  # back to the last committed offset of each partition
+            if tp.offset >= 0:  # (none committed yet: the group's auto.offset.reset applies on the next read)
+                self.c.seek(tp)
 
     def default_event_id(self, message: Message) -> str:
         return f"kafka:{self.topic}:{message.id}"

@@ -6,6 +6,7 @@ The service owns its DuckDB file (DuckDB allows one writing process); each reque
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -27,6 +28,8 @@ from ..profile.segment_report import MAX_EPSILON, MIN_EPSILON, segment_report
 from ..store import connect, has_table
 from .docs import ProfileDocs
 from .keys import allows, load_keys, scope_of
+
+log = logging.getLogger("huaxiang.serve")
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,19 @@ def events_body_schema(settings: ServeSettings) -> dict:
 
 def too_large(size: str, settings: ServeSettings) -> str:
     return f"payload of {size} bytes is over the limit of {settings.max_body_bytes:,} bytes"
+
+
+def consume_forever(con, source, refresh) -> None:
+    """The service's stream consumer: on an error (say, a write conflict with a POST) it says so and starts again;
+    the unacknowledged batch is redelivered and its event ids keep it from being stored twice."""
+    from ..stream import consume
+    while True:
+        try:
+            consume(con, load_config(), source, refresh=refresh)
+        except Exception as exc:  # keep consuming: the service must not go stale silently
+            log.error("stream consumer stopped (%s: %s); restarting in 1 s", type(exc).__name__, exc)
+            time.sleep(1)
+            source.rewind()
 
 
 def create_app(db: str, settings: ServeSettings | None = None, stream=None) -> FastAPI:
@@ -274,7 +290,6 @@ def create_app(db: str, settings: ServeSettings | None = None, stream=None) -> F
                 "rejected": [{"index": line - 1, "field": field, "reason": reason} for line, field, reason in rejected]}
 
     if stream is not None:  # events from a Redis stream, consumed in this process (it owns the store)
-        from ..stream import consume
-        threading.Thread(target=consume, name="stream-consumer", daemon=True, kwargs=dict(
-            con=con.cursor(), cfg=load_config(), source=stream, refresh=refresh)).start()
+        threading.Thread(target=consume_forever, name="stream-consumer", daemon=True,
+                         args=(con.cursor(), stream, refresh)).start()
     return app
