@@ -157,11 +157,8 @@ def consume(con, cfg, source: Source, batch: int = 500, block_ms: int = 200, idl
             continue
         records = decode(source, messages)
         r = ingest_records(con, records, f"stream:{messages[0].id}")
-        if r.added.get("events"):  # the users as stored (namespaced / pseudonymised), found by event id
-            ids = [rec["event_id"] for rec in records if isinstance(rec, dict)]
-            users = [u for (u,) in con.execute("SELECT DISTINCT user_id FROM events WHERE event_id IN (SELECT unnest(?))",
-                                               [[str(i) for i in ids]]).fetchall()]
-            report.refreshed += refresh(users)
+        if r.added.get("events"):
+            report.refreshed += refresh(r.users)
         source.ack(messages)
         report.messages += len(messages)
         report.added += r.added.get("events", 0)

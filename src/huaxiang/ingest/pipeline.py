@@ -29,6 +29,7 @@ class IngestReport:
     duplicates: dict[str, int] = field(default_factory=dict)
     quarantined: int = 0
     reasons: dict[str, int] = field(default_factory=dict)  # "field: reason kind" -> count
+    users: list[str] = field(default_factory=list)  # in-memory batches: the users of their valid events, as stored
 
 
 def _sql_str(text: str) -> str:
@@ -192,6 +193,9 @@ def _ingest_sources(con, sources: list[Source], label: str, fmt: str, namespace,
                     _merge_items(con, report)
                 else:
                     _merge_keyed(con, schema.TABLES[name], source.path, report)
+                if name == "events" and fmt == "records":  # (namespaced and pseudonymised, as stored)
+                    report.users = [u for (u,) in con.execute(
+                        "SELECT DISTINCT user_id FROM _stage_events WHERE _field IS NULL ORDER BY 1").fetchall()]
                 con.execute(f"DROP TABLE {_stage_name(name)}")
         con.execute("INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, current_timestamp)",
                     [label, fmt, report.rows_read, sum(report.added.values()),

@@ -279,10 +279,7 @@ def create_app(db: str, settings: ServeSettings | None = None, stream=None) -> F
         """Validated, stored (one transaction) and the batch's users' profiles refreshed, off the event loop."""
         label = f"api:{time.time_ns()}"
         report = ingest_records(cursor(), batch, label)
-        from ..privacy import id_key, pseudonym
-        key = id_key()
-        raw = [r["user_id"] for r in batch if isinstance(r, dict) and isinstance(r.get("user_id"), str)]
-        refreshed = refresh([pseudonym(u, key) if key else u for u in raw] if report.added.get("events") else [])
+        refreshed = refresh(report.users if report.added.get("events") else [])
         rejected = cursor().execute("SELECT line, field, reason FROM quarantine WHERE source = ? ORDER BY line",
                                     [label]).fetchall()
         return {"received": len(batch), "added": report.added.get("events", 0), "profiles_refreshed": refreshed,
