@@ -1,6 +1,7 @@
 """The embedded store: one DuckDB file holding every table, queryable with plain SQL."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import duckdb
@@ -13,7 +14,9 @@ def connect(db: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     if read_only and not Path(db).exists():
         raise HuaxiangError(f"store not found: {db} (run `huaxiang ingest` first)")
     try:
-        con = duckdb.connect(db, read_only=read_only)
+        # threads = the CPUs this process may use (DuckDB counts the machine's, ignoring affinity and
+        # container limits; more threads than CPUs slows small queries down)
+        con = duckdb.connect(db, read_only=read_only, config={"threads": len(os.sched_getaffinity(0))})
     except duckdb.Error as exc:
         raise HuaxiangError(f"cannot open store {db}: {exc}") from exc
     con.execute("SET TimeZone = 'UTC'")

@@ -53,10 +53,11 @@ NAMESPACED = ("user_id", "item_id", "invoice")  # ids that could collide across 
 
 def _create_stage(con, table: schema.Table) -> None:
     """The staging table of one target: validated rows (with `_field`/`_reason`/`_raw` for bad ones)
-    and `_k`, the row's key before de-duplication. It lives in the store (compressed, spillable)
-    and is dropped before the commit, so it is never visible outside the ingest."""
+    and `_k`, the row's key before de-duplication. A temporary table: private to this connection, spilled
+    to the store's `.tmp` folder when it outgrows memory, dropped before the commit — and it leaves the
+    store's catalog untouched, which keeps the profile refresher's prepared statements valid."""
     cols = ", ".join(f"{c.name} {schema.sql_type(c)}" for c in table.columns)
-    con.execute(f"CREATE OR REPLACE TABLE {_stage_name(table.name)} "
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {_stage_name(table.name)} "
                 f"(_line BIGINT, _field VARCHAR, _reason VARCHAR, _raw VARCHAR, {cols}, _k VARCHAR)")
 
 

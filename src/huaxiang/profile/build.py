@@ -148,7 +148,8 @@ class ProfileRefresher:
     """Incremental update of a few users: their features, segment and tags recomputed from the store as it is now,
     their rows in `features` and `profiles` replaced (one transaction); everyone else untouched.
 
-    The SQL is compiled once (Ibis compilation costs ~1 s; running the query on a handful of users, milliseconds):
+    The SQL is compiled and prepared once (Ibis compilation costs ~1 s, DuckDB's planning of the feature query
+    ~30 ms; running it on a handful of users, a few ms):
     the users to refresh and the tenants' reference times are read from two temp tables filled per call. Segment
     thresholds and price bands are the population's at construction (those of the last full build)."""
 
@@ -168,8 +169,12 @@ class ProfileRefresher:
                                                                            cfg.potential_quantile), cfg)
         refs = bh.reference_times(ib.table("events"), ib.table("orders"))  # each wanted tenant's data end, now
         refs = refs.filter(refs.tenant.isin(bh.tenant(only)))
-        self.sql = {"features": feats_sql, "profiles": ibis.to_sql(prof, dialect="duckdb"),
-                    "refs": ibis.to_sql(refs, dialect="duckdb")}
+        # prepared once: DuckDB then skips parsing, binding and optimising the large statements on each call
+        self.con.execute(f"PREPARE _refresh_refs_q AS INSERT INTO _refresh_refs BY NAME "
+                         f"{ibis.to_sql(refs, dialect='duckdb')}")
+        self.con.execute(f"PREPARE _refresh_feats_q AS INSERT INTO _refresh_feats {feats_sql}")
+        self.con.execute(f"PREPARE _refresh_profiles_q AS INSERT INTO profiles BY NAME "
+                         f"{ibis.to_sql(prof, dialect='duckdb')}")
 
     def refresh(self, user_ids: list[str]) -> int:
         """Returns the number of profiles written."""
@@ -179,15 +184,15 @@ class ProfileRefresher:
         c.execute("DELETE FROM _refresh_users")
         c.execute("INSERT INTO _refresh_users SELECT DISTINCT unnest(?)", [list(user_ids)])
         c.execute("DELETE FROM _refresh_refs")
-        c.execute(f"INSERT INTO _refresh_refs BY NAME {self.sql['refs']}")
+        c.execute("EXECUTE _refresh_refs_q")
         c.execute("BEGIN TRANSACTION")
         try:
             c.execute("DELETE FROM _refresh_feats")
-            c.execute(f"INSERT INTO _refresh_feats {self.sql['features']}")
+            c.execute("EXECUTE _refresh_feats_q")
             c.execute("DELETE FROM features WHERE user_id IN (SELECT user_id FROM _refresh_users)")
             c.execute("INSERT INTO features BY NAME SELECT * FROM _refresh_feats")
             c.execute("DELETE FROM profiles WHERE user_id IN (SELECT user_id FROM _refresh_users)")
-            written = c.execute(f"INSERT INTO profiles BY NAME {self.sql['profiles']}").fetchone()[0]
+            written = c.execute("EXECUTE _refresh_profiles_q").fetchone()[0]
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
