@@ -523,8 +523,6 @@ def forget(
     """Delete a user from every table, the graph, the vector cache, the quarantine and the recommender snapshot."""
     from .privacy import forget_user
     removed = forget_user(connect(db), db, user_id)
-    if not removed:
-        raise HuaxiangError(f"unknown user {user_id!r}: nothing of them is in the store")
     if as_json:
         print(json.dumps({"user_id": user_id, "removed": removed}, ensure_ascii=False))
     else:

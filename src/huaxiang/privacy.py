@@ -16,6 +16,8 @@ import hashlib
 import hmac
 import os
 
+from .errors import HuaxiangError
+
 KEY_ENV = "HUAXIANG_ID_KEY"
 _HAN = r"[\x{4e00}-\x{9fff}]"
 PII_PATTERNS = [
@@ -74,7 +76,8 @@ def _tables_with(con, column: str) -> list[str]:
 def forget_user(con, db: str, user_id: str) -> dict[str, int]:
     """Removes `user_id` from every table, the knowledge graph, the text-vector cache, the quarantine and the
     recommender's serving snapshot: the store in one transaction, the snapshot right after. Returns the rows
-    removed per place. Trained model weights keep what they learned in aggregate until the next training."""
+    removed per place; a user of whom nothing is found is an error. Trained model weights keep what they learned
+    in aggregate until the next training."""
     import json
 
     from .recommend.store_model import model_dir
@@ -117,4 +120,6 @@ def forget_user(con, db: str, user_id: str) -> dict[str, int]:
         if hits:
             snap.write_text(json.dumps(data, ensure_ascii=False))
             removed["recommender snapshot"] = hits
+    if not removed:
+        raise HuaxiangError(f"unknown user {user_id!r}: nothing of them is in the store")
     return removed

@@ -49,10 +49,10 @@ def reference_times(ib, as_of: datetime | None):
 
 
 def feature_parts(ib, cfg: Config, refs, price_cuts: tuple[float, float], with_sentiment: bool = False,
-                  with_embeddings: bool = False, only: list[str] | None = None):
+                  with_embeddings: bool = False, only=None):
     """The users (everyone seen in events, orders or reviews) and each group of behaviour features,
     as Ibis expressions keyed by user_id (sentiment and embeddings once `huaxiang sentiment` /
-    `huaxiang embed` have run)."""
+    `huaxiang embed` have run). `only`: an Ibis column of user ids to restrict them to."""
     events, items, orders, reviews = (ib.table(t) for t in ("events", "items", "orders", "reviews"))
     if only is not None:  # just these users (an incremental refresh)
         events, orders, reviews = (t.filter(t.user_id.isin(only)) for t in (events, orders, reviews))

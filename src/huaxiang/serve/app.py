@@ -252,9 +252,7 @@ def create_app(db: str, settings: ServeSettings | None = None, stream=None) -> F
     @app.delete("/v1/users/{user_id}", dependencies=[need("admin")])
     def forget(user_id: str) -> dict:
         from ..privacy import forget_user
-        removed = forget_user(cursor(), db, user_id)
-        if not removed:
-            raise HTTPException(404, f"unknown user {user_id!r}: nothing of them is in the store")
+        removed = forget_user(cursor(), db, user_id)  # an unknown user: HuaxiangError, answered with 404
         docs.drop([user_id])
         state["rec"] = None  # the serving snapshot changed on disk: reload it on the next request
         return {"user_id": user_id, "removed": removed}
