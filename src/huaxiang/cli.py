@@ -97,10 +97,49 @@ def build(
     config: Optional[str] = typer.Option(None, "--config", help="A TOML file overriding the defaults."),
     kmeans: Optional[int] = typer.Option(None, "--kmeans", help="Also cluster users with k-means into K groups."),
     utc_offset_hours: Optional[float] = typer.Option(None, "--utc-offset-hours", help="Local time for time-of-day habits."),
+    engine: str = typer.Option("duckdb", "--engine", help="duckdb or spark (Spark needs --input/--output)."),
+    input_dir: Optional[str] = typer.Option(None, "--input", help="Build from this Parquet folder (huaxiang export) "
+                                            "instead of the store."),
+    output_dir: Optional[str] = typer.Option(None, "--output", help="Write features and profiles here as Parquet."),
+    master: str = typer.Option("local[2]", "--master", help="Spark master: local[N] or spark://host:port."),
+    incremental: bool = typer.Option(False, "--incremental", help="Only the users touched by input partitions "
+                                     "added since the last build into --output."),
+    memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="DuckDB engine: memory cap, e.g. 2GB "
+                                               "(beyond it DuckDB spills to OUTPUT/_spill)."),
+    embed: bool = typer.Option(False, "--embed", help="With --input: also embed item texts and reviews with the "
+                               "pretrained encoder and give every user a vector (the profile's `embedding`)."),
 ):
-    """Compute behaviour features, interest tags and segments: one profile per user."""
+    """Compute behaviour features, interest tags and segments: one profile per user. From the store (default), or
+    from Parquet to Parquet on DuckDB or Spark with --input/--output (the same definitions on both engines)."""
     cfg = load_config(config, kmeans=kmeans, utc_offset_hours=utc_offset_hours)
-    run_build(connect(db), cfg)
+    if input_dir is None and output_dir is None and engine == "duckdb":
+        run_build(connect(db), cfg)
+        return
+    if not (input_dir and output_dir):
+        raise HuaxiangError("--engine spark, --input and --output go together: give both folders")
+    if cfg.kmeans:
+        raise HuaxiangError("--kmeans runs on a store build; not with --input/--output")
+    from .scale import build as build_parquet
+    with Progress(SpinnerColumn(), TextColumn("build: {task.description}"), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+        entry = build_parquet(engine, input_dir, output_dir, cfg, master=master, incremental=incremental,
+                              memory_limit=memory_limit, embed=embed,
+                              step=lambda name: bar.update(task, description=name))
+    new = ", ".join(f"{t} {len(p)}" for t, p in entry["new_partitions"].items()) or "none"
+    out.print(f"{engine}: wrote {entry['users']:,} profiles to {output_dir} (new input partitions: {new})")
+
+
+@app.command()
+def export(
+    out_dir: str = typer.Argument(..., help="The folder to write (one sub-folder per table)."),
+    db: str = DB,
+):
+    """Write the store's events, items, orders and reviews as Parquet, partitioned by day: the input of
+    `huaxiang build --input` on DuckDB or Spark."""
+    from .scale import export as export_store
+    rows = export_store(connect(db, read_only=True), out_dir)
+    out.print(f"exported to {out_dir}: " + ", ".join(f"{t} {n:,}" for t, n in rows.items()))
 
 
 @app.command()

@@ -14,13 +14,25 @@ from ibis import _
 DAY = 86400.0
 
 
+EPOCH = ibis.timestamp("1970-01-01 00:00:00")
+
+
 def _epoch(ts):
-    return ts.epoch_seconds().cast("float64")
+    """Seconds since 1970 with the microseconds (Spark's epoch_seconds drops the fraction, DuckDB's keeps it)."""
+    return ts.delta(EPOCH, unit="microsecond").cast("float64") / 1e6
 
 
 def _ratio(num, den):
     """num / den, NULL where den is 0 (a rate with no opportunity is unknown, not zero)."""
     return ibis.ifelse(den > 0, num.cast("float64") / den.cast("float64"), ibis.null("float64"))
+
+
+def ranked(value, rank, where=None):
+    """Aggregation: the values of a group as a list in `rank` order. Written as collect, sort by rank, take
+    the value (not an ordered collect, which the PySpark backend does not compile), so that DuckDB and Spark
+    run the same definition."""
+    values = ibis.struct({"r": rank, "v": value}).collect(where=where).sort().map(lambda p: p["v"])
+    return ibis.ifelse(values.length() > 0, values, ibis.null(values.type()))  # none: NULL on both engines
 
 
 def tenant(user_id):
@@ -48,20 +60,26 @@ def activity(events, session_gap_minutes: float = 30.0):
 
     Sessions are the source's `session_id`s where given; events without one start a new session
     after more than `session_gap_minutes` of inactivity (counted as session starts, no sort key
-    beyond the timestamp needed)."""
+    beyond the timestamp needed). The session starts (a window over each user's events) and the
+    distinct counts are two aggregations joined by user: in one, DuckDB cannot spill them (10M events
+    ran out of memory under a 1 GB cap; apart they build in it)."""
     ep = _epoch(events.ts)
     gap = ep - ep.lag().over(ibis.window(group_by=events.user_id, order_by=events.ts))
-    s = events.mutate(_start=events.session_id.isnull() & (gap.isnull() | (gap > session_gap_minutes * 60)),
-                      _day=events.ts.date())
-    out = s.group_by("user_id").aggregate(
+    starts = events.mutate(_start=events.session_id.isnull() & (gap.isnull() | (gap > session_gap_minutes * 60)))
+    starts = starts.group_by("user_id").aggregate(_starts=_._start.sum())
+    counts = events.mutate(_day=events.ts.date()).group_by("user_id").aggregate(
         n_events=_.count(),
         **{f"n_{t}": (_.type == t).sum() for t in ("view", "cart", "fav", "buy", "search", "review")},
         active_days=_._day.nunique(),
-        n_sessions=_.session_id.nunique() + _._start.sum(),
+        _sessions=_.session_id.nunique(),
         n_items=_.item_id.nunique(),
         n_categories=_.category_id.nunique(),
     )
-    return out.mutate(events_per_session=out.n_events.cast("float64") / out.n_sessions)
+    out = counts.join(starts, "user_id")
+    out = out.mutate(n_sessions=out._sessions + out._starts)
+    return out.select("user_id", "n_events", *[f"n_{t}" for t in ("view", "cart", "fav", "buy", "search", "review")],
+                      "active_days", "n_sessions", "n_items", "n_categories",
+                      events_per_session=out.n_events.cast("float64") / out.n_sessions)
 
 
 def lifetime(events, orders):
@@ -109,7 +127,7 @@ def rfm(purch):
     )
     return g.mutate(
         recency_days=(_epoch(g._as_of) - _epoch(g.last_purchase_ts)) / DAY,
-        avg_order_value=g.monetary / g.frequency,
+        avg_order_value=_ratio(g.monetary, g.frequency),
     ).drop("_as_of")
 
 
@@ -150,7 +168,7 @@ def affinity(events, key, name: str, weights: dict, half_life_days: float, k: in
     top = g.filter(g.rank < k)  # ibis row_number() counts from 0
     plural = name[:-1] + "ies" if name.endswith("y") else name + "s"
     return top.group_by("user_id").aggregate(**{
-        f"top_{plural}": ibis.struct({"name": top._key, "share": top.share}).collect(order_by=top.rank),
+        f"top_{plural}": ranked(ibis.struct({"name": top._key, "share": top.share}), top.rank),
         f"top_{name}": top._key.argmin(top.rank),
     })
 
@@ -167,7 +185,7 @@ def price_band(priced, low_cut: float, high_cut: float):
     p = priced.filter(priced.price.notnull() & (priced.price >= 0))
     g = p.group_by("user_id").aggregate(
         median_price=_.price.median(),
-        median_buy_price=_.price.median(where=_.type == "buy"),
+        median_buy_price=ibis.ifelse(_.type == "buy", _.price, ibis.null("float64")).median(),
     )
     return g.mutate(price_band=ibis.cases(
         (g.median_price <= low_cut, "low"), (g.median_price >= high_cut, "high"), else_="mid"))
@@ -239,5 +257,5 @@ def review_mentions(reviews, mentions, sentiment, k: int):
     g = g.filter(g.rank < k)
     item = ibis.struct({"name": g.name, "n": g.n})
     return g.group_by("user_id").aggregate(**{
-        kind: item.collect(where=g._kind == kind, order_by=g.rank)
+        kind: ranked(item, g.rank, where=g._kind == kind)
         for kind in ("aspects_praised", "aspects_criticised", "brands_mentioned", "colours_mentioned")})

