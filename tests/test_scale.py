@@ -16,6 +16,8 @@ from huaxiang.demo import DEMO_SOURCES, demo_path
 from huaxiang.ingest import ingest_file
 from huaxiang.store import connect
 
+from conftest import SHARED
+
 pytest.importorskip("pyspark", reason="the [spark] extra is part of the README's set-up")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,3 +156,23 @@ def test_cli_export_build_and_clear_errors(demo_store, tmp_path):
     assert r.returncode != 0 and "no events folder" in r.stderr and "Traceback" not in r.stderr
     r = run("build", "--incremental", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "fresh"))
     assert r.returncode != 0 and "full build first" in r.stderr
+
+
+def test_an_incremental_build_on_spark(tmp_path):
+    """The same on Spark, over the Taobao slice: the last day added later touches only its users."""
+    store = str(tmp_path / "t.duckdb")
+    con = connect(store)
+    ingest_file(con, str(SHARED / "taobao_userbehavior_head" / "UserBehavior_head.csv.gz"), "taobao",
+                namespace="taobao")
+    con.close()
+    inp = export_store(store, tmp_path / "in")
+    last_day = inp / "events" / "date=2017-12-03"
+    shutil.move(last_day, tmp_path / "held")
+    cfg, out = load_config(), tmp_path / "out"
+    first = scale.build("spark", str(inp), str(out), cfg)
+    shutil.move(tmp_path / "held", last_day)
+    entry = scale.build("spark", str(inp), str(out), cfg, incremental=True)
+    touched = set(pd.read_parquet(last_day).user_id)
+    assert entry["users"] == len(touched) < first["users"]
+    after = scale.read_profiles(str(out))
+    assert len(after) == first["users"] and after.user_id.is_unique

@@ -288,7 +288,7 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
         users = touched[0].union(touched[1]).union(touched[2]).distinct()
         users = users.filter(users.user_id.notnull()).to_pandas()
         register_inputs(ib, engine, src)
-        ib.create_table("_touched", users.astype({"user_id": "string"}), temp=True, overwrite=True)
+        ib.create_view("_touched", ibis.memtable(users.astype({"user_id": "string"})), overwrite=True)
         only = ib.table("_touched").user_id
     step("title keywords and review mentions")
     derive_text_tables(ib, engine)
