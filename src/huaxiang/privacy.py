@@ -17,6 +17,7 @@ import hmac
 import os
 
 from .errors import HuaxiangError
+from .schema import sql_literal
 
 KEY_ENV = "HUAXIANG_ID_KEY"
 _HAN = r"[\x{4e00}-\x{9fff}]"
@@ -30,14 +31,10 @@ PII_PATTERNS = [
 MASKED = {"reviews": ("text",), "events": ("query",)}  # free text that people write about themselves
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def mask_sql(expr: str) -> str:
     """SQL: `expr` with every PII pattern replaced by its tag."""
     for name, pattern in PII_PATTERNS:
-        expr = f"regexp_replace({expr}, {_quote(pattern)}, '[{name}]', 'g')"
+        expr = f"regexp_replace({expr}, {sql_literal(pattern)}, '[{name}]', 'g')"
     return expr
 
 

@@ -99,10 +99,10 @@ def register_inputs(ib, engine: str, input_dir: Path, only: dict[str, list[str]]
         parts = partitions(input_dir / name) if only is None or name not in only else only[name]
         files = _parquet_files(input_dir / name, parts)
         if engine == "duckdb":
-            body = ("SELECT " + ", ".join(f"CAST({c.name} AS {_duck_type(c)}) AS {c.name}" for c in table.columns)
-                    + f" FROM read_parquet([{', '.join(map(_sql_str, files))}], union_by_name = true,"
+            body = ("SELECT " + ", ".join(f"CAST({c.name} AS {schema.sql_type(c)}) AS {c.name}" for c in table.columns)
+                    + f" FROM read_parquet([{', '.join(map(schema.sql_literal, files))}], union_by_name = true,"
                     " hive_partitioning = false)") if files else \
-                "SELECT " + ", ".join(f"CAST(NULL AS {_duck_type(c)}) AS {c.name}" for c in table.columns) + " LIMIT 0"
+                "SELECT " + ", ".join(f"CAST(NULL AS {schema.sql_type(c)}) AS {c.name}" for c in table.columns) + " LIMIT 0"
             ib.raw_sql(f"CREATE OR REPLACE TEMP VIEW {name} AS {body}")
         else:
             session = ib._session
@@ -110,14 +110,6 @@ def register_inputs(ib, engine: str, input_dir: Path, only: dict[str, list[str]]
             df = session.read.parquet(*files) if files else session.createDataFrame([], ddl)
             df.selectExpr(*[f"CAST({c.name} AS {_spark_type(c)}) AS {c.name}" for c in table.columns]) \
                 .select(*cols).createOrReplaceTempView(name)
-
-
-def _sql_str(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _duck_type(col: schema.Column) -> str:
-    return "VARCHAR" if col.type == "EVENT_TYPE" else col.type
 
 
 def _spark_type(col: schema.Column) -> str:
@@ -248,10 +240,10 @@ def export(con, output_dir: str) -> dict[str, int]:
         dest = Path(output_dir) / name
         dest.mkdir(parents=True, exist_ok=True)
         if "ts" in schema.TABLES[name].names:
-            con.execute(f"COPY (SELECT *, CAST(ts AS DATE) AS date FROM {name}) TO {_sql_str(str(dest))} "
+            con.execute(f"COPY (SELECT *, CAST(ts AS DATE) AS date FROM {name}) TO {schema.sql_literal(str(dest))} "
                         "(FORMAT parquet, PARTITION_BY (date), OVERWRITE_OR_IGNORE)")
         else:
-            con.execute(f"COPY {name} TO {_sql_str(str(dest / 'part-0.parquet'))} (FORMAT parquet)")
+            con.execute(f"COPY {name} TO {schema.sql_literal(str(dest / 'part-0.parquet'))} (FORMAT parquet)")
         rows[name] = con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
     return rows
 

@@ -98,6 +98,11 @@ CREATE TABLE IF NOT EXISTS ingests (
 )"""
 
 
+def sql_literal(text: str) -> str:
+    """A SQL string literal holding `text` (single quotes doubled)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def sql_type(column: Column) -> str:
     return "VARCHAR" if column.type == "EVENT_TYPE" else column.type
 

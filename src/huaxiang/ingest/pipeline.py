@@ -14,6 +14,7 @@ import duckdb
 import pyarrow as pa
 
 from .. import schema
+from ..schema import sql_literal
 from ..errors import HuaxiangError
 from ..privacy import MASKED, mask_sql, register_pseudonym
 from .adapters import FORMATS, Source, generic, sources_for
@@ -30,10 +31,6 @@ class IngestReport:
     quarantined: int = 0
     reasons: dict[str, int] = field(default_factory=dict)  # "field: reason kind" -> count
     users: list[str] = field(default_factory=list)  # in-memory batches: the users of their valid events, as stored
-
-
-def _sql_str(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _stage_name(table: str) -> str:
@@ -68,7 +65,7 @@ def _stage_chunk(con, table: schema.Table, select: str, where: str | None, raw: 
         inner = f"SELECT _line, {select} FROM raw" + (f" WHERE {where}" if where else "")
         present = {c for c in con.sql(inner).columns if c != "_line"}
         # an empty id stays NULL, so that it is still quarantined as missing
-        exprs = {c: f"{_sql_str(namespace + ':')} || {blank_to_null(c)}"
+        exprs = {c: f"{sql_literal(namespace + ':')} || {blank_to_null(c)}"
                  for c in NAMESPACED if namespace and c in present}
         pseudo = register_pseudonym(con)
         if pseudo and "user_id" in present:

@@ -7,6 +7,7 @@ and raw VARCHAR columns named after the canonical columns in `present`. Each out
 from __future__ import annotations
 
 from .. import schema
+from ..schema import sql_literal
 
 ID_COLUMNS = {"event_id", "user_id", "item_id", "category_id", "session_id", "review_id",
               "order_id", "invoice"}
@@ -20,10 +21,6 @@ ASCII_SPACE = "' \t\n\x0b\x0c\r'"  # a SQL literal holding the six characters th
 def blank_to_null(raw: str) -> str:
     """SQL: the value with surrounding ASCII whitespace (not only spaces) removed; NULL when nothing is left."""
     return f"NULLIF(trim({raw}, {ASCII_SPACE}), '')"
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _shown(raw: str) -> str:
@@ -46,7 +43,7 @@ def _parsed(col: schema.Column, raw: str) -> str:
                 f"ELSE TRY_CAST(TRY_CAST({v} AS TIMESTAMPTZ) AS TIMESTAMP) END")
     if col.type == "EVENT_TYPE":
         low = f"lower({v})"
-        cases = " ".join(f"WHEN {_quote(a)} THEN {_quote(t)}" for a, t in schema.EVENT_TYPE_ALIASES.items())
+        cases = " ".join(f"WHEN {sql_literal(a)} THEN {sql_literal(t)}" for a, t in schema.EVENT_TYPE_ALIASES.items())
         return f"CASE {low} {cases} ELSE {low} END"
     return v
 
@@ -58,43 +55,43 @@ def _checks(table: schema.Table, present: set[str]) -> list[tuple[str, str, str]
         name = col.name
         if name not in present:
             if col.required:
-                out.append(("TRUE", name, _quote(f"missing {name}: the source has no such column")))
+                out.append(("TRUE", name, sql_literal(f"missing {name}: the source has no such column")))
             continue
         raw, val = f"r_{name}", f"p_{name}"
-        out.append((f"contains({raw}, chr(65533))", name, _quote(f"invalid UTF-8 in {name}")))
+        out.append((f"contains({raw}, chr(65533))", name, sql_literal(f"invalid UTF-8 in {name}")))
         limit = schema.MAX_ID_CHARS if name in ID_COLUMNS else schema.MAX_TEXT_CHARS
         out.append((f"length({raw}) > {limit}", name,
-                    _quote(f"{name} longer than {limit} characters (") + f" || length({raw}) || ')'"))
+                    sql_literal(f"{name} longer than {limit} characters (") + f" || length({raw}) || ')'"))
         if col.type in ("DOUBLE", "BIGINT", "TIMESTAMP"):
             what = {"DOUBLE": "not a number", "BIGINT": "not an integer",
                     "TIMESTAMP": "not a timestamp (epoch seconds/ms or ISO 8601)"}[col.type]
             out.append((f"{val} IS NULL AND {blank_to_null(raw)} IS NOT NULL", name,
-                        _quote(f"{what}: ") + " || " + _shown(raw)))
+                        sql_literal(f"{what}: ") + " || " + _shown(raw)))
         if col.type == "DOUBLE":
-            out.append((f"isnan({val}) OR isinf({val})", name, _quote(f"{name} is not finite: ") + " || " + _shown(raw)))
+            out.append((f"isnan({val}) OR isinf({val})", name, sql_literal(f"{name} is not finite: ") + " || " + _shown(raw)))
         if col.type == "TIMESTAMP":
             out.append((f"{val} < TIMESTAMP '{EARLIEST_TS}' OR {val} > now()::TIMESTAMP + INTERVAL 1 DAY", name,
-                        _quote(f"timestamp out of range ({EARLIEST_TS} .. now): ") + " || " + _shown(raw)))
+                        sql_literal(f"timestamp out of range ({EARLIEST_TS} .. now): ") + " || " + _shown(raw)))
         if col.type == "EVENT_TYPE":
-            allowed = ", ".join(_quote(t) for t in schema.EVENT_TYPES)
+            allowed = ", ".join(sql_literal(t) for t in schema.EVENT_TYPES)
             out.append((f"{val} IS NOT NULL AND {val} NOT IN ({allowed})", name,
-                        _quote("unknown event type ") + " || " + _shown(raw)
-                        + " || " + _quote(f" (expected one of {'/'.join(schema.EVENT_TYPES)})")))
+                        sql_literal("unknown event type ") + " || " + _shown(raw)
+                        + " || " + sql_literal(f" (expected one of {'/'.join(schema.EVENT_TYPES)})")))
         if col.required:
-            out.append((f"{val} IS NULL", name, _quote(f"missing {name}")))
+            out.append((f"{val} IS NULL", name, sql_literal(f"missing {name}")))
     if table is schema.EVENTS:
         if "price" in present:
-            out.append(("p_price < 0", "price", _quote("negative price: ") + " || " + _shown("r_price")))
+            out.append(("p_price < 0", "price", sql_literal("negative price: ") + " || " + _shown("r_price")))
         if "quantity" in present:
-            out.append(("p_quantity <= 0", "quantity", _quote("quantity must be positive: ") + " || " + _shown("r_quantity")))
+            out.append(("p_quantity <= 0", "quantity", sql_literal("quantity must be positive: ") + " || " + _shown("r_quantity")))
         if "type" in present:  # without a type column every row is already quarantined as missing type
             item = "p_item_id IS NULL" if "item_id" in present else "TRUE"
             out.append((f"{item} AND p_type NOT IN ('search')", "item_id",
-                        _quote("missing item_id (required for a ") + " || p_type || ' event)'"))
+                        sql_literal("missing item_id (required for a ") + " || p_type || ' event)'"))
     if table is schema.REVIEWS and "rating" in present:
-        out.append(("p_rating < 0 OR p_rating > 5", "rating", _quote("rating outside 0..5: ") + " || " + _shown("r_rating")))
+        out.append(("p_rating < 0 OR p_rating > 5", "rating", sql_literal("rating outside 0..5: ") + " || " + _shown("r_rating")))
     if table is schema.ITEMS and "price" in present:
-        out.append(("p_price < 0", "price", _quote("negative price: ") + " || " + _shown("r_price")))
+        out.append(("p_price < 0", "price", sql_literal("negative price: ") + " || " + _shown("r_price")))
     return out
 
 
@@ -106,7 +103,7 @@ def validation_sql(table: schema.Table, present: set[str]) -> str:
             cols.append(f"{col.name} AS r_{col.name}")
             cols.append(f"{_parsed(col, col.name)} AS p_{col.name}")
     checks = _checks(table, present)
-    field = " ".join(f"WHEN {c} THEN {_quote(f)}" for c, f, _ in checks)
+    field = " ".join(f"WHEN {c} THEN {sql_literal(f)}" for c, f, _ in checks)
     reason = " ".join(f"WHEN {c} THEN {r}" for c, _, r in checks)
     typed = []
     for col in table.columns:
@@ -119,7 +116,7 @@ def validation_sql(table: schema.Table, present: set[str]) -> str:
             typed.append(f"p_{col.name} AS {col.name}")
         else:
             typed.append(f"CAST(NULL AS {schema.sql_type(col)}) AS {col.name}")
-    raw_json = "json_object(" + ", ".join(f"{_quote(n)}, left(r_{n}, 1000)" for n in sorted(present)) + ")" \
+    raw_json = "json_object(" + ", ".join(f"{sql_literal(n)}, left(r_{n}, 1000)" for n in sorted(present)) + ")" \
         if present else "'{}'"
     return f"""
         WITH p AS (SELECT _line, {', '.join(cols) if cols else 'NULL AS _none'} FROM mapped),
