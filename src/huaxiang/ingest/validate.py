@@ -43,7 +43,8 @@ def _parsed(col: schema.Column, raw: str) -> str:
                 f"ELSE TRY_CAST(TRY_CAST({v} AS TIMESTAMPTZ) AS TIMESTAMP) END")
     if col.type == "EVENT_TYPE":
         low = f"lower({v})"
-        cases = " ".join(f"WHEN {sql_literal(a)} THEN {sql_literal(t)}" for a, t in schema.EVENT_TYPE_ALIASES.items())
+        cases = " ".join(f"WHEN {sql_literal(a)} THEN {sql_literal(t)}"
+                         for a, t in schema.EVENT_TYPE_ALIASES.items())
         return f"CASE {low} {cases} ELSE {low} END"
     return v
 
@@ -68,7 +69,8 @@ def _checks(table: schema.Table, present: set[str]) -> list[tuple[str, str, str]
             out.append((f"{val} IS NULL AND {blank_to_null(raw)} IS NOT NULL", name,
                         sql_literal(f"{what}: ") + " || " + _shown(raw)))
         if col.type == "DOUBLE":
-            out.append((f"isnan({val}) OR isinf({val})", name, sql_literal(f"{name} is not finite: ") + " || " + _shown(raw)))
+            out.append((f"isnan({val}) OR isinf({val})", name,
+                        sql_literal(f"{name} is not finite: ") + " || " + _shown(raw)))
         if col.type == "TIMESTAMP":
             out.append((f"{val} < TIMESTAMP '{EARLIEST_TS}' OR {val} > now()::TIMESTAMP + INTERVAL 1 DAY", name,
                         sql_literal(f"timestamp out of range ({EARLIEST_TS} .. now): ") + " || " + _shown(raw)))
@@ -83,13 +85,15 @@ def _checks(table: schema.Table, present: set[str]) -> list[tuple[str, str, str]
         if "price" in present:
             out.append(("p_price < 0", "price", sql_literal("negative price: ") + " || " + _shown("r_price")))
         if "quantity" in present:
-            out.append(("p_quantity <= 0", "quantity", sql_literal("quantity must be positive: ") + " || " + _shown("r_quantity")))
+            out.append(("p_quantity <= 0", "quantity",
+                        sql_literal("quantity must be positive: ") + " || " + _shown("r_quantity")))
         if "type" in present:  # without a type column every row is already quarantined as missing type
             item = "p_item_id IS NULL" if "item_id" in present else "TRUE"
             out.append((f"{item} AND p_type NOT IN ('search')", "item_id",
                         sql_literal("missing item_id (required for a ") + " || p_type || ' event)'"))
     if table is schema.REVIEWS and "rating" in present:
-        out.append(("p_rating < 0 OR p_rating > 5", "rating", sql_literal("rating outside 0..5: ") + " || " + _shown("r_rating")))
+        out.append(("p_rating < 0 OR p_rating > 5", "rating",
+                    sql_literal("rating outside 0..5: ") + " || " + _shown("r_rating")))
     if table is schema.ITEMS and "price" in present:
         out.append(("p_price < 0", "price", sql_literal("negative price: ") + " || " + _shown("r_price")))
     return out
