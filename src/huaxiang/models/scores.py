@@ -63,6 +63,16 @@ def describe(feature: str, value) -> str:
     return words.format(value=_fmt(value))
 
 
+def _steady(X: pd.DataFrame) -> pd.DataFrame:
+    """Floats rounded to 12 significant digits and 9 decimals: the last bits of a sum depend on its order (DuckDB's
+    threads, Spark's partitions), and LightGBM would bin 300.93 and 300.93000000000006, or 0 and -1.8e-15, apart."""
+    x = X.to_numpy(dtype=float, na_value=np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = 10.0 ** (11 - np.floor(np.log10(np.abs(x))))
+        steady = np.round(np.where(np.isfinite(scale), np.round(x * scale) / scale, x), 9) + 0.0  # no -0.0
+    return pd.DataFrame(steady, columns=X.columns, index=X.index)
+
+
 class ScoreModel:
     """fit(X, y) / predict(X) / explain(X) / save / load. X: numeric columns (NaN allowed)."""
 
@@ -81,20 +91,20 @@ class ScoreModel:
         self.booster_ = lgb.LGBMClassifier(n_estimators=self.n_estimators, learning_rate=self.learning_rate,
                                            num_leaves=self.num_leaves, min_child_samples=self.min_child_samples,
                                            subsample=0.8, subsample_freq=1, colsample_bytree=0.8,
-                                           random_state=self.seed, verbose=-1).fit(X.astype(float), y).booster_
+                                           random_state=self.seed, verbose=-1).fit(_steady(X), y).booster_
         return self
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        return self.booster_.predict(X[self.features_].astype(float))
+        return self.booster_.predict(_steady(X[self.features_]))
 
     def contributions(self, X: pd.DataFrame) -> np.ndarray:
         """TreeSHAP values in log-odds, one column per feature (the bias column dropped)."""
-        return self.booster_.predict(X[self.features_].astype(float), pred_contrib=True)[:, :-1]
+        return self.booster_.predict(_steady(X[self.features_]), pred_contrib=True)[:, :-1]
 
     def explain(self, X: pd.DataFrame, k: int = 3) -> list[list[dict]]:
         """Per row, the k features that pushed the score most (either way), with words and direction."""
         contrib = self.contributions(X)
-        values = X[self.features_].to_numpy()
+        values = _steady(X[self.features_]).to_numpy()  # the values the model saw, in the words
         out = []
         for row, c in zip(values, contrib):
             top = np.argsort(-np.abs(c))[:k]

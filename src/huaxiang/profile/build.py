@@ -257,7 +257,7 @@ def build_profiles(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime 
     clusters = pd.DataFrame()
     if cfg.kmeans:
         step(f"k-means with k={cfg.kmeans}")
-        df = con.execute(f"SELECT user_id, {', '.join(sg.KMEANS_FEATURES)} FROM _new_profiles").df()
+        df = con.execute(f"SELECT user_id, {', '.join(sg.KMEANS_FEATURES)} FROM _new_profiles ORDER BY user_id").df()
         labels, clusters = sg.kmeans(df, cfg.kmeans, cfg.seed)
         con.register("_labels", pd.DataFrame({"user_id": df["user_id"], "cluster": labels}))
         con.execute("UPDATE _new_profiles p SET cluster = l.cluster FROM _labels l WHERE p.user_id = l.user_id")

@@ -28,6 +28,7 @@ KINDS = ("churn", "propensity", "clv", "risk")
 TIERS = (("top", 0.9), ("high", 0.7), ("medium", 0.3), ("low", 0.0))  # CLV quantile tiers within a tenant
 SCORES_DDL = "CREATE TABLE IF NOT EXISTS scores (user_id VARCHAR, kind VARCHAR, score DOUBLE, detail VARCHAR)"
 NOT_FEATURES = {"cluster", "habit_utc_offset", "peak_hour", "peak_weekday"}
+RISK_COLUMNS = ("user_id", "item_id", "category_id", "type", "ts")
 
 
 def tenant_of(user_id: str) -> str:
@@ -35,26 +36,16 @@ def tenant_of(user_id: str) -> str:
 
 
 def store_transactions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """(customer_id, date, value): one row per user and day with a purchase (orders where a user has them,
-    else buy events — the profile's own purchase rule); returns are not transactions."""
-    return con.execute("""
-        WITH lines AS (
-            SELECT user_id, ts, amount FROM orders WHERE amount > 0
-            UNION ALL
-            SELECT user_id, ts, coalesce(price * coalesce(quantity, 1), 0) FROM events
-            WHERE type = 'buy' AND user_id NOT IN (SELECT user_id FROM orders))
-        SELECT user_id AS customer_id, CAST(date_trunc('day', ts) AS TIMESTAMP) AS date,
-               sum(coalesce(amount, 0)) AS value
-        FROM lines GROUP BY ALL ORDER BY 1, 2""").df()
+    """`bh.transactions` of the store, ordered by customer and day."""
+    import ibis
+    from ..features.behaviour import transactions
+    ib = ibis.duckdb.from_connection(con)
+    tx = transactions(ib.table("events"), ib.table("orders")).to_pandas()
+    return tx.sort_values(["customer_id", "date"], ignore_index=True)
 
 
 def _tenants(frame: pd.DataFrame, column: str) -> dict[str, pd.DataFrame]:
     return dict(tuple(frame.groupby(frame[column].map(tenant_of), sort=True)))
-
-
-def _tier(values: np.ndarray) -> list[str]:
-    ranks = pd.Series(values).rank(pct=True).to_numpy()
-    return [next(name for name, q in TIERS if r >= q) for r in ranks]
 
 
 def _rows(users, kind, score, details) -> pd.DataFrame:
@@ -62,105 +53,185 @@ def _rows(users, kind, score, details) -> pd.DataFrame:
                          "detail": [json.dumps(d, ensure_ascii=False, default=float) for d in details]})
 
 
+# Each kind is a fit on one tenant's data (all of it, or a sample of its users when the data is large) and an
+# apply to any of its users' data; the fitted dict is all that apply needs (on Spark it is broadcast).
+
+def fit_churn(tx: pd.DataFrame, start, end, cfg: Config, note: Callable[[str], None], tenant: str) -> dict | None:
+    """tx: the tenant's transactions (`bh.transactions`); start, end: its first and last day."""
+    h = cfg.churn_horizon_days
+    if (end - start).days < 2 * h:
+        note(f"churn: {tenant or 'store'} spans {(end - start).days} days; a {h}-day horizon "
+             f"needs ≥ {2 * h} (set churn_horizon_days) — skipped")
+        return None
+    cuts = [c for c in ch.rolling_cutoffs(end, h, 4) if c - start >= pd.Timedelta(days=h)]
+    X, y = ch.churn_dataset(tx, cuts[:-1] or cuts[-1:], h)
+    if y.nunique() < 2:
+        note(f"churn: {tenant or 'store'}: every past customer has the same outcome — skipped")
+        return None
+    note(f"churn: {tenant or 'store'}: trained on {len(X):,} past cases")
+    return {"model": ScoreModel("churn", seed=cfg.seed).fit(X, y), "end": end, "horizon_days": h}
+
+
+def apply_churn(fitted: dict, tx: pd.DataFrame) -> pd.DataFrame:
+    now = ch.customer_features(tx, fitted["end"])
+    return _rows(now.index, "churn", fitted["model"].predict(now), [
+        {"horizon_days": fitted["horizon_days"], "reasons": r, "text": reason_text(r)}
+        for r in fitted["model"].explain(now)])
+
+
+def fit_propensity(past: pd.DataFrame, bought: set, cfg: Config, note: Callable[[str], None], tenant: str,
+                   cut) -> dict | None:
+    """past: the tenant's users' features as of `cut` (a day before its data ends); bought: who bought after."""
+    past = past.sort_values("user_id", ignore_index=True)  # the same model whatever order the rows came in
+    y = past["user_id"].isin(bought).astype(int)
+    if y.nunique() < 2:
+        note(f"propensity: {tenant or 'store'}: nobody (or everybody) bought on the last day — skipped")
+        return None
+    cols = [c for c in past.select_dtypes("number").columns if c not in NOT_FEATURES]
+    note(f"propensity: {tenant or 'store'}: trained on {len(past):,} users as of {cut:%Y-%m-%d}")
+    return {"model": ScoreModel("propensity", seed=cfg.seed).fit(past[cols], y), "columns": cols}
+
+
+def apply_propensity(fitted: dict, feats: pd.DataFrame) -> pd.DataFrame:
+    X = feats[fitted["columns"]].astype(float)
+    return _rows(feats["user_id"], "propensity", fitted["model"].predict(X), [
+        {"horizon_days": 1, "reasons": r, "text": reason_text(r)} for r in fitted["model"].explain(X)])
+
+
+def fit_clv(tx: pd.DataFrame, end, cfg: Config, note: Callable[[str], None], tenant: str) -> dict | None:
+    from ..models.clv import CLVModel, rfm_summary
+    summary = rfm_summary(tx, end)
+    if summary["frequency"].sum() < 10 or len(summary) < 20:
+        note(f"clv: {tenant or 'store'}: too few repeat buyers to fit BG/NBD — skipped")
+        return None
+    try:
+        model = CLVModel().fit(summary)
+    except HuaxiangError as exc:  # one tenant's odd data must not stop the others
+        note(f"clv: {tenant or 'store'}: {exc} — skipped")
+        return None
+    fitted = {"model": model, "end": end, "months": cfg.clv_months}
+    value, purchases, _ = _clv_values(fitted, summary)
+    if not np.isfinite(purchases).all():
+        note(f"clv: {tenant or 'store'}: BG/NBD found no usable parameters (degenerate time line?) — skipped")
+        return None
+    note(f"clv: {tenant or 'store'}: {len(summary):,} customers, r {model.params_['r']:.3f}, "
+         f"α {model.params_['alpha']:.2f}, a {model.params_['a']:.3f}, b {model.params_['b']:.3f}")
+    # the value tiers' lower bounds: the 90th, 70th and 30th percentiles of the customers fitted on
+    return {**fitted, "tier_bounds": [float(np.quantile(value, q)) for _, q in TIERS[:-1]]}
+
+
+def _clv_values(fitted: dict, summary: pd.DataFrame):
+    """(value, expected purchases, unit); without prices the value is counted in purchases."""
+    model, months = fitted["model"], fitted["months"]
+    purchases = model.expected_purchases(summary, months * 30.4 / 7)
+    if model.gg_:
+        return model.clv(summary, months), purchases, "money"
+    return purchases, purchases, "purchases"
+
+
+def apply_clv(fitted: dict, tx: pd.DataFrame) -> pd.DataFrame:
+    from ..models.clv import rfm_summary
+    summary = rfm_summary(tx, fitted["end"])
+    value, purchases, unit = _clv_values(fitted, summary)
+    alive, months = fitted["model"].probability_alive(summary), fitted["months"]
+    tiers = [next((name for (name, _), b in zip(TIERS, fitted["tier_bounds"]) if v >= b), TIERS[-1][0])
+             for v in value]
+    details = [{"months": months, "unit": unit, "value_tier": t, "p_alive": a, "expected_purchases": e,
+                "text": f"{e:.1f} purchases expected in {months} months, P(still a customer) {a:.0%}, "
+                        f"{f:.0f} repeat purchases so far"}
+               for t, a, e, f in zip(tiers, alive, purchases, summary["frequency"])]
+    return _rows(summary["customer_id"], "clv", value, details)
+
+
+def fit_risk(f: pd.DataFrame, cfg: Config, note: Callable[[str], None], tenant: str) -> dict | None:
+    """f: the tenant's users' `risk_features`."""
+    from ..models.risk import RiskDetector
+    if len(f) < 20:
+        note(f"risk: {tenant or 'store'}: {len(f)} users are too few for the anomaly detector — skipped")
+        return None
+    return {"detector": RiskDetector(seed=cfg.seed).fit(f.sort_index())}
+
+
+def apply_risk(fitted: dict, f: pd.DataFrame) -> pd.DataFrame:
+    flags = fitted["detector"].flag(f)
+    return _rows(flags.index, "risk", flags["risk_score"], [
+        {"flagged": bool(fl), "rules": ru, "reasons": re, "text": "; ".join(re) or "nothing unusual"}
+        for fl, ru, re in zip(flags["risk_flagged"], flags["risk_rules"], flags["risk_reasons"])])
+
+
 def score_churn(con, cfg: Config, note: Callable[[str], None]) -> pd.DataFrame:
     out = []
     for tenant, tx in _tenants(store_transactions(con), "customer_id").items():
-        end, h = tx["date"].max(), cfg.churn_horizon_days
-        if (end - tx["date"].min()).days < 2 * h:
-            note(f"churn: {tenant or 'store'} spans {(end - tx['date'].min()).days} days; a {h}-day horizon "
-                 f"needs ≥ {2 * h} (set churn_horizon_days) — skipped")
-            continue
-        cuts = [c for c in ch.rolling_cutoffs(end, h, 4) if c - tx["date"].min() >= pd.Timedelta(days=h)]
-        X, y = ch.churn_dataset(tx, cuts[:-1] or cuts[-1:], h)
-        if y.nunique() < 2:
-            note(f"churn: {tenant or 'store'}: every past customer has the same outcome — skipped")
-            continue
-        model = ScoreModel("churn", seed=cfg.seed).fit(X, y)
-        now = ch.customer_features(tx, end)
-        p = model.predict(now)
-        out.append(_rows(now.index, "churn", p, [
-            {"horizon_days": h, "reasons": r, "text": reason_text(r)} for r in model.explain(now)]))
-        note(f"churn: {tenant or 'store'}: {len(now):,} customers, trained on {len(X):,} past cases")
+        fitted = fit_churn(tx, tx["date"].min(), tx["date"].max(), cfg, note, tenant)
+        if fitted:
+            out.append(apply_churn(fitted, tx))
     return pd.concat(out) if out else pd.DataFrame()
 
 
+def propensity_spans(ib):
+    """Per tenant: (tenant, first event, last event, buy events), an Ibis expression."""
+    ev = ib.table("events")
+    return (ev.group_by(tenant=ev.user_id.re_extract(r"^([^:]+):", 1))
+            .aggregate(first=ev.ts.min(), last=ev.ts.max(), n_buy=(ev.type == "buy").sum()).order_by("tenant"))
+
+
+def propensity_cut(note: Callable[[str], None], tenant: str, first, last, n_buy):
+    """The tenant's training cut-off (a day before its data ends), or None when it cannot be trained."""
+    if n_buy == 0 or last - first < timedelta(days=2):
+        note(f"propensity: {tenant or 'store'}: needs buy events over ≥ 2 days — skipped")
+        return None
+    return last - timedelta(days=1)
+
+
 def score_propensity(con, cfg: Config, note: Callable[[str], None]) -> pd.DataFrame:
+    import ibis
     from .build import features_as_of
     current = con.execute("SELECT * FROM features").df()
     out = []
-    spans = con.execute("""SELECT regexp_extract(user_id, '^([^:]+):', 1) AS tenant, min(ts), max(ts),
-        count(*) FILTER (type = 'buy') FROM events GROUP BY 1 ORDER BY 1""").fetchall()
-    for tenant, first, last, n_buy in spans:
-        if n_buy == 0 or last - first < timedelta(days=2):
-            note(f"propensity: {tenant or 'store'}: needs buy events over ≥ 2 days — skipped")
+    for tenant, first, last, n_buy in propensity_spans(ibis.duckdb.from_connection(con)).to_pandas().itertuples(
+            index=False):
+        cut = propensity_cut(note, tenant, first, last, n_buy)
+        if cut is None:
             continue
-        cut = last - timedelta(days=1)
         past = features_as_of(con, cfg, cut)
         past = past[past["user_id"].map(tenant_of) == tenant]
         bought = {u for (u,) in con.execute("SELECT DISTINCT user_id FROM events WHERE type = 'buy' AND ts > ? "
                                             "AND ts <= ?", [cut, last]).fetchall()}
-        y = past["user_id"].isin(bought).astype(int)
-        if y.nunique() < 2:
-            note(f"propensity: {tenant or 'store'}: nobody (or everybody) bought on the last day — skipped")
-            continue
-        cols = [c for c in past.select_dtypes("number").columns if c not in NOT_FEATURES]
-        model = ScoreModel("propensity", seed=cfg.seed).fit(past[cols], y)
-        now = current[current["user_id"].map(tenant_of) == tenant]
-        p = model.predict(now[cols])
-        out.append(_rows(now["user_id"], "propensity", p, [
-            {"horizon_days": 1, "reasons": r, "text": reason_text(r)} for r in model.explain(now[cols])]))
-        note(f"propensity: {tenant or 'store'}: {len(now):,} users, trained on {len(past):,} as of {cut:%Y-%m-%d}")
+        fitted = fit_propensity(past, bought, cfg, note, tenant, cut)
+        if fitted:
+            out.append(apply_propensity(fitted, current[current["user_id"].map(tenant_of) == tenant]))
     return pd.concat(out) if out else pd.DataFrame()
 
 
 def score_clv(con, cfg: Config, note: Callable[[str], None]) -> pd.DataFrame:
-    from ..models.clv import CLVModel, rfm_summary
     out = []
     for tenant, tx in _tenants(store_transactions(con), "customer_id").items():
-        end = tx["date"].max()
-        summary = rfm_summary(tx, end)
-        if summary["frequency"].sum() < 10 or len(summary) < 20:
-            note(f"clv: {tenant or 'store'}: too few repeat buyers to fit BG/NBD — skipped")
-            continue
-        try:
-            model = CLVModel().fit(summary)
-        except HuaxiangError as exc:  # one tenant's odd data must not stop the others
-            note(f"clv: {tenant or 'store'}: {exc} — skipped")
-            continue
-        alive = model.probability_alive(summary)
-        purchases = model.expected_purchases(summary, cfg.clv_months * 30.4 / 7)
-        if not np.isfinite(purchases).all():
-            note(f"clv: {tenant or 'store'}: BG/NBD found no usable parameters (degenerate time line?) — skipped")
-            continue
-        # without prices the value is counted in purchases (the tiers still rank customers)
-        value, unit = (model.clv(summary, cfg.clv_months), "money") if model.gg_ else (purchases, "purchases")
-        tiers = _tier(value)
-        details = [{"months": cfg.clv_months, "unit": unit, "value_tier": t, "p_alive": a, "expected_purchases": e,
-                    "text": f"{e:.1f} purchases expected in {cfg.clv_months} months, P(still a customer) {a:.0%}, "
-                            f"{f:.0f} repeat purchases so far"}
-                   for t, a, e, f in zip(tiers, alive, purchases, summary["frequency"])]
-        out.append(_rows(summary["customer_id"], "clv", value, details))
-        note(f"clv: {tenant or 'store'}: {len(summary):,} customers, r {model.params_['r']:.3f}, "
-             f"α {model.params_['alpha']:.2f}, a {model.params_['a']:.3f}, b {model.params_['b']:.3f}")
+        fitted = fit_clv(tx, tx["date"].max(), cfg, note, tenant)
+        if fitted:
+            out.append(apply_clv(fitted, tx))
     return pd.concat(out) if out else pd.DataFrame()
 
 
 def score_risk(con, cfg: Config, note: Callable[[str], None]) -> pd.DataFrame:
-    from ..models.risk import RiskDetector, risk_features
-    events = con.execute("SELECT user_id, item_id, category_id, type, ts FROM events "
+    from ..models.risk import risk_features
+    events = con.execute(f"SELECT {', '.join(RISK_COLUMNS)} FROM events "
                          "WHERE type IN ('view', 'cart', 'fav', 'buy')").df()
     out = []
     for tenant, ev in _tenants(events, "user_id").items():
         f = risk_features(ev, cfg.utc_offset_hours)
-        if len(f) < 20:
-            note(f"risk: {tenant or 'store'}: {len(f)} users are too few for the anomaly detector — skipped")
-            continue
-        flags = RiskDetector(seed=cfg.seed).fit(f).flag(f)
-        out.append(_rows(flags.index, "risk", flags["risk_score"], [
-            {"flagged": bool(fl), "rules": ru, "reasons": re, "text": "; ".join(re) or "nothing unusual"}
-            for fl, ru, re in zip(flags["risk_flagged"], flags["risk_rules"], flags["risk_reasons"])]))
-        note(f"risk: {tenant or 'store'}: {int(flags['risk_flagged'].sum())} of {len(f):,} users flagged")
+        fitted = fit_risk(f, cfg, note, tenant)
+        if fitted:
+            rows = apply_risk(fitted, f)
+            out.append(rows)
+            note(f"risk: {tenant or 'store'}: {sum(json.loads(d)['flagged'] for d in rows['detail'])} "
+                 f"of {len(f):,} users flagged")
     return pd.concat(out) if out else pd.DataFrame()
+
+
+def check_kinds(kinds) -> None:
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise HuaxiangError(f"unknown score {unknown[0]!r} (one of: {', '.join(KINDS)})")
 
 
 SCORERS = {"churn": score_churn, "propensity": score_propensity, "clv": score_clv, "risk": score_risk}
@@ -168,9 +239,7 @@ SCORERS = {"churn": score_churn, "propensity": score_propensity, "clv": score_cl
 
 def write_scores(con: duckdb.DuckDBPyConnection, cfg: Config, kinds, note: Callable[[str], None]) -> dict:
     """Computes each kind and replaces its rows in `scores` (one transaction per kind). Returns rows per kind."""
-    unknown = [k for k in kinds if k not in SCORERS]
-    if unknown:
-        raise HuaxiangError(f"unknown score {unknown[0]!r} (one of: {', '.join(KINDS)})")
+    check_kinds(kinds)
     if kinds and not has_table(con, "features"):
         raise HuaxiangError("no profiles in this store yet: run `huaxiang build` first")
     con.execute(SCORES_DDL)

@@ -15,38 +15,58 @@ from ..errors import HuaxiangError
 POSITIVE_LABELS = {"1", "pos", "positive", "true"}
 
 
-def known_sentiment(con, model: str) -> pd.DataFrame:
-    """(review_id, vector, y) for embedded reviews with a known polarity."""
-    return con.execute("""SELECT r.review_id, e.vector,
-            CASE WHEN r.label IS NOT NULL THEN (r.label > 0)::INT WHEN r.rating >= 4 THEN 1 ELSE 0 END AS y
-        FROM reviews r JOIN embeddings e ON e.kind = 'review' AND e.key = r.review_id AND e.model = ?
-        WHERE r.label IS NOT NULL OR r.rating >= 4 OR r.rating <= 2""", [model]).df()
+def known_polarity(reviews):
+    """(review_id, y) for the reviews whose polarity is known: a `label` (> 0 positive), else a rating (≥ 4
+    positive, ≤ 2 negative). An Ibis expression."""
+    import ibis
+    r = reviews.filter(reviews.label.notnull() | (reviews.rating >= 4) | (reviews.rating <= 2))
+    return r.select("review_id", y=ibis.ifelse(r.label.notnull(), (r.label > 0).cast("int64"),
+                                               ibis.ifelse(r.rating >= 4, 1, 0).cast("int64")))
 
 
-def frozen_scores(con, model: str, seed: int = 0) -> pd.DataFrame:
+def fit_frozen(train: pd.DataFrame, seed: int = 0):
+    """Logistic regression on review embeddings; train: (review_id, vector, y), in any order."""
     from sklearn.linear_model import LogisticRegression
-    train = known_sentiment(con, model)
     if train.empty or train["y"].nunique() < 2:
         raise HuaxiangError("no reviews with a known polarity (label or rating) and an embedding: "
                             "run `huaxiang embed` first, or pass --model from `huaxiang train classifier`")
-    clf = LogisticRegression(max_iter=2000, C=4.0, random_state=seed)
-    clf.fit(np.stack(train["vector"].to_numpy()), train["y"])
-    every = con.execute("SELECT key AS review_id, vector FROM embeddings WHERE kind = 'review' AND model = ?",
-                        [model]).df()
+    train = train.sort_values("review_id", ignore_index=True)
+    return LogisticRegression(max_iter=2000, C=4.0, random_state=seed).fit(np.stack(train["vector"].to_numpy()),
+                                                                            train["y"])
+
+
+def frozen_scores(con, model: str, seed: int = 0) -> pd.DataFrame:
+    import ibis
+    ib = ibis.duckdb.from_connection(con)
+    emb = ib.table("embeddings")
+    emb = emb.filter((emb.kind == "review") & (emb.model == model)).select(review_id=emb.key, vector=emb.vector)
+    clf = fit_frozen(known_polarity(ib.table("reviews")).join(emb, "review_id").to_pandas(), seed)
+    every = emb.to_pandas()
     return pd.DataFrame({"review_id": every["review_id"],
                          "positive": clf.predict_proba(np.stack(every["vector"].to_numpy()))[:, 1]})
 
 
-def classifier_scores(con, model_dir: str) -> pd.DataFrame:
-    from .classifier import load_classifier, predict_proba
+def sentiment_model(model_dir: str):
+    """(model, tokenizer, max_len, column of the positive label) of a fine-tuned two-label classifier."""
+    from .classifier import load_classifier
     model, tok, meta = load_classifier(model_dir)
     positive = [i for i, l in enumerate(meta["labels"]) if str(l).lower() in POSITIVE_LABELS]
     if len(meta["labels"]) != 2 or len(positive) != 1:
         raise HuaxiangError(f"{model_dir}: a sentiment model needs two labels, one of them positive "
                             f"({'/'.join(sorted(POSITIVE_LABELS))}); it has {meta['labels']}")
+    return model, tok, meta["max_len"], positive[0]
+
+
+def positive_proba(loaded, texts: list[str]) -> np.ndarray:
+    from .classifier import predict_proba
+    model, tok, max_len, positive = loaded
+    return predict_proba(model, tok, texts, max_len)[:, positive]
+
+
+def classifier_scores(con, model_dir: str) -> pd.DataFrame:
+    loaded = sentiment_model(model_dir)
     reviews = con.execute("SELECT review_id, text FROM reviews").df()
-    proba = predict_proba(model, tok, reviews["text"].tolist(), meta["max_len"])
-    return pd.DataFrame({"review_id": reviews["review_id"], "positive": proba[:, positive[0]]})
+    return pd.DataFrame({"review_id": reviews["review_id"], "positive": positive_proba(loaded, reviews["text"].tolist())})
 
 
 def score_reviews(con, encoder_name: str, model_dir: str | None = None) -> int:
