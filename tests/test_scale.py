@@ -145,11 +145,17 @@ def test_spark_and_duckdb_agree_on_a_synthetic_log_with_embeddings(tmp_path):
     ingest_file(con, items, "csv", table="items")
     ingest_file(con, events, "csv", table="events")
     con.close()
-    duck = assert_parity(export_store(store, tmp_path / "in"), tmp_path, embed=True)
+    inp = export_store(store, tmp_path / "in")
+    duck = assert_parity(inp, tmp_path, embed=True)
     assert duck.price_band.notna().all() and duck.top_brand.notna().any()
     vectors = np.stack(duck.embedding.dropna().to_list())
     assert len(vectors) > 0.9 * len(duck) and vectors.shape[1] == 384
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
+    # the next build into the same folder encodes only texts it has not seen: here none
+    scale.build("duckdb", str(inp), str(tmp_path / "duckdb"), load_config(), embed=True)
+    cached = sorted((tmp_path / "duckdb" / "_vectors").iterdir())
+    assert len(cached) == 2 and len(pd.read_parquet(cached[0])) > 1000 and len(pd.read_parquet(cached[1])) == 0
+    assert differences(duck, scale.read_profiles(str(tmp_path / "duckdb"))) == {}
 
 
 def test_an_incremental_build_rewrites_only_the_users_of_new_partitions(demo_store, tmp_path):
@@ -198,10 +204,14 @@ def test_cli_export_build_and_clear_errors(demo_store, tmp_path):
     assert r.returncode != 0 and "unknown score 'bogus'" in r.stderr and "Traceback" not in r.stderr
     r = run("build", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--sentiment", "frozen")
     assert r.returncode != 0 and "add --embed" in r.stderr
+    r = run("build", "--input", "s3a://bucket/in", "--output", str(tmp_path / "o"))
+    assert r.returncode != 0 and "use --engine spark" in r.stderr
 
 
 def test_an_incremental_build_on_spark(tmp_path):
-    """The same on Spark, over the Taobao slice: the last day added later touches only its users."""
+    """The same on Spark, over the Taobao slice: the last day added later touches only its users. The folders are
+    given as URIs (file://), so that partitions are listed and the manifest is kept through Spark's Hadoop file
+    systems, as on a cluster's object store."""
     store = str(tmp_path / "t.duckdb")
     con = connect(store)
     ingest_file(con, str(SHARED / "taobao_userbehavior_head" / "UserBehavior_head.csv.gz"), "taobao",
@@ -211,9 +221,10 @@ def test_an_incremental_build_on_spark(tmp_path):
     last_day = inp / "events" / "date=2017-12-03"
     shutil.move(last_day, tmp_path / "held")
     cfg, out = load_config(), tmp_path / "out"
-    first = scale.build("spark", str(inp), str(out), cfg)
+    first = scale.build("spark", inp.as_uri(), out.as_uri(), cfg)
     shutil.move(tmp_path / "held", last_day)
-    entry = scale.build("spark", str(inp), str(out), cfg, incremental=True)
+    entry = scale.build("spark", inp.as_uri(), out.as_uri(), cfg, incremental=True)
+    assert entry["new_partitions"] == {"events": ["date=2017-12-03"]}
     touched = set(pd.read_parquet(last_day).user_id)
     assert entry["users"] == len(touched) < first["users"]
     after = scale.read_profiles(str(out))

@@ -28,6 +28,7 @@ import pyarrow as pa
 from . import schema
 from .config import Config
 from .errors import HuaxiangError
+from .folders import Folder, is_uri
 from .features import segments as sg
 from .features import tags as tg
 
@@ -77,19 +78,18 @@ def connect(engine: str, master: str = "local[2]", spill_dir: str | None = None,
     raise HuaxiangError(f"unknown engine {engine!r} (expected one of {', '.join(ENGINES)})")
 
 
-def partitions(table_dir: Path) -> list[str]:
+def partitions(table_dir: Folder) -> list[str]:
     """The partition folders (`date=…`) under a table's folder, or [''] for an unpartitioned table."""
     if not table_dir.exists():
         return []
-    found = sorted(p.name for p in table_dir.iterdir() if p.is_dir() and "=" in p.name)
-    return found or [""]
+    return [name for name in table_dir.subfolders() if "=" in name] or [""]
 
 
-def _parquet_files(table_dir: Path, parts: list[str]) -> list[str]:
-    return sorted(str(f) for p in parts for f in (table_dir / p).rglob("*.parquet"))
+def _parquet_files(table_dir: Folder, parts: list[str]) -> list[str]:
+    return sorted(f for p in parts for f in (table_dir / p if p else table_dir).files(".parquet"))
 
 
-def register_inputs(ib, engine: str, input_dir: Path, only: dict[str, list[str]] | None = None) -> None:
+def register_inputs(ib, engine: str, input_dir: Folder, only: dict[str, list[str]] | None = None) -> None:
     """Registers events, items, orders and reviews (those partitions only, when `only` names them) as tables
     with the store's column types; a missing table is empty."""
     for name in INPUTS:
@@ -226,7 +226,7 @@ def export(con, output_dir: str) -> dict[str, int]:
     return rows
 
 
-def read_manifest(output_dir: Path) -> dict:
+def read_manifest(output_dir: Folder) -> dict:
     path = output_dir / MANIFEST
     return json.loads(path.read_text()) if path.exists() else {"inputs": {}, "builds": []}
 
@@ -244,7 +244,14 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
     if sentiment == "frozen" and not embed:
         raise HuaxiangError("--sentiment frozen learns from the review embeddings: add --embed")
     check_kinds(scores)
-    src, dst = Path(input_dir), Path(output_dir)
+    ib = None
+    if is_uri(input_dir) or is_uri(output_dir):  # listed and written through Spark's Hadoop file systems
+        if engine != "spark":
+            raise HuaxiangError(f"{input_dir if is_uri(input_dir) else output_dir}: a URI is read through Spark; "
+                                "use --engine spark (DuckDB reads folders on this machine)")
+        ib = connect(engine, master)
+    session = ib._session if ib is not None else None
+    src, dst = Folder(input_dir, session), Folder(output_dir, session)
     if not (src / "events").exists():
         raise HuaxiangError(f"{src / 'events'}: no events folder (huaxiang export writes one from a store)")
     manifest = read_manifest(dst)
@@ -252,10 +259,10 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
         raise HuaxiangError(f"{dst}: no earlier build to add to; run a full build first")
     now = {name: partitions(src / name) for name in INPUTS}
     new = {name: [p for p in parts if p not in manifest["inputs"].get(name, [])] for name, parts in now.items()}
-    dst.mkdir(parents=True, exist_ok=True)
+    dst.mkdir()
     if incremental and not any(new[name] for name in ("events", "orders", "reviews")):
         return {"engine": engine, "users": 0, "new_partitions": {}}
-    ib = connect(engine, master, str(dst / "_spill"), memory_limit)
+    ib = ib or connect(engine, master, str(dst / "_spill"), memory_limit)
     step(f"reading {src} on {engine}")
     only = None
     if incremental:  # the users in the new partitions (read on their own first), then everything
@@ -273,7 +280,7 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
     refs = reference_times(ib, None)
     if embed:
         step("embedding item texts and reviews; user vectors")
-        sm.derive_embeddings(ib, engine, cfg)
+        sm.derive_embeddings(ib, engine, cfg, dst / "_vectors")
     if sentiment:
         step("review sentiment")
         sm.derive_sentiment(ib, engine, cfg, sentiment)
@@ -287,8 +294,8 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
         users = ib.create_table("_part_users", users, temp=True, overwrite=True)
     step("features")
     feats_dir = dst / "features" / f"built={stamp}"
-    _write(ib, engine, join_parts(users, list(parts.values())), feats_dir)
-    feats = _read(ib, engine, feats_dir, "_features")
+    write(ib, engine, join_parts(users, list(parts.values())), feats_dir)
+    feats = read_folder(ib, engine, feats_dir, "_features")
     th = last["thresholds"] if last else sg.thresholds(feats, cfg.high_quantile, cfg.potential_quantile)
     step("segments and tags")
     prof, _ = profile_rows(feats, th, cfg)
@@ -297,13 +304,13 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
         step(f"k-means with k={cfg.kmeans}")
         kmeans = last.get("kmeans") if last else None
         prof, kmeans = sm.clusters(ib, engine, cfg, feats, prof, kmeans, score_sample)
-    _write(ib, engine, prof, dst / "profiles" / f"built={stamp}")
+    write(ib, engine, prof, dst / "profiles" / f"built={stamp}")
     notes = []
     if scores:
         def note(msg):
             notes.append(msg)
             step(f"scores: {msg}")
-        _write(ib, engine, sm.derive_scores(ib, engine, cfg, list(scores), feats, cuts, only, score_sample, note),
+        write(ib, engine, sm.derive_scores(ib, engine, cfg, list(scores), feats, cuts, only, score_sample, note),
                dst / "scores" / f"built={stamp}")
     entry = {"built": stamp, "engine": engine, "incremental": incremental,
              "users": int(feats.count().to_pyarrow().as_py()), "price_cuts": list(cuts),
@@ -316,18 +323,27 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
     return entry
 
 
-def _write(ib, engine: str, expr, path: Path) -> None:
+def read_files(ib, engine: str, files: list[str], name: str) -> None:
+    """Registers Parquet files (paths or URIs) as table `name`."""
     if engine == "duckdb":
-        path.mkdir(parents=True, exist_ok=True)
-        ib.to_parquet(expr, path / "part-0.parquet")
+        ib.raw_sql(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM read_parquet("
+                   f"[{', '.join(map(schema.sql_literal, files))}], hive_partitioning = false)")
     else:
-        ib.to_parquet(expr, path)
+        ib._session.read.parquet(*files).createOrReplaceTempView(name)
 
 
-def _read(ib, engine: str, path: Path, name: str):
+def write(ib, engine: str, expr, folder: Folder) -> None:
     if engine == "duckdb":
-        return ib.read_parquet(str(path / "*.parquet"), table_name=name, hive_partitioning=False)
-    return ib.read_parquet(str(path), table_name=name)
+        folder.mkdir()
+        ib.to_parquet(expr, f"{folder}/part-0.parquet")
+    else:
+        ib.to_parquet(expr, str(folder))
+
+
+def read_folder(ib, engine: str, folder: Folder, name: str):
+    if engine == "duckdb":
+        return ib.read_parquet(f"{folder}/*.parquet", table_name=name, hive_partitioning=False)
+    return ib.read_parquet(str(folder), table_name=name)
 
 
 def read_profiles(output_dir: str, table: str = "profiles") -> pd.DataFrame:

