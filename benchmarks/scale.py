@@ -2,12 +2,13 @@
 
     .venv/bin/python benchmarks/scale.py [--sizes 1000000 10000000 50000000] [--engines duckdb spark]
                                          [--workdir /tmp/huaxiang-scale] [--memory-limit 4GB]
+                                         [--build-args "--scores all"] [--name scale_scores]
 
 For each size: synthetic events (`synthetic.py`, the spine benchmark's generator) are ingested into a store once
 and exported as Parquet partitioned by day (`huaxiang export`); then `huaxiang build --engine E --input … --output
-…` runs as its own process per engine, and the figures are its wall time, events per second and peak memory —
-the resident memory of the whole process tree summed (for Spark: the Python driver, the JVM and its Python
-workers), sampled every 0.2 s. Prints a Markdown table, writes benchmarks/out/scale.json and scale.png.
+…` (plus --build-args) runs as its own process per engine, and the figures are its wall time, events per second
+and peak memory — the resident memory of the whole process tree summed (for Spark: the Python driver, the JVM and
+its Python workers), sampled every 0.2 s. Prints a Markdown table, writes benchmarks/out/NAME.json and NAME.png.
 """
 from __future__ import annotations
 
@@ -98,10 +99,12 @@ def main() -> None:
     ap.add_argument("--engines", nargs="+", default=["duckdb", "spark"])
     ap.add_argument("--workdir", default="/tmp/huaxiang-scale")
     ap.add_argument("--memory-limit", default=None, help="DuckDB engine's memory cap (it spills beyond)")
+    ap.add_argument("--build-args", default="", help="more options for each build, e.g. \"--scores all\"")
+    ap.add_argument("--name", default="scale", help="name of the result files in benchmarks/out/")
     args = ap.parse_args()
     workdir = Path(args.workdir)
     rows = []
-    print(f"scale benchmark; {stamp()}", flush=True)
+    print(f"scale benchmark {args.build_args}; {stamp()}", flush=True)
     for size in args.sizes:
         parquet = prepare(size, workdir)
         for engine in args.engines:
@@ -109,7 +112,7 @@ def main() -> None:
             subprocess.run(["rm", "-rf", str(out)], check=True)
             cmd = [sys.executable, "-m", "huaxiang.cli", "build", "--engine", engine, "--input", str(parquet),
                    "--output", str(out)] + (["--memory-limit", args.memory_limit] if args.memory_limit and
-                                           engine == "duckdb" else [])
+                                           engine == "duckdb" else []) + args.build_args.split()
             try:
                 wall, peak, said = run_measured(cmd)
                 row = {"size": size, "engine": engine, "wall_s": wall, "events_per_s": size / wall,
@@ -128,8 +131,9 @@ def main() -> None:
         else:
             print(f"| {r['size']:,} | {r['engine']} | failed: {r['note']} | | |")
     (HERE / "out").mkdir(exist_ok=True)
-    (HERE / "out" / "scale.json").write_text(json.dumps({"machine": stamp(), "rows": rows}, indent=1))
-    plot(rows, HERE / "out" / "scale.png")
+    (HERE / "out" / f"{args.name}.json").write_text(json.dumps({"machine": stamp(), "build_args": args.build_args,
+                                                                "rows": rows}, indent=1))
+    plot(rows, HERE / "out" / f"{args.name}.png")
 
 
 def plot(rows: list[dict], path: Path) -> None:
