@@ -3,6 +3,7 @@ input — counts exactly, floats within 1e-9 — on the bundled real-data slices
 builds; the CLI's export and errors."""
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -229,6 +230,19 @@ def test_an_incremental_build_on_spark(tmp_path):
     assert entry["users"] == len(touched) < first["users"]
     after = scale.read_profiles(str(out))
     assert len(after) == first["users"] and after.user_id.is_unique
+    # the same build submitted as a Spark application: spark-submit sets the master
+    submit = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]",
+              "--conf", f"spark.pyspark.python={sys.executable}", str(ROOT / "src" / "huaxiang" / "submit.py"),
+              "build", "--engine", "spark", "--input", str(inp), "--output", str(tmp_path / "submitted")]
+    import pyspark
+    env = {**os.environ, "SPARK_HOME": str(Path(pyspark.__file__).parent)}  # pip's Spark lives in the package
+    r = subprocess.run(submit, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    full = scale.read_profiles(str(tmp_path / "submitted"), "features")
+    mine = scale.read_profiles(str(out), "features")
+    assert list(full.user_id) == list(mine.user_id)
+    mine, full = (f[f.user_id.isin(touched)].drop(columns="price_band").reset_index(drop=True) for f in (mine, full))
+    assert differences(mine, full) == {}  # the incremental build's touched users equal a full build's
 
 
 def test_review_sentiment_at_scale(tmp_path):
