@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ibis
 import numpy as np
 import pandas as pd
 import pytest
@@ -282,3 +283,16 @@ def test_review_sentiment_at_scale(tmp_path):
     assert np.allclose(mine.mean_sentiment, theirs.mean_sentiment, atol=1e-6, equal_nan=True)
     with pytest.raises(HuaxiangError, match="add --embed"):
         scale.build("duckdb", str(inp), str(tmp_path / "x"), load_config(), sentiment="frozen")
+
+
+def test_scores_are_fitted_on_distinct_users_sampled_per_tenant():
+    from huaxiang.scale_models import sample_users
+    ib = scale.connect("duckdb")
+    ib.create_view("events", ibis.memtable({"user_id": ["a:1"] * 5 + ["a:2", "a:3", "b:1", "b:1", "4"]}))
+    ib.create_view("orders", ibis.memtable({"user_id": ["a:2", "b:2", None]}))
+    everyone = sample_users(ib, 100, seed=0)
+    assert sorted(everyone.user_id) == ["4", "a:1", "a:2", "a:3", "b:1", "b:2"]
+    assert dict(everyone.tenant.value_counts()) == {"a": 3, "b": 2, "": 1}
+    two = sample_users(ib, 2, seed=0)
+    assert two.user_id.is_unique and dict(two.tenant.value_counts()) == {"a": 2, "b": 2, "": 1}
+    assert two.equals(sample_users(ib, 2, seed=0))  # seeded

@@ -176,7 +176,8 @@ def sample_users(ib, size: int, seed: int) -> pd.DataFrame:
     """(user_id, tenant): per tenant, all users seen in events and orders, or a seeded sample of `size`."""
     from .profile.scores import tenant_of
     events, orders = ib.table("events"), ib.table("orders")
-    users = events.select("user_id").union(orders.filter(orders.user_id.notnull()).select("user_id")).to_pandas()
+    users = events.select("user_id").union(orders.filter(orders.user_id.notnull()).select("user_id"),
+                                           distinct=True).to_pandas()
     users = users.assign(user_id=users["user_id"].astype(str)).sort_values("user_id", ignore_index=True)
     users["tenant"] = users["user_id"].map(tenant_of)
     rng = np.random.default_rng(seed)
