@@ -186,7 +186,7 @@ def sample_users(ib, size: int, seed: int) -> pd.DataFrame:
     return pd.concat(picked, ignore_index=True) if picked else users
 
 
-def _apply_fn(fitted, apply: Callable[[dict, pd.DataFrame], pd.DataFrame], key: str):
+def _apply_fn(fitted, apply: Callable[[str, dict, pd.DataFrame], pd.DataFrame], key: str):
     """Batch function: each fitted (kind, tenant) model applied to its tenant's rows of a batch."""
     def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from .profile.scores import tenant_of
