@@ -6,7 +6,8 @@ Builds a store from the Taobao slice (814 users), trains item-KNN, creates a rea
 (uvicorn, one process) and drives it with an open-loop load generator in this process: requests are *scheduled*
 at `--rate` per second over keep-alive connections, whatever the server's speed, and each latency counts from the
 scheduled time (so a slow server cannot hide queueing). Users are drawn at random (seeded). Reports achieved
-rate, errors (non-200 or failed), p50 / p99 / max. Targets: profile p99 ≤ 5 ms at 1,000/s for 60 s with zero
+rate, errors (non-200 or failed), p50 / p90 / p99 / max, also written to
+benchmarks/out/latency/api_load_ROUTE_RATE.json. Targets: profile p99 ≤ 5 ms at 1,000/s for 60 s with zero
 errors; recommendations p99 ≤ 10 ms. Server and load generator share this machine's cores.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import uvloop
 
 from huaxiang.ports import free_port
-from machine import stamp
+from machine import latency_result, save_latency, stamp
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -111,10 +112,11 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(10)
-    print(f"GET {args.route}: {len(lat):,} requests scheduled at {args.rate:g}/s for {args.seconds:g} s, "
-          f"achieved {len(lat) / wall:,.0f}/s, {errors} errors; {stamp()}")
-    print(f"p50 {np.percentile(lat, 50):.2f} ms, p90 {np.percentile(lat, 90):.2f} ms, p99 {np.percentile(lat, 99):.2f} ms,"
-          f" max {lat.max():.2f} ms (from the scheduled time)")
+    what = f"GET {args.route}, {args.rate:g}/s offered for {args.seconds:g} s (from the scheduled time)"
+    print(f"{what}: {len(lat):,} requests, achieved {len(lat) / wall:,.0f}/s, {errors} errors; {stamp()}")
+    save_latency(latency_result("api_load", what, lat, offered_per_s=args.rate, achieved_per_s=len(lat) / wall,
+                                errors=errors, cores=len(os.sched_getaffinity(0))),
+                 f"api_load_{args.route}_{args.rate:g}")
 
 
 if __name__ == "__main__":

@@ -101,9 +101,12 @@ def numeric(df: pd.DataFrame) -> pd.DataFrame:
     return df[cols].astype(float)
 
 
+CURVES = ("calibration", "roc")  # binary_metrics' plot data: kept in the result files, left out of the printout
+
+
 def metrics(y, p) -> dict:
     from huaxiang.models.scores import binary_metrics
-    return {k: v for k, v in binary_metrics(y, p).items() if k != "calibration"}
+    return binary_metrics(y, p)
 
 
 def run_gbdt(parts) -> dict:
@@ -177,7 +180,7 @@ def main() -> None:
     rows = []
     for method in args.methods.split(","):
         rows.append({"method": method, "label": args.label, **ROUTES[method](parts, args)})
-        print(json.dumps(rows[-1]), flush=True)
+        print(json.dumps({k: v for k, v in rows[-1].items() if k not in CURVES}), flush=True)
     print("\n| route | ROC AUC | PR-AUC | train s |\n|---|---:|---:|---:|")
     for r in rows:
         print(f"| {r['method']} | {r['auc']:.4f} | {r['pr_auc']:.4f} | {r['train_seconds']:.0f} |")

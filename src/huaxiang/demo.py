@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from importlib.resources import files
+from urllib.parse import quote
 
 from .config import load_config
 from .store import connect
@@ -33,16 +34,19 @@ def showcase_users(con, n: int) -> list[str]:
     return picked[:n]
 
 
-def run_demo(db: str, show: int, run_ingest, run_build, out) -> None:
+def run_demo(db: str, show: int, run_ingest, run_build, run_score, out) -> None:
     con = connect(db)
     for name, fmt, ns in DEMO_SOURCES:
         run_ingest(con, demo_path(name), fmt, namespace=ns)
-    run_build(con, load_config())
+    cfg = load_config()
+    run_build(con, cfg)
+    written, _ = run_score(con, cfg, ["all"])
+    out.print("scores written: " + ", ".join(f"{k} {n:,} users" for k, n in written.items()))
     from .profile.render import profile_record, render_text
     from .recommend.store_model import load_store_recommender, train_store_recommender
     from .recommend.top_k import recommend
     from .text.encoder import ENCODERS
-    train_store_recommender(con, db, "itemknn", ENCODERS[load_config().encoder].name)
+    train_store_recommender(con, db, "itemknn", ENCODERS[cfg.encoder].name)
     rec = load_store_recommender(db)
     for user in showcase_users(con, show):
         out.print()
@@ -56,3 +60,5 @@ def run_demo(db: str, show: int, run_ingest, run_build, out) -> None:
               "'SELECT segment, count(*) FROM profiles GROUP BY 1').show()")
     out.print(f"More:  huaxiang profile taobao:1000251 --db {db}   ·   huaxiang segments --db {db}   ·   "
               f"huaxiang recommend beauty:1 --explain --db {db}")
+    out.print(f"Pages: huaxiang keys create --scope read --db {db}; huaxiang serve --db {db}; then open "
+              f"http://127.0.0.1:8000/ui/users/{quote(showcase_users(con, 1)[0], safe='')} and paste the key")

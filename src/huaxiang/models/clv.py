@@ -12,6 +12,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -246,3 +247,33 @@ def holdout_report(summary: pd.DataFrame, predictions: dict[str, np.ndarray], to
         rows.append({"bucket": label, "customers": int(mask.sum()), "actual": float(actual[mask].sum()),
                      **{k: float(v[mask].sum()) for k, v in predictions.items()}})
     return rows
+
+
+def holdout_evaluation(tx: Transactions, calibration_end: str, holdout_end: str | None = None, blend: bool = True,
+                       months: int = 12, progress: Callable[[str], None] | None = None) -> tuple[CLVModel, dict]:
+    """The fitted model and what `huaxiang clv --json` reports: BG/NBD (and Gamma-Gamma) parameters, mean CLV and,
+    with `holdout_end`, actual vs predicted holdout transactions per calibration-frequency bucket (`bgnbd`, and
+    `blend` for the LightGBM correction fitted on calibration-period windows only)."""
+    say = progress or (lambda text: None)
+    summary = rfm_summary(tx.frame, calibration_end, holdout_end)
+    say(f"fitting BG/NBD + Gamma-Gamma on {len(summary):,} customers")
+    model = CLVModel().fit(summary)
+    result = {**model.params_, "customers": len(summary), "calibration_end": calibration_end,
+              "skipped_rows": tx.skipped, "clv_months": months,
+              "mean_clv": float(model.clv(summary, months).mean()) if model.gg_ else None}
+    if holdout_end is None:
+        return model, result
+    weeks = (pd.Timestamp(holdout_end) - pd.Timestamp(calibration_end)).days / 7
+    if weeks <= 0:
+        raise HuaxiangError("the holdout end must come after the calibration end")
+    preds = {"bgnbd": model.expected_purchases(summary, weeks)}
+    if blend:
+        say("fitting the correction on calibration-period windows")
+        preds["blend"] = PurchaseCorrection().fit(tx.frame, calibration_end).expected_purchases(model, summary, weeks)
+    buckets = holdout_report(summary, preds)
+    total = buckets[-1]
+    result.update(holdout_end=holdout_end, holdout_weeks=round(weeks, 2), holdout_actual=total["actual"],
+                  holdout_predicted=total["bgnbd"], buckets=buckets)
+    if blend:
+        result["holdout_predicted_blend"] = total["blend"]
+    return model, result

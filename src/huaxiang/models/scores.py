@@ -134,8 +134,17 @@ def reason_text(reasons: list[dict]) -> str:
     return "; ".join(f"{r['reason']} ({r['direction']})" for r in reasons)
 
 
+def roc_points(y, p, max_points: int = 200) -> dict:
+    """The ROC curve as `fpr` / `tpr` lists, thinned to at most `max_points` (both ends kept)."""
+    from sklearn.metrics import roc_curve
+    fpr, tpr, _ = roc_curve(np.asarray(y, int), np.asarray(p, float))
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), max_points)).round().astype(int))
+    return {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist()}
+
+
 def binary_metrics(y, p, bins: int = 10) -> dict:
-    """ROC AUC, PR-AUC (average precision), Brier, expected calibration error and the calibration curve."""
+    """ROC AUC, PR-AUC (average precision), Brier, expected calibration error, the calibration curve (quantile
+    bins: mean predicted, observed rate, count) and the ROC curve's points."""
     from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
     y, p = np.asarray(y, int), np.asarray(p, float)
     edges = np.quantile(p, np.linspace(0, 1, bins + 1))
@@ -145,4 +154,4 @@ def binary_metrics(y, p, bins: int = 10) -> dict:
     ece = sum(c["n"] * abs(c["mean_predicted"] - c["observed"]) for c in curve) / len(y)
     return {"auc": float(roc_auc_score(y, p)), "pr_auc": float(average_precision_score(y, p)),
             "brier": float(brier_score_loss(y, p)), "ece": float(ece), "positive_rate": float(y.mean()),
-            "n": int(len(y)), "calibration": curve}
+            "n": int(len(y)), "calibration": curve, "roc": roc_points(y, p)}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Callable
 
 import duckdb
@@ -127,9 +127,12 @@ def _write_frame(con, name: str, df: pd.DataFrame) -> None:
     con.unregister("_frame")
 
 
-def _replace_tables(con, names: list[str]) -> None:
+def _replace_tables(con, names: list[str], before: Callable[[], None] | None = None) -> None:
+    """Each `_new_<name>` table becomes `<name>`, in one transaction (which `before` runs in first)."""
     con.execute("BEGIN TRANSACTION")
     try:
+        if before:
+            before()
         for name in names:
             con.execute(f"DROP TABLE IF EXISTS {name}")
             con.execute(f"ALTER TABLE _new_{name} RENAME TO {name}")
@@ -145,6 +148,21 @@ def profile_rows(feats, th: dict[str, float], cfg: Config):
     prof = sg.assign(feats, conds)
     return prof.mutate(tags=tg.interest_tags(prof), cluster=ibis.null("int64"),
                        habit_utc_offset=ibis.literal(float(cfg.utc_offset_hours))), described
+
+
+def record_segments(con: duckdb.DuckDBPyConnection) -> None:
+    """The segments' drift, kept across builds: this build's segment sizes appended to `segment_history`, and
+    how many users went from each segment to each other since the last build to `segment_moves` (from NULL: new
+    to the store; to NULL: gone from it). Runs while `_new_profiles` has not yet replaced `profiles`."""
+    con.execute("CREATE TABLE IF NOT EXISTS segment_history (built_at TIMESTAMP, segment VARCHAR, size BIGINT)")
+    con.execute("CREATE TABLE IF NOT EXISTS segment_moves (built_at TIMESTAMP, from_segment VARCHAR, "
+                "to_segment VARCHAR, users BIGINT)")
+    built_at = datetime.now(timezone.utc).replace(tzinfo=None)
+    con.execute("INSERT INTO segment_history SELECT ?, segment, count(*) FROM _new_profiles GROUP BY segment",
+                [built_at])
+    if has_table(con, "profiles"):
+        con.execute("""INSERT INTO segment_moves SELECT ?, o.segment, n.segment, count(*)
+            FROM profiles o FULL JOIN _new_profiles n USING (user_id) GROUP BY ALL""", [built_at])
 
 
 class ProfileRefresher:
@@ -272,7 +290,7 @@ def build_profiles(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime 
                              "definition": [r.definition for r in described],
                              "size": [sizes.get(r.segment, 0) for r in described]})
     _write_frame(con, "_new_segment_rules", rules_df)
-    _replace_tables(con, ["features", "profiles", "segment_rules", "clusters"])
+    _replace_tables(con, ["features", "profiles", "segment_rules", "clusters"], lambda: record_segments(con))
     report.users = con.execute("SELECT count(*) FROM profiles").fetchone()[0]
     report.as_of = dict(con.execute(
         "SELECT regexp_extract(user_id, '^([^:]+):', 1), max(as_of) FROM profiles GROUP BY 1 ORDER BY 1").fetchall())

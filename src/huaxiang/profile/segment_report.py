@@ -9,7 +9,8 @@ most 1 when one person is added or removed (parallel composition). The budget ε
   tier × segment CLV     ε/3, Laplace noise on the sum of each user's CLV clipped to [0, clv_cap], sensitivity
                          clv_cap; the mean is noisy sum / noisy count (post-processing costs no budget)
 Shares are computed from the noisy sizes; negative counts are raised to 0 (post-processing). Left out of a private
-report: the rules' text (its thresholds are population quantiles) and the k-means cluster means. The guarantee is
+report: the rules' text (its thresholds are population quantiles), per-segment feature means, k-means cluster
+means and the drift across builds. The guarantee is
 for the counts and sums given the segment rules and tier boundaries, which come from the last build and scoring
 without noise. `clv_cap` must be chosen without looking at the data (it is a bound, not a statistic).
 """
@@ -21,8 +22,11 @@ import duckdb
 import numpy as np
 
 from ..errors import HuaxiangError
+from ..store import has_table
 from .scores import value_tiers
 
+DEFINING_FEATURES = ("n_events", "active_days", "frequency", "monetary", "recency_days", "idle_days", "buy_rate",
+                     "tenure_days")
 MIN_EPSILON, MAX_EPSILON = 0.01, 100.0  # below 0.01 the noise drowns any count (and sampling it takes long)
 
 
@@ -36,9 +40,46 @@ def segment_report(con: duckdb.DuckDBPyConnection, epsilon: float | None = None,
     if epsilon is None:
         total = sum(n for _, _, n in rows) or 1
         return {"segments": [{"segment": s, "definition": d, "size": n, "share": n / total} for s, d, n in rows],
+                "features": segment_features(con),
                 "value_tiers": value_tiers(con),
-                "clusters": json.loads(clusters.to_json(orient="records"))}
+                "clusters": json.loads(clusters.to_json(orient="records")),
+                "drift": segment_drift(con)}
     return _private(rows, value_tiers(con, clv_cap), epsilon, clv_cap, seed)
+
+
+def segment_features(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """Per segment, the mean of the features that tell segments apart (NULLs left out of each mean)."""
+    means = ", ".join(f"avg({c}) AS {c}" for c in DEFINING_FEATURES)
+    cur = con.execute(f"SELECT segment, count(*) AS users, {means} FROM profiles GROUP BY segment ORDER BY users DESC")
+    names = [d[0] for d in cur.description]
+    return [{k: (None if v is None or v != v else v) for k, v in zip(names, row)} for row in cur.fetchall()]
+
+
+def segment_drift(con: duckdb.DuckDBPyConnection, builds: int = 30) -> dict:
+    """How the segments moved over the last `builds` builds: each build's time and every segment's size in it,
+    and how many users went from which segment to which in the latest build (from None: new; to None: gone)."""
+    if not has_table(con, "segment_history"):
+        return {"builds": [], "sizes": {}, "moves": []}
+    times = [t for (t,) in con.execute("SELECT DISTINCT built_at FROM segment_history ORDER BY built_at DESC LIMIT ?",
+                                       [builds]).fetchall()][::-1]
+    sizes: dict[str, list[int]] = {}
+    for t, seg, n in con.execute("SELECT built_at, segment, size FROM segment_history WHERE built_at >= ?",
+                                 [times[0]]).fetchall() if times else []:
+        sizes.setdefault(seg, [0] * len(times))[times.index(t)] = n
+    moves = con.execute("""SELECT from_segment, to_segment, users FROM segment_moves
+        WHERE built_at = (SELECT max(built_at) FROM segment_moves) ORDER BY users DESC""").fetchall() \
+        if has_table(con, "segment_moves") else []
+    return {"builds": [t.isoformat(timespec="seconds") for t in times], "sizes": sizes,
+            "moves": [{"from": a, "to": b, "users": n} for a, b, n in moves]}
+
+
+def latest_changes(drift: dict) -> list[tuple[str, int, int]]:
+    """(segment, size in the build before the latest, size in the latest) from `segment_drift`'s answer, biggest
+    change first; empty with fewer than two builds."""
+    if len(drift.get("builds") or []) < 2:
+        return []
+    rows = [(seg, sizes[-2], sizes[-1]) for seg, sizes in drift["sizes"].items()]
+    return sorted(rows, key=lambda r: (-abs(r[2] - r[1]), r[0]))
 
 
 def _private(rows, tiers, epsilon: float, clv_cap: float, seed: int | None) -> dict:
@@ -62,4 +103,4 @@ def _private(rows, tiers, epsilon: float, clv_cap: float, seed: int | None) -> d
             "value_tiers": cells,
             "privacy": {"epsilon": epsilon, "clv_cap": clv_cap,
                         "mechanisms": "geometric (counts, ε/3 each histogram), Laplace (clipped CLV sums, ε/3)",
-                        "omitted": "rule definitions and cluster means"}}
+                        "omitted": "rule definitions, feature means, cluster means and drift"}}

@@ -27,7 +27,8 @@ from ..profile.render import no_profile
 from ..profile.segment_report import MAX_EPSILON, MIN_EPSILON, segment_report
 from ..store import connect, has_table
 from .docs import ProfileDocs
-from .keys import allows, load_keys, scope_of
+from .keys import allows, header_key, load_keys, scope_of
+from .pages import PageDeps, mount_pages
 
 log = logging.getLogger("huaxiang.serve")
 
@@ -152,16 +153,15 @@ def create_app(db: str, settings: ServeSettings | None = None, stream=None) -> F
     def cursor() -> duckdb.DuckDBPyConnection:
         return con.cursor()
 
-    def key_scope(request: Request) -> str | None:
-        key = request.headers.get("x-api-key")
-        auth = request.headers.get("authorization", "")
-        if key is None and auth.lower().startswith("bearer "):
-            key = auth[7:].strip()
+    def scope_for(key: str | None) -> str | None:
         scope = scope_of(state["keys"], key)
         if scope is None and key and time.monotonic() - state["keys_read"] > settings.key_reload_seconds:
             state["keys"], state["keys_read"] = load_keys(con.cursor()), time.monotonic()
             scope = scope_of(state["keys"], key)
         return scope
+
+    def key_scope(request: Request) -> str | None:
+        return scope_for(header_key(request))
 
     def need(scope: str):
         async def check(request: Request) -> None:
@@ -283,6 +283,16 @@ def create_app(db: str, settings: ServeSettings | None = None, stream=None) -> F
         return {"received": len(batch), "added": report.added.get("events", 0), "profiles_refreshed": refreshed,
                 "duplicates": report.duplicates.get("events", 0), "quarantined": report.quarantined,
                 "rejected": [{"index": line - 1, "field": field, "reason": reason} for line, field, reason in rejected]}
+
+    def page_profile(user_id: str) -> dict | None:
+        doc = docs.get(user_id) or docs.load([user_id]).get(user_id)
+        return json.loads(doc) if doc is not None else None
+
+    def page_scope(key: str | None) -> str | None:
+        scope = scope_for(key)
+        return scope if scope is not None and allows(scope, "read") else None
+
+    mount_pages(app, PageDeps(page_scope, cursor, page_profile, recommender))
 
     if stream is not None:  # events from a Redis stream, consumed in this process (it owns the store)
         threading.Thread(target=consume_forever, name="stream-consumer", daemon=True,

@@ -42,3 +42,12 @@ def scope_of(keys: dict[str, str], key: str | None) -> str | None:
 
 def allows(have: str, need: str) -> bool:
     return SCOPES.index(have) >= SCOPES.index(need)
+
+
+def header_key(request) -> str | None:
+    """The key a request carries: `X-API-Key: …` or `Authorization: Bearer …`."""
+    key = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
+    if key is None and auth.lower().startswith("bearer "):
+        key = auth[7:].strip()
+    return key

@@ -1,0 +1,439 @@
+"""The web pages of `huaxiang serve`, under /ui: a profile page per user, a segments overview, a user finder, and
+item search personalised for the user on their page.
+
+Rendered on the server: the core text needs no JavaScript; the charts are inline SVG (`charts.py`); one small
+script (`static/page.js`) adds as-you-type suggestions to the user finder. Nothing is loaded from anywhere but
+this server, and a strict Content-Security-Policy says so to the browser.
+
+The pages take the same API keys as the JSON routes (read scope): in a header, or in a cookie that the sign-in
+form sets (HttpOnly, SameSite=Strict, so another site cannot send it). Without a valid key a page answers 401
+with the sign-in form.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from html import escape
+from importlib.resources import files
+from typing import Callable
+from urllib.parse import parse_qs, quote
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from ..errors import HuaxiangError
+from ..privacy import id_key, pseudonym
+from ..profile.segment_report import latest_changes, segment_report
+from . import charts
+from .keys import header_key
+
+COOKIE = "huaxiang_key"
+HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
+                                      "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+           "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+STATIC = {"page.css": "text/css; charset=utf-8", "page.js": "text/javascript; charset=utf-8",
+          "icon.svg": "image/svg+xml"}
+DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+PSEUDONYM = re.compile(r"(?:.*:)?u_[0-9a-f]{20}")
+
+
+class SignIn(Exception):
+    """A page was asked for without a valid key: answered with the sign-in form (401)."""
+
+    def __init__(self, next_url: str, message: str = ""):
+        self.next_url, self.message = next_url, message
+
+
+@dataclass(frozen=True)
+class PageDeps:
+    scope_for: Callable[[str | None], str | None]  # an API key -> its scope (None: not a valid key)
+    cursor: Callable[[], object]  # a fresh DuckDB cursor
+    profile: Callable[[str], dict | None]  # a user's profile record (None: no such user)
+    recommender: Callable[[], object]  # the trained recommender; HTTPException 409 when there is none
+
+
+# ---------------------------------------------------------------------------------------------------- the frame
+
+def page(title: str, body: str, find: str = "", signed_in: bool = True, status: int = 200) -> HTMLResponse:
+    nav = (f'<form class="find" action="/ui/users" method="get" role="search">'
+           f'<input id="find-user" name="q" value="{escape(find)}" placeholder="find a user by id" '
+           f'list="user-suggestions" autocomplete="off" aria-label="find a user by id" maxlength="256">'
+           f'<datalist id="user-suggestions"></datalist><button>Find user</button></form>'
+           f'<a href="/ui/segments">Segments</a>'
+           f'<form action="/ui/signout" method="post"><button class="link">Sign out</button></form>'
+           ) if signed_in else ""
+    html = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>{escape(title)} · huaxiang</title><link rel="stylesheet" href="/ui/static/page.css">'
+            f'<link rel="icon" href="/ui/static/icon.svg">'
+            f'<script src="/ui/static/page.js" defer></script></head><body>'
+            f'<header><a class="brand" href="/ui">huaxiang 画像</a>{nav}</header><main>{body}</main></body></html>')
+    return HTMLResponse(html, status, headers=HEADERS)
+
+
+def section(title: str, body: str, cls: str = "") -> str:
+    return f'<section class="{cls}"><h2>{escape(title)}</h2>{body}</section>'
+
+
+def note(text: str) -> str:
+    return f'<p class="note">{escape(text)}</p>'
+
+
+def table(head: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+    """`rows` hold HTML already escaped by the caller."""
+    th = "".join(f'<th{" class=num" if i in numeric else ""}>{escape(h)}</th>' for i, h in enumerate(head))
+    tr = "".join("<tr>" + "".join(f'<td{" class=num" if i in numeric else ""}>{c}</td>' for i, c in enumerate(r))
+                 + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{tr}</tbody></table>"
+
+
+def user_link(user_id: str) -> str:
+    return f'<a href="/ui/users/{quote(user_id, safe="")}">{escape(user_id)}</a>'
+
+
+def _num(v, fmt: str = "{:,.2f}") -> str:
+    return "–" if v is None else escape(fmt.format(v))
+
+
+def _tags(values) -> str:
+    return "".join(f'<li>{escape(str(v))}</li>' for v in values or []) or "<li class=none>–</li>"
+
+
+# ---------------------------------------------------------------------------------------------------- profile page
+
+def identity(user_id: str) -> str:
+    if PSEUDONYM.fullmatch(user_id):
+        return "pseudonymised at ingest (keyed HMAC of the platform's id; the raw id is not stored)"
+    return "the platform's own id (not pseudonymised: set HUAXIANG_ID_KEY before ingesting to pseudonymise ids)"
+
+
+def scores_html(sc: dict) -> str:
+    if not sc:
+        return note("No scores yet: run `huaxiang score all` on this store.")
+    parts = []
+    for kind, label in (("churn", "Churn risk"), ("propensity", "Buys")):
+        if kind in sc:
+            s = sc[kind]
+            why = "".join(f'<li class="{escape(r.get("direction", ""))}">{escape(r["reason"])} '
+                          f'<span class="dir">({escape(r.get("direction", ""))})</span></li>'
+                          for r in s.get("reasons", []))
+            days = s.get("horizon_days")
+            parts.append(f'<div class="score" id="score-{kind}"><h3>{label} within {days} day{"s" * (days != 1)}: '
+                         f'<b>{s["score"]:.0%}</b></h3><meter min="0" max="1" value="{s["score"]:.4f}"></meter>'
+                         f'<ul class="reasons">{why}</ul></div>')
+    if "clv" in sc:
+        c = sc["clv"]
+        worth = (f"{c['score']:,.2f} over {c['months']} months" if c.get("unit") == "money"
+                 else "no prices known: ranked by purchases")
+        parts.append(f'<div class="score" id="score-clv"><h3>Customer lifetime value: <b>{escape(worth)}</b> '
+                     f'({escape(c["value_tier"])} tier)</h3><p>{escape(c["text"])}</p></div>')
+    if "risk" in sc:
+        r = sc["risk"]
+        verdict = "flagged for review" if r.get("flagged") else "not flagged"
+        reasons = "".join(f"<li>{escape(x)}</li>" for x in r.get("reasons", [])) if r.get("flagged") else ""
+        parts.append(f'<div class="score{" flagged" if r.get("flagged") else ""}" id="score-risk">'
+                     f'<h3>Fake-order / click-farming risk: <b>{verdict}</b></h3><ul class="reasons">{reasons}</ul></div>')
+    missing = [k for k in ("churn", "propensity", "clv", "risk") if k not in sc]
+    if missing:  # a kind is skipped for a tenant whose data cannot support it (say, too short a span for churn)
+        parts.append(note(f"Not scored for this user: {', '.join(missing)}."))
+    return "".join(parts)
+
+
+def reviews_html(r: dict) -> str:
+    if not r.get("n_written_reviews"):
+        return note("No written reviews.")
+    mood = ""
+    if r.get("mean_sentiment") is not None:
+        mood = (f'<p>Sentiment: {r["n_positive_reviews"]} positive, {r["n_negative_reviews"]} negative; mean '
+                f'<meter min="0" max="1" value="{r["mean_sentiment"]:.3f}"></meter> {r["mean_sentiment"]:.2f}</p>')
+
+    def counted(key):
+        return "".join(f'<li>{escape(x["name"])} <span class="n">×{x["n"]}</span></li>'
+                       for x in r.get(key) or []) or "<li class=none>–</li>"
+    n = r["n_written_reviews"]
+    return (f'<p>{n} review{"s" * (n != 1)} written, average rating {_num(r.get("avg_rating"), "{:.1f}")}</p>'
+            f'{mood}<div class="cols"><div><h3>Praises</h3><ul class="tags good">{counted("aspects_praised")}</ul>'
+            f'</div><div><h3>Complains about</h3><ul class="tags bad">{counted("aspects_criticised")}</ul></div>'
+            f'<div><h3>Brands named</h3><ul class="tags">{counted("brands_mentioned")}</ul></div>'
+            f'<div><h3>Colours named</h3><ul class="tags">{counted("colours_mentioned")}</ul></div></div>')
+
+
+def affinity_html(r: dict) -> str:
+    charts_ = [charts.hbars([(x["name"], x["share"]) for x in r.get(key) or []], f"{what} affinity (share of "
+                            "weighted, time-decayed interactions)")
+               for key, what in (("top_categories", "Category"), ("top_brands", "Brand"))]
+    cells = [f'<figure><figcaption>{what}</figcaption>{c or note("none known")}</figure>'
+             for what, c in zip(("Categories", "Brands"), charts_)]
+    return f'<div class="cols">{"".join(cells)}</div>'
+
+
+def habits_html(r: dict, grid: list[list[int]]) -> str:
+    offset = r.get("habit_utc_offset") or 0
+    tz = "UTC" if not offset else f"UTC{offset:+g}"
+    day = DAYS[r["peak_weekday"]] if r.get("peak_weekday") is not None else "–"
+    text = (f'<p>{escape(r.get("daypart") or "–")} shopper; peak hour {r.get("peak_hour", "–")}:00 {tz}, busiest '
+            f'on {day}; night {_num(r.get("night_share"), "{:.0%}")}, weekend {_num(r.get("weekend_share"), "{:.0%}")}'
+            '</p>')
+    if not any(map(any, grid)):
+        return text
+    return text + charts.heatmap(grid, DAYS, [f"{h:02d}" for h in range(24)],
+                                 f"Interactions by weekday and hour ({tz})")
+
+
+def timeline_html(events: list[dict]) -> str:
+    if not events:
+        return note("No events.")
+    rows = []
+    for e in events:
+        what = e.get("title") or (f'searched “{e["query"]}”' if e.get("query") else e.get("item_id", ""))
+        price = f' <span class="n">{e["price"]:,.2f}</span>' if e.get("price") is not None else ""
+        rows.append(f'<li><time>{escape(e["ts"][:16].replace("T", " "))}</time> '
+                    f'<span class="ev {escape(e["type"])}">{escape(e["type"])}</span> {escape(str(what))}{price}</li>')
+    return f'<ol class="timeline">{"".join(rows)}</ol>'
+
+
+def items_html(items: list[dict], why_key: str | None) -> str:
+    out = []
+    for it in items:
+        why = f'<span class="why">{escape(it[why_key])}</span>' if why_key and it.get(why_key) else ""
+        name = (f'<span class="title">{escape(it["title"])}</span> <span class="id">{escape(it["item_id"])}</span>'
+                if it.get("title") else f'<span class="title">{escape(it["item_id"])}</span>')
+        out.append(f'<li>{name}{why}</li>')
+    return f'<ol class="items">{"".join(out)}</ol>'
+
+
+def search_html(user_id: str, q: str, result: dict | None) -> str:
+    form = (f'<form class="item-search" action="/ui/users/{quote(user_id, safe="")}" method="get" role="search">'
+            f'<input name="q" value="{escape(q)}" placeholder="search items for this user" maxlength="500" '
+            f'aria-label="search items for this user"><button>Search items</button></form>')
+    if result is None:
+        return form
+    how = ("re-ranked for this user's tastes" if result["personalised"] else
+           "not personalised (no history for this user in the recommender)")
+    found = items_html(result["items"], None) if result["items"] else note("No item title matches.")
+    return form + f'<div id="search-results"><p>{len(result["items"])} items for “{escape(q)}”, {how}</p>{found}</div>'
+
+
+def profile_html(r: dict, grid: list[list[int]], recs: dict | None, rec_note: str, q: str,
+                 found: dict | None) -> str:
+    clv = (r.get("scores") or {}).get("clv")
+    tier = f' · value tier <b>{escape(clv["value_tier"])}</b>' if clv else ""
+    cluster = f" · cluster {r['cluster']}" if r.get("cluster") is not None else ""
+    head = (f'<h1>User <span class="uid">{escape(r["user_id"])}</span></h1>'
+            f'<p class="identity">Identity: {escape(identity(r["user_id"]))}</p>'
+            f'<p class="segment">Segment <b class="badge">{escape(r.get("segment") or "–")}</b> '
+            f'(matches: {escape(", ".join(r.get("segments") or []) or "–")}){tier}{cluster}</p>'
+            f'<p class="summary">{escape(r.get("summary") or "")}</p>')
+    funnel = (f'<p>view {r["n_view"]:,} → cart {r["n_cart"]:,} → favourite {r["n_fav"]:,} → buy {r["n_buy"]:,}; '
+              f'{r["n_events"]:,} events on {r["active_days"]:,} days in {r["n_sessions"]:,} sessions</p>'
+              f'<p>Orders {r["frequency"]:,}, spend {_num(r.get("monetary"))} (average order '
+              f'{_num(r.get("avg_order_value"))}), last purchase {_num(r.get("recency_days"), "{:.1f}")} days before '
+              f'the data\'s end; returns {r.get("n_returns", 0)}; prices: {escape(r.get("price_band") or "–")} band '
+              f'(median {_num(r.get("median_price"))})</p>')
+    tags = (f'<h3>Interest tags</h3><ul class="tags">{_tags(r.get("tags"))}</ul>'
+            + (f'<h3>Semantic interests</h3><ul class="tags">{_tags(r.get("semantic_tags"))}</ul>'
+               if r.get("semantic_tags") else "")
+            + f'<h3>Title keywords</h3><ul class="tags">{_tags(r.get("keywords"))}</ul>')
+    recs_body = (f'<p>From {escape(recs["source"])}.</p>' + items_html(recs["items"], "reason")
+                 if recs and recs["items"] else note(rec_note or "No recommendations."))
+    return "".join([
+        f'<div class="head">{head}</div>',
+        section("Search items for this user", search_html(r["user_id"], q, found), "search"),
+        '<div class="grid">',
+        section("Scores", scores_html(r.get("scores") or {}), "scores"),
+        section("Recommended for this user", recs_body, "recs"),
+        section("Affinity", affinity_html(r), "affinity"),
+        section("Time habits", habits_html(r, grid), "habits"),
+        section("Interests", tags, "interests"),
+        section("Reviews", reviews_html(r), "reviews"),
+        section("Funnel and spend", funnel, "funnel"),
+        section("Recent behaviour", timeline_html(r.get("recent_events") or []), "timeline"),
+        "</div>",
+    ])
+
+
+def week_hours(con, user_id: str, offset_hours: float) -> list[list[int]]:
+    """The user's interactions by weekday (Monday first) × hour of day, in local time (UTC + offset)."""
+    grid = [[0] * 24 for _ in DAYS]
+    shift = int(round(offset_hours * 3600))
+    for dow, hour, n in con.execute("""SELECT (dayofweek(t) + 6) % 7, hour(t), count(*) FROM
+            (SELECT ts + to_seconds(?) AS t FROM events WHERE user_id = ?) GROUP BY ALL""", [shift, user_id]).fetchall():
+        grid[dow][hour] = n
+    return grid
+
+
+# ---------------------------------------------------------------------------------------------------- segments page
+
+def segments_html(rep: dict) -> str:
+    segs = rep["segments"]
+    sizes = charts.hbars([(s["segment"], s["size"]) for s in segs], "Users per segment", "{:,.0f}")
+    rules = table(["segment", "users", "share", "definition"],
+                  [[escape(s["segment"]), f'{s["size"]:,}', f'{s["share"]:.1%}', escape(s.get("definition", ""))]
+                   for s in segs], {1, 2})
+    feats = rep.get("features") or []
+    cols = [c for c in (feats[0] if feats else {}) if c not in ("segment", "users")]
+    means = table(["segment", "users", *cols], [[escape(f["segment"]), f'{f["users"]:,}',
+                                                 *[_num(f[c], "{:,.1f}") for c in cols]] for f in feats],
+                  set(range(1, len(cols) + 2)))
+    tiers = rep.get("value_tiers") or []
+    tiers_html = table(["value tier", "segment", "users", "mean CLV"],
+                       [[escape(t["value_tier"]), escape(t["segment"]), f'{t["users"]:,}', _num(t["mean_clv"])]
+                        for t in tiers], {2, 3}) if tiers else note("No CLV scores: run `huaxiang score clv`.")
+    clusters = rep.get("clusters") or []
+    clusters_html = table([str(c) for c in clusters[0]], [[_num(v, "{:,.1f}") if isinstance(v, float) else
+                                                           escape(str(v)) for v in c.values()] for c in clusters],
+                          set(range(len(clusters[0])))) if clusters else note("No k-means clusters (build with "
+                                                                              "`kmeans` set in the config).")
+    return "".join([
+        "<h1>Segments</h1>",
+        section("Sizes and definitions", sizes + rules
+                + "<p>A user's segment is the first rule they match, in this order.</p>", "sizes"),
+        section("Defining features (means per segment)", means, "features"),
+        section("Drift across builds", drift_html(rep.get("drift") or {}), "drift"),
+        section("Value tiers × segments", tiers_html, "tiers"),
+        section("k-means clusters", clusters_html, "clusters"),
+    ])
+
+
+def drift_html(d: dict) -> str:
+    builds = d.get("builds") or []
+    if not builds:
+        return note("No builds recorded yet: each `huaxiang build` adds a point.")
+    labels = [b[:16].replace("T", " ") for b in builds]
+    chart = charts.lines(labels, d["sizes"], "Segment sizes per build") if len(builds) > 1 else note(
+        f"One build recorded so far ({labels[0]}): the sizes over time show from the next build on.")
+    changes = latest_changes(d)
+    change_html = table(["segment", "previous build", "latest build", "change"],
+                        [[escape(seg), f"{a:,}", f"{b:,}", f"{b - a:+,}"] for seg, a, b in changes],
+                        {1, 2, 3}) if changes else ""
+    moves = d.get("moves") or []
+    moved = [m for m in moves if m["from"] != m["to"]]
+    stayed = sum(m["users"] for m in moves if m["from"] == m["to"])
+    rows = [[escape(m["from"] or "(new)"), escape(m["to"] or "(gone)"), f'{m["users"]:,}'] for m in moved[:30]]
+    moves_html = (f"<h3>Moves in the latest build</h3><p>{stayed:,} users kept their segment.</p>"
+                  + table(["from", "to", "users"], rows, {2})) if moves else ""
+    return chart + change_html + moves_html
+
+
+# ---------------------------------------------------------------------------------------------------- sign-in
+
+def signin_html(next_url: str, message: str) -> str:
+    return (f'<h1>Sign in</h1>{note(message) if message else ""}'
+            f'<p>These pages take the same API keys as the HTTP API (read scope or above; '
+            f'<code>huaxiang keys create --scope read</code> makes one).</p>'
+            f'<form class="signin" action="/ui/signin" method="post">'
+            f'<input type="hidden" name="next" value="{escape(next_url)}">'
+            f'<label>API key <input type="password" name="key" autocomplete="off" required maxlength="200"></label>'
+            f'<button>Sign in</button></form>')
+
+
+def safe_next(url: str) -> str:
+    """Where to go after signing in: a page of this UI only (never another site)."""
+    return url if url.startswith("/ui") and not url.startswith("//") and "\\" not in url else "/ui"
+
+
+# ---------------------------------------------------------------------------------------------------- routes
+
+def mount_pages(app: FastAPI, deps: PageDeps) -> None:
+    def key_of(request: Request) -> str | None:
+        return header_key(request) or request.cookies.get(COOKIE)
+
+    def signed_in(request: Request) -> None:
+        if deps.scope_for(key_of(request)) is None:
+            path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path  # as asked: still quoted
+            target = path + (f"?{request.url.query}" if request.url.query else "")
+            raise SignIn(target, "A valid API key is needed to see this page." if key_of(request) is None
+                         else "That key is not valid (revoked, or mistyped).")
+
+    @app.exception_handler(SignIn)
+    async def sign_in(request: Request, exc: SignIn):
+        resp = page("Sign in", signin_html(safe_next(exc.next_url), exc.message), signed_in=False, status=401)
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="huaxiang"'
+        return resp
+
+    @app.get("/ui/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        if name not in STATIC:
+            raise HTTPException(404, f"no static file {name!r}")
+        return Response((files("huaxiang") / "serve" / "static" / name).read_bytes(), media_type=STATIC[name],
+                        headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
+
+    @app.post("/ui/signin", include_in_schema=False)
+    async def signin(request: Request) -> Response:
+        body = await request.body()
+        form = parse_qs(body[:4096].decode("utf-8", "replace"))
+        key, target = (form.get("key") or [""])[0].strip(), safe_next((form.get("next") or ["/ui"])[0])
+        if deps.scope_for(key) is None:
+            raise SignIn(target, "That key is not valid (revoked, or mistyped).")
+        resp = RedirectResponse(target, 303)
+        resp.set_cookie(COOKIE, key, httponly=True, samesite="strict", secure=request.url.scheme == "https",
+                        path="/ui")
+        return resp
+
+    @app.post("/ui/signout", include_in_schema=False)
+    def signout() -> Response:
+        resp = RedirectResponse("/ui/signin", 303)
+        resp.delete_cookie(COOKIE, path="/ui")
+        return resp
+
+    @app.get("/ui/signin", include_in_schema=False)
+    def signin_form(next: str = "/ui") -> HTMLResponse:
+        return page("Sign in", signin_html(safe_next(next), ""), signed_in=False)
+
+    @app.get("/ui", include_in_schema=False)
+    def home(request: Request) -> Response:
+        signed_in(request)
+        return RedirectResponse("/ui/segments", 303)
+
+    def find_users(q: str, limit: int) -> list[tuple]:
+        wanted = [q] + ([pseudonym(q, id_key())] if id_key() else [])
+        return deps.cursor().execute("""SELECT user_id, segment, n_events FROM profiles
+            WHERE user_id IN (SELECT unnest(?)) OR contains(lower(user_id), lower(?))
+            ORDER BY user_id IN (SELECT unnest(?)) DESC, starts_with(lower(user_id), lower(?)) DESC,
+                     n_events DESC, user_id LIMIT ?""", [wanted, q, wanted, q, limit]).fetchall()
+
+    @app.get("/ui/users", include_in_schema=False)
+    def users(request: Request, q: str = Query("", max_length=256)) -> Response:
+        signed_in(request)
+        q = q.strip()
+        found = find_users(q, 50) if q else []
+        if found and (found[0][0] == q or (id_key() and found[0][0] == pseudonym(q, id_key()))):
+            return RedirectResponse(f"/ui/users/{quote(found[0][0], safe='')}", 303)
+        rows = [[user_link(u), escape(seg or "–"), f"{n:,}"] for u, seg, n in found]
+        body = (f"<h1>Users matching “{escape(q)}”</h1>" + (table(["user", "segment", "events"], rows, {2})
+                if rows else note("No user id contains that text." if q else "Type part of a user id above.")))
+        return page("Find a user", body, q)
+
+    @app.get("/ui/users.json", include_in_schema=False)
+    def suggest(request: Request, q: str = Query("", max_length=256)) -> JSONResponse:
+        signed_in(request)
+        return JSONResponse([u for u, _, _ in find_users(q.strip(), 10)] if q.strip() else [])
+
+    @app.get("/ui/users/{user_id:path}", include_in_schema=False)  # (ids may hold a slash)
+    def profile_page(request: Request, user_id: str, q: str = Query("", max_length=500)) -> Response:
+        signed_in(request)
+        r = deps.profile(user_id)
+        if r is None:
+            return page("No such user", f"<h1>No profile for “{escape(user_id)}”</h1>"
+                        + note("Ids are case-sensitive; namespaced ids look like taobao:1. Try the finder above."),
+                        status=404)
+        recs, rec_note, rec = None, "", None
+        try:
+            from ..recommend.top_k import recommend
+            rec = deps.recommender()
+            recs = recommend(deps.cursor(), rec, user_id, 10, True)
+        except HTTPException as exc:
+            rec_note = str(exc.detail)
+        except HuaxiangError as exc:
+            rec_note = str(exc)
+        found = None
+        if q.strip():
+            from ..recommend.search import search_store
+            found = search_store(deps.cursor(), q.strip(), user_id, 10, None, rec)
+        grid = week_hours(deps.cursor(), user_id, r.get("habit_utc_offset") or 0)
+        return page(f"User {user_id}", profile_html(r, grid, recs, rec_note, q.strip(), found))
+
+    @app.get("/ui/segments", include_in_schema=False)
+    def segments_page(request: Request) -> Response:
+        signed_in(request)
+        return page("Segments", segments_html(segment_report(deps.cursor())))

@@ -1,0 +1,256 @@
+"""The web pages of `huaxiang serve`, seen in a real browser: Debian's headless Chromium driven by Playwright, over
+a live server on the demo store (bundled slices of real data), plus a few Chinese-titled items and a Chinese review
+so that the pages are seen with both scripts."""
+import csv
+import gzip
+import shutil
+import struct
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from conftest import call, cli, start_server
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"  # screenshots, for a person to look at
+CN_ITEMS = [("cn:1", "华为 Mate 60 Pro 手机 12GB+512GB 雅川青", "华为", "手机", 6999.0),
+            ("cn:2", "小米 Redmi Note 13 5G 手机 8GB+256GB", "小米", "手机", 1299.0),
+            ("cn:3", "李宁 赤兔7 男子跑步鞋 轻量透气", "李宁", "运动鞋", 499.0)]
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "Debian's chromium is needed for the browser tests: apt-get install chromium (.ci/run does)"
+    return path
+
+
+def chinese_review() -> str:
+    """A real Chinese review of a phone from the Chinese online-shopping dataset bundled for the demo."""
+    src = Path(__file__).resolve().parents[1] / "src/huaxiang/data/demo/online_shopping_10_cats_2000.csv.gz"
+    with gzip.open(src, "rt", encoding="utf-8") as f:
+        return next(r["review"] for r in csv.DictReader(f) if r["cat"] == "手机" and len(r["review"]) > 20)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The demo store, a Chinese-speaking shopper added, built twice (so segments have a drift), and served."""
+    d = tmp_path_factory.mktemp("pages")
+    db = str(d / "demo.duckdb")
+    cli("demo", "--db", db, "--show", "0")
+    (d / "items.csv").write_text("item_id,title,brand,category,price\n" + "".join(
+        f"{i},{t},{b},{c},{p}\n" for i, t, b, c, p in CN_ITEMS), encoding="utf-8")
+    events = [("cn:u1", item, kind, f"2017-12-0{day} {10 + day}:15:00")
+              for day, (item, kind) in enumerate([("cn:1", "pv"), ("cn:1", "cart"), ("cn:1", "buy"),
+                                                  ("cn:2", "pv"), ("cn:3", "pv"), ("cn:3", "fav")], 1)]
+    (d / "events.csv").write_text("user_id,item_id,type,ts\n" + "".join(",".join(e) + "\n" for e in events))
+    (d / "reviews.csv").write_text("user_id,item_id,ts,rating,text\n" + f'cn:u1,cn:1,2017-12-04 10:00:00,5,'
+                                   f'"{chinese_review()}"\n', encoding="utf-8")
+    for name in ("items", "events", "reviews"):
+        cli("ingest", str(d / f"{name}.csv"), "--format", "csv", "--table", name, "--db", db)
+    cli("build", "--db", db)
+    key = cli("keys", "create", "--scope", "read", "--db", db).strip().splitlines()[-1]
+    import duckdb
+    from huaxiang.demo import showcase_users
+    with duckdb.connect(db, read_only=True) as con:
+        demo_user = showcase_users(con, 1)[0]
+        n_categories = len(con.execute("SELECT top_categories FROM profiles WHERE user_id = ?",
+                                       [demo_user]).fetchone()[0])
+    with start_server(db) as base:
+        yield base, key, demo_user, n_categories
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def open_signed_in(browser, base, key, javascript=True):
+    """A fresh browser tab signed in through the sign-in form; it records console errors, failed loads and any
+    request to anywhere but this server."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, java_script_enabled=javascript)
+    page.problems = []
+    page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
+    page.on("pageerror", lambda e: page.problems.append(str(e)))
+    page.on("requestfailed", lambda r: r.failure != "net::ERR_ABORTED" and  # aborted: the test moved on
+            page.problems.append(f"failed: {r.url} ({r.failure})"))
+    page.on("request", lambda r: r.url.startswith(base + "/") or page.problems.append(f"not this server: {r.url}"))
+    page.goto(base + "/ui/signin")
+    page.fill("input[name=key]", key)
+    page.click("form.signin button")
+    page.wait_for_url("**/ui/segments")
+    return page
+
+
+def user_url(base, user_id, **query):
+    return f"{base}/ui/users/{urllib.parse.quote(user_id, safe='')}" + (
+        "?" + urllib.parse.urlencode(query) if query else "")
+
+
+def get_html(base, path, key=None, **kw) -> tuple[int, str]:
+    status, body = call(base, "GET", path, key, **kw)
+    return status, body if isinstance(body, str) else body["detail"]  # (`call` wraps a refusal's body)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_profile_page_of_a_demo_user(site, browser):
+    base, key, user, n_categories = site
+    page = open_signed_in(browser, base, key)
+    page.goto(user_url(base, user))
+    assert page.title() == f"User {user} · huaxiang"
+    assert page.locator("h1 .uid").inner_text() == user
+    assert page.locator(".segment .badge").inner_text()
+    assert "Identity:" in page.locator(".identity").inner_text()
+    # the charts: one bar per top category, a 7 × 24 heatmap whose cells add up to the user's events
+    bars = page.locator("section.affinity svg.chart").first
+    assert bars.locator("g.bar").count() == n_categories
+    assert bars.bounding_box()["width"] > 200
+    cells = page.locator("section.habits svg.chart rect.cell")
+    assert cells.count() == 7 * 24
+    counts = [int(t.rsplit(": ", 1)[1]) for t in page.locator("section.habits svg.chart rect.cell title").all_text_contents()]
+    n_events = int(page.locator("section.funnel").inner_text().split(" events on ")[0].rsplit("; ", 1)[1].replace(",", ""))
+    assert sum(counts) == n_events
+    # recommendations, each with a reason; scores with theirs
+    recs = page.locator("section.recs ol.items li")
+    assert recs.count() == 10
+    assert all(w.startswith(("because", "popular")) for w in page.locator("section.recs .why").all_inner_texts())
+    assert page.locator("#score-propensity meter").count() == 1
+    assert page.locator("#score-propensity ul.reasons li").count() >= 1
+    assert page.locator("#score-clv").inner_text().startswith("Customer lifetime value")
+    assert page.locator("section.timeline ol.timeline li").count() == 10
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "profile-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    width, height = png_size(shot)
+    assert width == 1280 and height > 900
+    assert page.problems == []  # no console errors, no failed loads, nothing asked of another server
+    page.close()
+
+
+def test_chinese_titles_and_review_aspects(site, browser):
+    base, key, _, _ = site
+    page = open_signed_in(browser, base, key)
+    page.goto(user_url(base, "cn:u1"))
+    timeline = page.locator("section.timeline").inner_text()
+    assert CN_ITEMS[0][1] in timeline and CN_ITEMS[2][1] in timeline
+    brands = page.locator("section.affinity svg.chart").nth(1)
+    assert {t.split(":")[0] for t in brands.locator("g.bar title").all_text_contents()} == {"华为", "小米", "李宁"}
+    assert "1 review written" in page.locator("section.reviews").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "profile-page-zh.png"), full_page=True)
+    assert page.problems == []
+    page.close()
+
+
+def test_search_box_finds_users_and_items(site, browser):
+    base, key, user, _ = site
+    page = open_signed_in(browser, base, key)
+    # the finder suggests ids as you type (page.js), and the plain form lists matches
+    part = user[:-2]
+    page.fill("#find-user", part)
+    options = page.locator("#user-suggestions option")
+    options.first.wait_for(state="attached")
+    suggested = [o.get_attribute("value") for o in options.all()]
+    assert suggested and all(part in s for s in suggested) and user in suggested
+    page.press("#find-user", "Enter")
+    page.wait_for_url("**/ui/users?q=*")
+    assert user in page.locator("main table").inner_text()
+    # an exact id goes straight to the profile
+    page.fill("#find-user", user)
+    page.press("#find-user", "Enter")
+    page.wait_for_url(user_url(base, user))
+    # items searched for that user: the retail shopper's own words find retail items, re-ranked for them
+    page.goto(user_url(base, "retail:14646"))
+    page.fill("form.item-search input[name=q]", "lunch bag")
+    page.click("form.item-search button")
+    page.wait_for_selector("#search-results")
+    found = page.locator("#search-results ol.items li .title").all_inner_texts()
+    assert len(found) == 10 and all("LUNCH" in t or "BAG" in t for t in found[:3])
+    assert "re-ranked for this user's tastes" in page.locator("#search-results p").first.inner_text()
+    # and a Chinese query over Chinese titles
+    page.goto(user_url(base, "cn:u1", q="手机"))
+    found = page.locator("#search-results ol.items li .title").all_inner_texts()
+    assert set(found[:2]) == {CN_ITEMS[0][1], CN_ITEMS[1][1]}
+    assert page.problems == []
+    page.close()
+
+
+def test_core_text_works_without_javascript(site, browser):
+    base, key, user, _ = site
+    page = open_signed_in(browser, base, key, javascript=False)
+    page.goto(user_url(base, user))
+    assert page.locator("section.recs ol.items li").count() == 10
+    assert page.locator("section.habits svg.chart").count() == 1  # server-drawn: no script needed
+    page.goto(base + "/ui/segments")
+    assert page.locator("section.sizes svg.chart g.bar").count() == page.locator("section.sizes tbody tr").count()
+    page.close()
+
+
+def test_segments_page_shows_sizes_features_and_drift(site, browser):
+    base, key, _, _ = site
+    page = open_signed_in(browser, base, key)
+    sizes = page.locator("section.sizes tbody tr")
+    assert sizes.count() >= 5
+    total = sum(int(t.replace(",", "")) for t in page.locator("section.sizes tbody tr td:nth-child(2)").all_inner_texts())
+    status, report = call(base, "GET", "/v1/segments", key)
+    assert status == 200 and total == sum(s["size"] for s in report["segments"])
+    assert page.locator("section.features tbody tr").count() == sizes.count()
+    # two builds so far (the demo's and the fixture's): one line per segment, two points each, and the moves
+    drift = page.locator("section.drift svg.chart")
+    assert drift.locator("polyline").count() == len(report["drift"]["sizes"])
+    assert drift.locator("circle").count() == 2 * len(report["drift"]["sizes"])
+    changes = page.locator("section.drift table").first.inner_text()
+    assert "new\t" in changes and "+1" in changes  # the Chinese shopper joined in build 2, as a new customer
+    assert "(new)" in page.locator("section.drift table").nth(1).inner_text()
+    page.screenshot(path=str(ARTIFACTS / "segments-page.png"), full_page=True)
+    assert page.problems == []
+    page.close()
+
+
+def test_pages_refuse_a_request_without_a_valid_key(site, browser):
+    base, key, user, _ = site
+    for headers in ({}, {"X-API-Key": "hx_not-a-key"}, {"Cookie": "huaxiang_key=hx_not-a-key"}):
+        for path in (user_url(base, user)[len(base):], "/ui/segments", "/ui/users?q=taobao", "/ui/users.json?q=ta"):
+            status, text = get_html(base, path, headers=headers)
+            assert status == 401, (path, headers)
+            assert 'action="/ui/signin"' in text and "Recommended for this user" not in text
+    # the header key works for pages as for the API; the page cookie does not open the JSON API
+    assert call(base, "GET", "/ui/segments", key)[0] == 200
+    assert call(base, "GET", f"/v1/users/{user}/profile", headers={"Cookie": f"huaxiang_key={key}"})[0] == 401
+    # in the browser: refused before signing in, let in after, refused again after signing out
+    page = browser.new_page()
+    response = page.goto(user_url(base, user))
+    assert response.status == 401 and page.locator("form.signin").count() == 1
+    page.fill("input[name=key]", "hx_wrong")
+    page.click("form.signin button")
+    assert "not valid" in page.locator("main").inner_text()
+    page.fill("input[name=key]", key)
+    page.click("form.signin button")
+    page.wait_for_url(user_url(base, user))  # back to the page first asked for
+    page.click("header form button.link")  # sign out
+    assert page.goto(user_url(base, user)).status == 401
+    page.close()
+
+
+def test_hostile_input_is_escaped_and_unknown_users_get_404(site):
+    base, key, _, _ = site
+    evil = "<script>alert(1)</script>"
+    status, body = get_html(base, "/ui/users/" + urllib.parse.quote(evil, safe=""), key)
+    assert status == 404 and evil not in body and "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+    status, body = get_html(base, "/ui/users?q=" + urllib.parse.quote(evil), key)
+    assert status == 200 and evil not in body and "No user id contains that text" in body
+    status, body = get_html(base, "/ui/users/retail:14646?q=" + urllib.parse.quote(evil), key)
+    assert status == 200 and evil not in body and "&lt;script&gt;" in body
+    # after signing in, only a page of this site is a place to go next
+    status, body = call(base, "POST", "/ui/signin", body=b"key=x&next=https://evil.example/",
+                        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 401 and "evil.example" not in body["detail"]
+    assert call(base, "GET", "/ui/static/..%2Fapp.py", key)[0] == 404
+    assert call(base, "GET", "/ui/static/page.css")[0] == 200  # (holds no data: no key needed)
