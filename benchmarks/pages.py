@@ -7,6 +7,7 @@ Builds the demo store (`huaxiang demo`: the bundled real slices, scores and an i
 warm-up requests — for users drawn at random (seeded) from everyone with a profile:
   GET /v1/users/{id}/profile   the JSON document (the baseline: a dictionary lookup)
   GET /ui/users/{id}           the whole profile page (scores, recommendations with reasons, charts, timeline)
+  GET /ui/users/{id}?q=WORD    the page with an item search re-ranked for the user (words drawn from titles)
   GET /ui/segments             the segments overview
 Prints p50 / p90 / p99 per route, the page's size and the page/JSON ratio at p50, with the machine and date;
 writes benchmarks/out/latency/pages_*.json.
@@ -66,8 +67,10 @@ def main() -> None:
                     time.sleep(0.2)
                     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             rng = random.Random(args.seed)
+            words = ["bag", "lipstick", "cream", "christmas", "hair", "card", "candle", "mask", "heart", "set"]
             routes = {"pages_profile_json": lambda u: f"/v1/users/{quote(u, safe='')}/profile",
                       "pages_profile_page": lambda u: f"/ui/users/{quote(u, safe='')}",
+                      "pages_profile_search": lambda u: f"/ui/users/{quote(u, safe='')}?q={rng.choice(words)}",
                       "pages_segments_page": lambda u: "/ui/segments"}
             for name, path in routes.items():
                 for u in rng.sample(users, 50):

@@ -101,3 +101,16 @@ def test_search_store_personalised(store):
     assert {x["item_id"] for x in plain["items"]} == {"i1", "i7"} and not plain["personalised"]
     mine = search_store(con, "red", "alice", 5, rec=load_store_recommender(db))
     assert mine["personalised"]
+
+
+def test_search_index_is_kept_until_the_titles_change(store, tmp_path):
+    from huaxiang.recommend.search import title_catalogue
+    _, con = store
+    first = title_catalogue(con)
+    assert title_catalogue(con)[2] is first[2]  # the same index object: not rebuilt
+    (tmp_path / "more.csv").write_text("item_id,title\ni8,Red Velvet Lip Tint\n")
+    ingest_file(con, str(tmp_path / "more.csv"), "csv", table="items")
+    assert title_catalogue(con)[2] is not first[2]
+    assert "i8" in {x["item_id"] for x in search_store(con, "red", None, 5)["items"]}
+    con.execute("UPDATE items SET title = 'Claw Hammer Red' WHERE item_id = 'i4'")  # a changed title counts too
+    assert "i4" in {x["item_id"] for x in search_store(con, "red", None, 5)["items"]}

@@ -606,7 +606,7 @@ def systems_section(runs: Path, out: Path) -> list[str]:
     latency_lines = [line for path in sorted((runs / "latency").glob("*.json"))
                      for line in latency_file(runs, path, latency)]
     parts += (["<h3>Latency</h3>", *latency_lines, *(latency_part(out, latency) if latency else [])] if latency_lines
-              else [none_yet("latency", "benchmarks/api_load.py, recommend_latency.py and freshness.py write "
+              else [none_yet("latency", "benchmarks/api_load.py, recommend_latency.py, freshness.py and pages.py write "
                              "latency/*.json")])
     if throughput:
         parts.insert(0, image(bar_chart(out / "throughput.png", [r["label"] for r in throughput],
