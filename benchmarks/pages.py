@@ -68,19 +68,21 @@ def main() -> None:
                     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             rng = random.Random(args.seed)
             words = ["bag", "lipstick", "cream", "christmas", "hair", "card", "candle", "mask", "heart", "set"]
-            routes = {"pages_profile_json": lambda u: f"/v1/users/{quote(u, safe='')}/profile",
-                      "pages_profile_page": lambda u: f"/ui/users/{quote(u, safe='')}",
-                      "pages_profile_search": lambda u: f"/ui/users/{quote(u, safe='')}?q={rng.choice(words)}",
-                      "pages_segments_page": lambda u: "/ui/segments"}
-            for name, path in routes.items():
+            routes = {"pages_profile_json": ("GET /v1/users/{id}/profile",
+                                             lambda u: f"/v1/users/{quote(u, safe='')}/profile"),
+                      "pages_profile_page": ("GET /ui/users/{id}", lambda u: f"/ui/users/{quote(u, safe='')}"),
+                      "pages_profile_search": ("GET /ui/users/{id}?q=WORD",
+                                               lambda u: f"/ui/users/{quote(u, safe='')}?q={rng.choice(words)}"),
+                      "pages_segments_page": ("GET /ui/segments", lambda u: "/ui/segments")}
+            for name, (_, path) in routes.items():
                 for u in rng.sample(users, 50):
                     timed(conn, path(u), key)
             results = {}
-            for name, path in routes.items():
+            for name, (what, path) in routes.items():
                 runs = [timed(conn, path(u), key) for u in rng.sample(users, args.requests)]
                 ms, size = zip(*runs)
-                results[name] = latency_result(name, f"GET {path('{id}')} ({len(users):,} users in the store, one "
-                                               "request at a time, keep-alive)", ms,
+                results[name] = latency_result(name, f"{what} ({len(users):,} users in the store, one request at a "
+                                               "time, keep-alive)", ms,
                                                mean_bytes=float(np.mean(size)))
                 save_latency(results[name], name)
         finally:

@@ -182,6 +182,17 @@ def guarded(runs: Path, path: Path, render: Callable[[dict], list[str]]) -> list
     return attempt(runs, path, lambda: render(load(path)))
 
 
+def per_file_section(runs: Path, out: Path, pattern: str, render: Callable[[Path, Path, Path, dict], list[str]],
+                     what: str, how: str, intro: str) -> list[str]:
+    """A section with a part per result file matching `pattern` (`render(runs, out, path, data)`), or the line
+    saying that no such run exists yet and how to make one."""
+    files = sorted(runs.glob(pattern))
+    if not files:
+        return [none_yet(what, how)]
+    return [para(intro), *(line for path in files
+                           for line in guarded(runs, path, lambda data, path=path: render(runs, out, path, data)))]
+
+
 # ---------------------------------------------------------------- plots (matplotlib's object API, Agg)
 
 def new_figure(width: float, height: float):
@@ -399,16 +410,12 @@ def sentiment_file(runs: Path, out: Path, path: Path, data: dict) -> list[str]:
 
 
 def sentiment_section(runs: Path, out: Path) -> list[str]:
-    files = sorted((runs / "sentiment").glob("*.json"))
-    if not files:
-        return [none_yet("sentiment", "benchmarks/sentiment.py --dataset zh (or en) --methods frozen,lora,full writes "
-                         "sentiment/zh.json (en.json)")]
-    parts = [para("Frozen encoder + logistic regression, LoRA and full fine-tuning, on a fixed seeded split; every "
-                  "figure is on the held-out test part (accuracy and macro-F1 from the same predictions as the "
-                  "confusion matrix). Methods may come from different runs: each row names its own.")]
-    for path in files:
-        parts += guarded(runs, path, lambda data, path=path: sentiment_file(runs, out, path, data))
-    return parts
+    return per_file_section(
+        runs, out, "sentiment/*.json", sentiment_file, "sentiment",
+        "benchmarks/sentiment.py --dataset zh (or en) --methods frozen,lora,full writes sentiment/zh.json (en.json)",
+        "Frozen encoder + logistic regression, LoRA and full fine-tuning, on a fixed seeded split; every figure is on "
+        "the held-out test part (accuracy and macro-F1 from the same predictions as the confusion matrix). Methods "
+        "may come from different runs: each row names its own.")
 
 
 # ---------------------------------------------------------------- 3. churn and propensity
@@ -518,16 +525,12 @@ def bgnbd_params(data: dict) -> list[str]:
 
 
 def clv_section(runs: Path, out: Path) -> list[str]:
-    files = sorted((runs / "lifecycle").glob("clv_*.json"))
-    if not files:
-        return [none_yet("CLV holdout", "benchmarks/lifecycle.py --parts clv writes lifecycle/clv_cdnow.json (what "
-                         "huaxiang clv CDNOW_sample.txt.gz --format cdnow --calibration-end 1997-09-30 "
-                         "--holdout-end 1998-06-30 --json prints)")]
-    parts = [para("BG/NBD + Gamma-Gamma fitted on the calibration period; repeat transactions in the holdout, actual "
-                  "vs predicted, per number of repeat purchases in calibration (the blend never sees the holdout).")]
-    for path in files:
-        parts += guarded(runs, path, lambda data, path=path: clv_file(runs, out, path, data))
-    return parts
+    return per_file_section(
+        runs, out, "lifecycle/clv_*.json", clv_file, "CLV holdout",
+        "benchmarks/lifecycle.py --parts clv writes lifecycle/clv_cdnow.json (what huaxiang clv CDNOW_sample.txt.gz "
+        "--format cdnow --calibration-end 1997-09-30 --holdout-end 1998-06-30 --json prints)",
+        "BG/NBD + Gamma-Gamma fitted on the calibration period; repeat transactions in the holdout, actual vs "
+        "predicted, per number of repeat purchases in calibration (the blend never sees the holdout).")
 
 
 # ---------------------------------------------------------------- 5. ingest, scale, serving

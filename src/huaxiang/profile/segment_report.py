@@ -10,9 +10,8 @@ most 1 when one person is added or removed (parallel composition). The budget ε
                          clv_cap; the mean is noisy sum / noisy count (post-processing costs no budget)
 Shares are computed from the noisy sizes; negative counts are raised to 0 (post-processing). Left out of a private
 report: the rules' text (its thresholds are population quantiles), per-segment feature means, k-means cluster
-means and the drift across builds. The guarantee is
-for the counts and sums given the segment rules and tier boundaries, which come from the last build and scoring
-without noise. `clv_cap` must be chosen without looking at the data (it is a bound, not a statistic).
+means and the drift across builds. The guarantee is for the counts and sums given the segment rules and tier
+boundaries, which come from the last build and scoring without noise. `clv_cap` must be chosen without looking at the data (it is a bound, not a statistic).
 """
 from __future__ import annotations
 
@@ -58,17 +57,16 @@ def segment_features(con: duckdb.DuckDBPyConnection) -> list[dict]:
 def segment_drift(con: duckdb.DuckDBPyConnection, builds: int = 30) -> dict:
     """How the segments moved over the last `builds` builds: each build's time and every segment's size in it,
     and how many users went from which segment to which in the latest build (from None: new; to None: gone)."""
-    if not has_table(con, "segment_history"):
-        return {"builds": [], "sizes": {}, "moves": []}
     times = [t for (t,) in con.execute("SELECT DISTINCT built_at FROM segment_history ORDER BY built_at DESC LIMIT ?",
-                                       [builds]).fetchall()][::-1]
+                                       [builds]).fetchall()][::-1] if has_table(con, "segment_history") else []
+    if not times:  # (a store built before the history was kept)
+        return {"builds": [], "sizes": {}, "moves": []}
     sizes: dict[str, list[int]] = {}
     for t, seg, n in con.execute("SELECT built_at, segment, size FROM segment_history WHERE built_at >= ?",
-                                 [times[0]]).fetchall() if times else []:
+                                 [times[0]]).fetchall():
         sizes.setdefault(seg, [0] * len(times))[times.index(t)] = n
     moves = con.execute("""SELECT from_segment, to_segment, users FROM segment_moves
-        WHERE built_at = (SELECT max(built_at) FROM segment_moves) ORDER BY users DESC""").fetchall() \
-        if has_table(con, "segment_moves") else []
+        WHERE built_at = (SELECT max(built_at) FROM segment_moves) ORDER BY users DESC""").fetchall()
     return {"builds": [t.isoformat(timespec="seconds") for t in times], "sizes": sizes,
             "moves": [{"from": a, "to": b, "users": n} for a, b, n in moves]}
 

@@ -199,7 +199,7 @@ def create_app(db: str, settings: ServeSettings | None = None, stream=None) -> F
     @app.get("/v1/users/{user_id}/profile", dependencies=[need("read")], response_class=Response,
              responses={200: {"content": {"application/json": {}}, "description": "the user's profile record"}})
     async def profile(user_id: str) -> Response:
-        doc = docs.get(user_id) or (await run_in_threadpool(docs.load, [user_id])).get(user_id)
+        doc = docs.get(user_id) or await run_in_threadpool(docs.fetch, user_id)  # (a held one: no hand-off)
         if doc is None:
             raise no_profile(user_id)
         return Response(doc, media_type="application/json")
@@ -285,14 +285,10 @@ def create_app(db: str, settings: ServeSettings | None = None, stream=None) -> F
                 "rejected": [{"index": line - 1, "field": field, "reason": reason} for line, field, reason in rejected]}
 
     def page_profile(user_id: str) -> dict | None:
-        doc = docs.get(user_id) or docs.load([user_id]).get(user_id)
+        doc = docs.fetch(user_id)
         return json.loads(doc) if doc is not None else None
 
-    def page_scope(key: str | None) -> str | None:
-        scope = scope_for(key)
-        return scope if scope is not None and allows(scope, "read") else None
-
-    mount_pages(app, PageDeps(page_scope, cursor, page_profile, recommender))
+    mount_pages(app, PageDeps(scope_for, cursor, page_profile, recommender))  # (every scope may read)
 
     if stream is not None:  # events from a Redis stream, consumed in this process (it owns the store)
         threading.Thread(target=consume_forever, name="stream-consumer", daemon=True,

@@ -26,6 +26,10 @@ class ProfileDocs:
     def get(self, user_id: str) -> bytes | None:
         return self.docs.get(user_id)
 
+    def fetch(self, user_id: str) -> bytes | None:
+        """The user's document, computed now when not held (None: no such user)."""
+        return self.docs.get(user_id) or self.load([user_id]).get(user_id)
+
     def load(self, user_ids: list[str]) -> dict[str, bytes]:
         """Compute and hold the documents of `user_ids` (those with a profile); returns them."""
         with self.lock:
