@@ -2,6 +2,7 @@
 a live server on the demo store (bundled slices of real data), plus a few Chinese-titled items and a Chinese review
 so that the pages are seen with both scripts."""
 import csv
+import re
 import gzip
 import shutil
 import struct
@@ -254,3 +255,19 @@ def test_hostile_input_is_escaped_and_unknown_users_get_404(site):
     assert status == 401 and "evil.example" not in body["detail"]
     assert call(base, "GET", "/ui/static/..%2Fapp.py", key)[0] == 404
     assert call(base, "GET", "/ui/static/page.css")[0] == 200  # (holds no data: no key needed)
+
+
+def test_pseudonymised_ids_are_found_by_the_platforms_id(tmp_path, monkeypatch):
+    """With HUAXIANG_ID_KEY set, ids are pseudonymised at ingest; the finder takes the platform's raw id and the
+    page says the id shown is a pseudonym."""
+    monkeypatch.setenv("HUAXIANG_ID_KEY", "a test key, not a secret")
+    db = str(tmp_path / "p.duckdb")
+    (tmp_path / "events.csv").write_text("user_id,item_id,type,ts\n" + "".join(
+        f"{u},i{n},pv,2024-01-0{n} 10:00:00\n" for u in ("alice", "bob") for n in range(1, 4)))
+    cli("ingest", str(tmp_path / "events.csv"), "--format", "csv", "--namespace", "shop", "--db", db)
+    cli("build", "--db", db)
+    key = cli("keys", "create", "--scope", "read", "--db", db).strip().splitlines()[-1]
+    with start_server(db) as base:
+        status, body = get_html(base, "/ui/users?q=shop:alice", key)  # follows the redirect to the pseudonym's page
+        assert status == 200 and "alice" not in body.split("<main>")[1]
+        assert "pseudonymised at ingest" in body and re.search(r'class="uid">shop:u_[0-9a-f]{20}<', body)
