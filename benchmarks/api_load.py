@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import uvloop
 
-from huaxiang.ports import free_port
 from machine import latency_result, save_latency, stamp
+from served import create_key, serving
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -88,30 +87,17 @@ def main() -> None:
         for step in (["ingest", str(SHARED / "taobao_userbehavior_head" / "UserBehavior_head.csv.gz"), "--format",
                       "taobao", "--namespace", "taobao"], ["build"], ["train", "recommender", "--model", "itemknn"]):
             subprocess.run(cli + step + ["--db", db], check=True, capture_output=True)
-        key = subprocess.run(cli + ["keys", "create", "--scope", "read", "--db", db], check=True,
-                             capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        key = create_key(cli, db)
         import duckdb
         con = duckdb.connect(db, read_only=True)
         users = [u for (u,) in con.execute("SELECT user_id FROM profiles ORDER BY user_id").fetchall()]
         con.close()
-        port = free_port()
-        server = subprocess.Popen(cli + ["serve", "--db", db, "--port", str(port)], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, env=os.environ.copy())
-        try:
-            for _ in range(300):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+        with serving(cli, db) as port:
             rng = np.random.default_rng(0)
             suffix = "/profile" if args.route == "profile" else "/recommendations?k=10&explain=true"
             paths = [f"/v1/users/{users[int(i)]}{suffix}" for i in rng.integers(0, len(users), 5000)]
             uvloop.run(drive(port, key, paths, min(args.rate, 200), 2, args.connections))  # warm-up
             lat, errors, wall = uvloop.run(drive(port, key, paths, args.rate, args.seconds, args.connections))
-        finally:
-            server.terminate()
-            server.wait(10)
     what = f"GET {args.route}, {args.rate:g}/s offered for {args.seconds:g} s (from the scheduled time)"
     print(f"{what}: {len(lat):,} requests, achieved {len(lat) / wall:,.0f}/s, {errors} errors; {stamp()}")
     save_latency(latency_result("api_load", what, lat, offered_per_s=args.rate, achieved_per_s=len(lat) / wall,

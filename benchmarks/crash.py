@@ -32,6 +32,7 @@ import numpy as np
 
 from huaxiang.ports import free_port
 from machine import stamp
+from served import create_key
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CLI = [sys.executable, "-m", "huaxiang.cli"]
@@ -112,8 +113,7 @@ def post(base: str, key: str, batch: list) -> bool:
 
 
 def server_part(db: str, n: int, kills: int, rng) -> dict:
-    key = subprocess.run(CLI + ["keys", "create", "--scope", "write", "--db", db], check=True, capture_output=True,
-                         text=True).stdout.strip().splitlines()[-1]
+    key = create_key(CLI, db, "write")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = CLI + ["serve", "--db", db, "--port", str(port)]

@@ -27,6 +27,7 @@ from urllib.parse import quote
 import numpy as np
 
 from machine import latency_result, save_latency, stamp
+from served import create_key, serving
 
 
 def timed(conn: http.client.HTTPConnection, path: str, key: str) -> tuple[float, int]:
@@ -44,28 +45,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     import duckdb
-    from huaxiang.ports import free_port
     hx = [sys.executable, "-m", "huaxiang.cli"]
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "demo.duckdb")
         print("building the demo store …", flush=True)
         subprocess.run([*hx, "demo", "--db", db, "--show", "0"], check=True, capture_output=True)
-        key = subprocess.run([*hx, "keys", "create", "--scope", "read", "--db", db], check=True,
-                             capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        key = create_key(hx, db)
         with duckdb.connect(db, read_only=True) as con:
             users = [u for (u,) in con.execute("SELECT user_id FROM profiles ORDER BY user_id").fetchall()]
-        port = free_port()
-        server = subprocess.Popen([*hx, "serve", "--db", db, "--port", str(port)], stderr=subprocess.PIPE)
-        try:
+        with serving(hx, db) as port:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            for _ in range(300):
-                try:
-                    conn.request("GET", "/healthz")
-                    conn.getresponse().read()
-                    break
-                except OSError:
-                    time.sleep(0.2)
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             rng = random.Random(args.seed)
             words = ["bag", "lipstick", "cream", "christmas", "hair", "card", "candle", "mask", "heart", "set"]
             routes = {"pages_profile_json": ("GET /v1/users/{id}/profile",
@@ -74,7 +63,7 @@ def main() -> None:
                       "pages_profile_search": ("GET /ui/users/{id}?q=WORD",
                                                lambda u: f"/ui/users/{quote(u, safe='')}?q={rng.choice(words)}"),
                       "pages_segments_page": ("GET /ui/segments", lambda u: "/ui/segments")}
-            for name, (_, path) in routes.items():
+            for _, path in routes.values():
                 for u in rng.sample(users, 50):
                     timed(conn, path(u), key)
             results = {}
@@ -85,9 +74,6 @@ def main() -> None:
                                                "time, keep-alive)", ms,
                                                mean_bytes=float(np.mean(size)))
                 save_latency(results[name], name)
-        finally:
-            server.terminate()
-            server.wait(10)
     base, page = results["pages_profile_json"]["p50_ms"], results["pages_profile_page"]["p50_ms"]
     print(f"profile page p50 {page:.1f} ms = {page / base:.1f}× the JSON profile's {base:.2f} ms "
           f"({results['pages_profile_page']['mean_bytes'] / 1024:.0f} kB a page); {stamp()}")

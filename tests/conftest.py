@@ -2,6 +2,7 @@
 (uvicorn in its own process on a free loopback port) over the Taobao slice with one key per scope."""
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -21,6 +22,13 @@ def cli(*args):
     proc = subprocess.run([sys.executable, "-m", "huaxiang.cli", *args], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """A PNG file's (width, height); fails when the file is not a PNG."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path.name} is not a PNG"
+    return struct.unpack(">II", data[16:24])
 
 
 def call(base, method, path, key=None, body=None, headers=None):

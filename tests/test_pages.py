@@ -5,13 +5,12 @@ import csv
 import re
 import gzip
 import shutil
-import struct
 import urllib.parse
 from pathlib import Path
 
 import pytest
 
-from conftest import call, cli, start_server
+from conftest import call, cli, png_size, start_server
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"  # screenshots, for a person to look at
 CN_ITEMS = [("cn:1", "华为 Mate 60 Pro 手机 12GB+512GB 雅川青", "华为", "手机", 6999.0),
@@ -94,12 +93,6 @@ def user_url(base, user_id, **query):
 def get_html(base, path, key=None, **kw) -> tuple[int, str]:
     status, body = call(base, "GET", path, key, **kw)
     return status, body if isinstance(body, str) else body["detail"]  # (`call` wraps a refusal's body)
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    head = path.read_bytes()[:24]
-    assert head[:8] == b"\x89PNG\r\n\x1a\n"
-    return struct.unpack(">II", head[16:24])
 
 
 def test_profile_page_of_a_demo_user(site, browser):

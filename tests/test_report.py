@@ -4,7 +4,6 @@ the bundled CDNOW file, churn from benchmarks/lifecycle.py's `churn_result`, sen
 the benchmarks' own builders. Checks the plots, the published baselines and their protocols, escaping, and that a
 missing or malformed file gives a line instead of an exception."""
 import json
-import struct
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import sentiment  # noqa: E402
 from behaviour_text import metrics as propensity_metrics  # noqa: E402
 from ingest_profile import machine as ingest_machine  # noqa: E402
 
+from conftest import png_size  # noqa: E402
 from huaxiang.demo import demo_path  # noqa: E402
 from huaxiang.evaluate.report import write_report  # noqa: E402
 from huaxiang.evaluate.seqrec import read_sequences  # noqa: E402
@@ -95,12 +95,6 @@ def systems_runs(runs: Path) -> None:
     for benchmark, name, ms in (("api_load", "api_load_profile_1000", rng.gamma(2, 0.3, 2000)),
                                 ("freshness", "freshness", rng.gamma(5, 25, 500))):
         machine.save_latency(machine.latency_result(benchmark, f"{name} run", ms, errors=0), name, runs / "latency")
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path.name} is not a PNG"
-    return struct.unpack(">II", data[16:24])
 
 
 @pytest.fixture(scope="module")

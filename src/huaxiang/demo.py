@@ -48,7 +48,8 @@ def run_demo(db: str, show: int, run_ingest, run_build, run_score, out) -> None:
     from .text.encoder import ENCODERS
     train_store_recommender(con, db, "itemknn", ENCODERS[cfg.encoder].name)
     rec = load_store_recommender(db)
-    for user in showcase_users(con, show):
+    showcase = showcase_users(con, max(show, 1))
+    for user in showcase[:show]:
         out.print()
         out.print(render_text(profile_record(con, user)), markup=False, highlight=False)
         result = recommend(con, rec, user, 5, True)
@@ -61,4 +62,4 @@ def run_demo(db: str, show: int, run_ingest, run_build, run_score, out) -> None:
     out.print(f"More:  huaxiang profile taobao:1000251 --db {db}   ·   huaxiang segments --db {db}   ·   "
               f"huaxiang recommend beauty:1 --explain --db {db}")
     out.print(f"Pages: huaxiang keys create --scope read --db {db}; huaxiang serve --db {db}; then open "
-              f"http://127.0.0.1:8000/ui/users/{quote(showcase_users(con, 1)[0], safe='')} and paste the key")
+              f"http://127.0.0.1:8000/ui/users/{quote(showcase[0], safe='')} and paste the key")

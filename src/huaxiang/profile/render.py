@@ -93,10 +93,15 @@ def _bar(hist) -> str:
     return "".join(blocks[min(8, math.ceil(8 * h / top))] for h in hist)
 
 
+def habit_zone(r: dict) -> str:
+    """The time zone the profile's time habits are in: "UTC", or e.g. "UTC+8"."""
+    offset = r.get("habit_utc_offset") or 0
+    return "UTC" if not offset else f"UTC{offset:+g}"
+
+
 def render_text(r: dict) -> str:
     """A page a person can read: who, which segment, what they do, like, and spend."""
-    offset = r.get("habit_utc_offset") or 0
-    tz = "UTC" if not offset else f"UTC{offset:+g}"
+    tz = habit_zone(r)
     lines = [
         f"User {r['user_id']}  ·  segment: {r['segment']}  ({', '.join(r.get('segments') or [])})"
         + (f"  ·  value tier: {r['scores']['clv']['value_tier']}" if "clv" in (r.get("scores") or {}) else "")

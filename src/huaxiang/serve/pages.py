@@ -23,6 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from ..errors import HuaxiangError
 from ..privacy import id_key, pseudonym
+from ..profile.render import WEEKDAYS, habit_zone
 from ..profile.segment_report import latest_changes, segment_report
 from . import charts
 from .keys import header_key
@@ -33,7 +34,6 @@ HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'self'; scr
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 STATIC = {"page.css": "text/css; charset=utf-8", "page.js": "text/javascript; charset=utf-8",
           "icon.svg": "image/svg+xml"}
-DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 PSEUDONYM = re.compile(r"(?:.*:)?u_[0-9a-f]{20}")
 
 
@@ -168,15 +168,14 @@ def affinity_html(r: dict) -> str:
 
 
 def habits_html(r: dict, grid: list[list[int]]) -> str:
-    offset = r.get("habit_utc_offset") or 0
-    tz = "UTC" if not offset else f"UTC{offset:+g}"
-    day = DAYS[r["peak_weekday"]] if r.get("peak_weekday") is not None else "–"
+    tz = habit_zone(r)
+    day = WEEKDAYS[r["peak_weekday"]] if r.get("peak_weekday") is not None else "–"
     text = (f'<p>{escape(r.get("daypart") or "–")} shopper; peak hour {r.get("peak_hour", "–")}:00 {tz}, busiest '
             f'on {day}; night {_num(r.get("night_share"), "{:.0%}")}, weekend {_num(r.get("weekend_share"), "{:.0%}")}'
             '</p>')
     if not any(map(any, grid)):
         return text
-    return text + charts.heatmap(grid, DAYS, [f"{h:02d}" for h in range(24)],
+    return text + charts.heatmap(grid, WEEKDAYS, [f"{h:02d}" for h in range(24)],
                                  f"Interactions by weekday and hour ({tz})")
 
 
@@ -254,7 +253,7 @@ def profile_html(r: dict, grid: list[list[int]], recs: dict | None, rec_note: st
 
 def week_hours(con, user_id: str, offset_hours: float) -> list[list[int]]:
     """The user's interactions by weekday (Monday first) × hour of day, in local time (UTC + offset)."""
-    grid = [[0] * 24 for _ in DAYS]
+    grid = [[0] * 24 for _ in WEEKDAYS]
     shift = int(round(offset_hours * 3600))
     for dow, hour, n in con.execute("""SELECT (dayofweek(t) + 6) % 7, hour(t), count(*) FROM
             (SELECT ts + to_seconds(?) AS t FROM events WHERE user_id = ?) GROUP BY ALL""", [shift, user_id]).fetchall():
@@ -385,8 +384,13 @@ def mount_pages(app: FastAPI, deps: PageDeps) -> None:
         signed_in(request)
         return RedirectResponse("/ui/segments", 303)
 
+    def ids_for(q: str) -> list[str]:
+        """`q` as an id, and its pseudonym when ids are pseudonymised (the platform's raw id finds its user)."""
+        key = id_key()
+        return [q, pseudonym(q, key)] if key else [q]
+
     def find_users(q: str, limit: int) -> list[tuple]:
-        wanted = [q] + ([pseudonym(q, id_key())] if id_key() else [])
+        wanted = ids_for(q)
         return deps.cursor().execute("""SELECT user_id, segment, n_events FROM profiles
             WHERE user_id IN (SELECT unnest(?)) OR contains(lower(user_id), lower(?))
             ORDER BY user_id IN (SELECT unnest(?)) DESC, starts_with(lower(user_id), lower(?)) DESC,
@@ -397,7 +401,7 @@ def mount_pages(app: FastAPI, deps: PageDeps) -> None:
         signed_in(request)
         q = q.strip()
         found = find_users(q, 50) if q else []
-        if found and (found[0][0] == q or (id_key() and found[0][0] == pseudonym(q, id_key()))):
+        if found and found[0][0] in ids_for(q):
             return RedirectResponse(f"/ui/users/{quote(found[0][0], safe='')}", 303)
         rows = [[user_link(u), escape(seg or "–"), f"{n:,}"] for u, seg, n in found]
         body = (f"<h1>Users matching “{escape(q)}”</h1>" + (table(["user", "segment", "events"], rows, {2})
