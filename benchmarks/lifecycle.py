@@ -42,7 +42,8 @@ CLV_DATES = ("1997-09-30", "1998-06-30")  # calibration end, holdout end
 def clv_result(path: Path, fmt: str, calibration_end: str, holdout_end: str, machine: str, blend: bool = True) -> dict:
     """What `huaxiang clv PATH --format FMT --calibration-end … --holdout-end … --json` prints (the same function),
     with the command, the file and the machine and date: the content of out/lifecycle/clv_cdnow.json."""
-    from huaxiang.models.clv import holdout_evaluation, read_transactions
+    from huaxiang.ingest.transactions import read_transactions
+    from huaxiang.models.clv import holdout_evaluation
     _, result = holdout_evaluation(read_transactions(str(path), fmt), calibration_end, holdout_end, blend=blend)
     return {"command": f"huaxiang clv {path.name} --format {fmt} --calibration-end {calibration_end} "
                        f"--holdout-end {holdout_end}{'' if blend else ' --no-blend'} --json",
@@ -62,7 +63,7 @@ def churn_result(path: Path, fmt: str, n_train: int) -> dict:
     `n_train` rolling cut-offs and tested on the last one, the recency-only AUC and an explained example."""
     from sklearn.metrics import roc_auc_score
     from huaxiang.models.churn import churn_dataset, rolling_cutoffs
-    from huaxiang.models.clv import read_transactions
+    from huaxiang.ingest.transactions import read_transactions
     from huaxiang.models.scores import ScoreModel, binary_metrics
     tx = read_transactions(str(path), fmt).frame
     cuts = rolling_cutoffs(tx["date"].max(), 90, n_train)

@@ -28,9 +28,9 @@ def main() -> None:
     ap.add_argument("--serve-threads", type=int, default=1,
                     help="torch threads while serving (one request at a time is fastest single-threaded)")
     args = ap.parse_args()
-    from huaxiang.cli import run_build, run_ingest
     from huaxiang.config import load_config
     from huaxiang.demo import DEMO_SOURCES, demo_path
+    from huaxiang.jobs import run_build, run_ingest
     from huaxiang.recommend.store_model import load_store_recommender, train_store_recommender
     from huaxiang.recommend.top_k import recommend
     from huaxiang.store import connect

@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--model", default="itemknn", help="the recommender whose scores personalise")
     args = ap.parse_args()
     from huaxiang.evaluate.item_text import item_vectors, read_item_texts
-    from huaxiang.evaluate.seqrec import read_sequences, split
+    from huaxiang.models.seqrec.data import read_sequences, split
     from huaxiang.models.seqrec import MODELS
     from huaxiang.recommend.search import SearchSettings, TitleIndex, build_faiss
     from huaxiang.text.encoder import load_encoder

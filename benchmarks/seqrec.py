@@ -23,7 +23,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from machine import stamp
@@ -98,39 +97,33 @@ def run_recbole(python: str, seq_path: Path, epochs: int, log: Path) -> dict:
             "valid_ndcg@10": r["valid_ndcg@10"], "note": "RecBole's MRR is MRR@10"}
 
 
-def row(name: str, m, data, negatives, secs: float, epochs: int) -> dict:
+def row(name: str, m, data, negatives, secs: float, epochs: int, full: dict | None = None) -> dict:
+    """A result row; `full` is what `run` scored (test metrics, valid_ndcg_at_10), else scored here."""
     from huaxiang.evaluate.seqrec import evaluate
-    full = evaluate(m.score, data, "test", "full")
+    full = full or {**evaluate(m.score, data, "test", "full"),
+                    "valid_ndcg_at_10": evaluate(m.score, data, "valid", "full")["ndcg@10"]}
     sampled = evaluate(m.score, data, "test", "sample99", negatives)
     return {"model": name, **{k: full[k] for k in ("hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr")},
             "sample99_hr@10": sampled["hr@10"], "sample99_ndcg@10": sampled["ndcg@10"], "train_seconds": secs,
-            "valid_ndcg@10": evaluate(m.score, data, "valid", "full")["ndcg@10"], "epochs_run": epochs}
+            "valid_ndcg@10": full["valid_ndcg_at_10"], "epochs_run": epochs}
 
 
 def run_ours(name: str, data, vectors, negatives, sasrec: dict) -> list[dict]:
     """One row per model; a hybrid also reports its own SASRec part (same training, evaluated alone)."""
-    from huaxiang.evaluate.seqrec import split
-    from huaxiang.models.seqrec import MODELS
+    from huaxiang.evaluate.seqrec import run
     text = None
     if name.endswith("+text"):
         name, text = name.split("+")[0], "fuse"
-    params = {**sasrec, **({"text": text} if text else {})}
-    m = MODELS[name](**({"sasrec": params} if name == "hybrid" else params if name == "sasrec" else {}))
-    train = split(data, "train")[0]
-    t = time.perf_counter()
-    if name in ("sasrec", "hybrid"):
-        m.fit(train, data.n_items, vectors, valid=split(data, "valid"),
-              progress=lambda msg: print(f"  {name}: {msg}", file=sys.stderr, flush=True))
-    else:
-        m.fit(train, data.n_items, vectors)
-    secs = time.perf_counter() - t
+    result = run(data, name, vectors, sasrec={**sasrec, **({"text": text} if text else {})},
+                 step=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
+    m, secs = result["fitted"], result["train_seconds"]
     label = name + ("+text" if text else "")
     if name != "hybrid":
-        return [row(label, m, data, negatives, secs, len(getattr(m, "history_", [])))]
+        return [row(label, m, data, negatives, secs, len(getattr(m, "history_", [])), result)]
     part = m.parts_["sasrec"]
     return [row("sasrec" + ("+text" if text else "") + " (the hybrid's part)", part, data, negatives,
                 part.train_seconds_, len(part.history_)),
-            {**row(label, m, data, negatives, secs, len(part.history_)), "weights": m.weights_}]
+            {**row(label, m, data, negatives, secs, len(part.history_), result), "weights": m.weights_}]
 
 
 def main() -> None:
@@ -142,7 +135,7 @@ def main() -> None:
     ap.add_argument("--recbole-epochs", type=int, default=30)
     args = ap.parse_args()
     from huaxiang.evaluate.item_text import item_vectors, read_item_texts
-    from huaxiang.evaluate.seqrec import read_negatives, read_sequences
+    from huaxiang.models.seqrec.data import read_negatives, read_sequences
     from huaxiang.text.encoder import load_encoder
     seq_path = SHARED / f"{args.dataset}.txt.gz"
     data = read_sequences(str(seq_path))

@@ -1,5 +1,6 @@
-"""Shared test helpers: where the real datasets are, running the CLI as a user would, and a live `huaxiang serve`
-(uvicorn in its own process on a free loopback port) over the Taobao slice with one key per scope."""
+"""Shared test helpers: where the test data is (the slices bundled with the package and tests/data/), running the
+CLI as a user would, and a live `huaxiang serve` (uvicorn in its own process on a free loopback port) over the
+Taobao slice with one key per scope."""
 import json
 import os
 import struct
@@ -13,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
+import huaxiang
 from huaxiang.ports import free_port
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the repository
+DEMO = Path(huaxiang.__file__).parent / "data" / "demo"  # slices bundled with the package (see its SOURCE.md)
+DATA = Path(__file__).resolve().parent / "data"  # whole files kept for the tests (see tests/data/SOURCE.md)
+TAOBAO = DEMO / "taobao_UserBehavior_head.csv.gz"  # 84,287 events of 814 users, 2017-11-25 .. 2017-12-03
 
 
 def cli(*args):
@@ -75,8 +79,7 @@ def start_server(db: str, *args: str):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     db = str(tmp_path_factory.mktemp("serve") / "s.duckdb")
-    cli("ingest", str(SHARED / "taobao_userbehavior_head" / "UserBehavior_head.csv.gz"), "--format", "taobao",
-        "--namespace", "taobao", "--db", db)
+    cli("ingest", str(TAOBAO), "--format", "taobao", "--namespace", "taobao", "--db", db)
     cli("build", "--db", db)
     cli("train", "recommender", "--model", "itemknn", "--db", db)
     keys = {scope: cli("keys", "create", "--scope", scope, "--db", db).strip().splitlines()[-1]

@@ -16,7 +16,7 @@ from schemathesis.generation import GenerationMode
 
 from huaxiang import store
 from huaxiang.errors import HuaxiangError
-from huaxiang.evaluate.seqrec import read_sequences
+from huaxiang.models.seqrec.data import read_sequences
 from huaxiang.ingest import ingest_records
 from huaxiang.stream import Message, decode
 from conftest import call

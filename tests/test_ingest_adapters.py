@@ -20,7 +20,7 @@ from huaxiang import store
 from huaxiang.errors import HuaxiangError
 from huaxiang.ingest import FORMATS, adapters, ingest_file, parse_mapping
 
-from conftest import SHARED
+from conftest import DATA
 
 DEMO = Path(huaxiang.__file__).parent / "data" / "demo"
 
@@ -297,9 +297,8 @@ def test_cdnow_wrong_field_count_and_bad_date(con, tmp_path):
         (3, "ts", "not a timestamp (epoch seconds/ms or ISO 8601): '1997-13-40'")]
 
 
-@pytest.mark.skipif(not (SHARED / "cdnow" / "CDNOW_sample.txt.gz").is_file(), reason="shared data not present")
-def test_cdnow_sample_full_shared_file(con):
-    report = ingest_file(con, str(SHARED / "cdnow" / "CDNOW_sample.txt.gz"), "cdnow")
+def test_cdnow_sample_whole_file(con):
+    report = ingest_file(con, str(DATA / "CDNOW_sample.txt.gz"), "cdnow")
     assert report.rows_read == 6919 and report.added == {"orders": 6919} and report.quarantined == 0
     assert one(con, "SELECT user_id, ts, quantity, amount FROM orders ORDER BY user_id, ts LIMIT 1") == (
         "00004", datetime(1997, 1, 1), 2.0, 29.33)

@@ -6,18 +6,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SHARED
+from conftest import DATA, DEMO, TAOBAO
 from test_cli import run
 
 from huaxiang.evaluate.fraud import inject_fraud, precision_recall
 from huaxiang.models.churn import churn_dataset, churn_labels, customer_features, rolling_cutoffs
-from huaxiang.models.clv import CLVModel, read_transactions, rfm_summary
+from huaxiang.ingest.transactions import read_transactions
+from huaxiang.models.clv import CLVModel, rfm_summary
 from huaxiang.models.risk import RiskDetector, risk_features
 from huaxiang.models.scores import ScoreModel, binary_metrics
 
-CDNOW_SAMPLE = SHARED / "cdnow" / "CDNOW_sample.txt.gz"
-TAOBAO = SHARED / "taobao_userbehavior_head" / "UserBehavior_head.csv.gz"
-RETAIL = SHARED / "online_retail_ii_10countries" / "online_retail_ii_10countries.csv.gz"
+CDNOW_SAMPLE = DATA / "CDNOW_sample.txt.gz"
+RETAIL = DEMO / "online_retail_ii_10countries.csv.gz"
 # Fader, Hardie & Lee (2005), "Counting your customers the easy way", CDNOW 1/10 sample, 39-week calibration
 PUBLISHED = {"r": 0.2426, "alpha": 4.414, "a": 0.793, "b": 2.426}
 

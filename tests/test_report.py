@@ -25,7 +25,7 @@ from ingest_profile import machine as ingest_machine  # noqa: E402
 from conftest import png_size  # noqa: E402
 from huaxiang.demo import demo_path  # noqa: E402
 from huaxiang.evaluate.report import write_report  # noqa: E402
-from huaxiang.evaluate.seqrec import read_sequences  # noqa: E402
+from huaxiang.models.seqrec.data import read_sequences  # noqa: E402
 from huaxiang.models.scores import roc_points  # noqa: E402
 
 HOSTILE = '<script>alert("x")</script>'

@@ -23,7 +23,7 @@ from huaxiang.profile.build import build_profiles
 from huaxiang.profile.scores import KINDS, write_scores
 from huaxiang.store import connect
 
-from conftest import SHARED
+from conftest import TAOBAO
 
 pytest.importorskip("pyspark", reason="the [spark] extra is part of the README's set-up")
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,8 +216,7 @@ def test_an_incremental_build_on_spark(tmp_path):
     systems, as on a cluster's object store."""
     store = str(tmp_path / "t.duckdb")
     con = connect(store)
-    ingest_file(con, str(SHARED / "taobao_userbehavior_head" / "UserBehavior_head.csv.gz"), "taobao",
-                namespace="taobao")
+    ingest_file(con, str(TAOBAO), "taobao", namespace="taobao")
     con.close()
     inp = export_store(store, tmp_path / "in")
     last_day = inp / "events" / "date=2017-12-03"
@@ -286,7 +285,7 @@ def test_review_sentiment_at_scale(tmp_path):
 
 
 def test_scores_are_fitted_on_distinct_users_sampled_per_tenant():
-    from huaxiang.scale_models import sample_users
+    from huaxiang.scale.derive import sample_users
     ib = scale.connect("duckdb")
     ib.create_view("events", ibis.memtable({"user_id": ["a:1"] * 5 + ["a:2", "a:3", "b:1", "b:1", "4"]}))
     ib.create_view("orders", ibis.memtable({"user_id": ["a:2", "b:2", None]}))

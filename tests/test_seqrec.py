@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from huaxiang.errors import HuaxiangError
-from huaxiang.evaluate.seqrec import (Sequences, evaluate, metrics, ranks_full, ranks_sampled, read_negatives,
-                                      read_sequences, split)
+from huaxiang.evaluate.seqrec import evaluate, ranks_sampled
 from huaxiang.models.seqrec import MODELS, load_model, save_model
+from huaxiang.models.seqrec.data import Sequences, metrics, ranks_full, read_negatives, read_sequences, split
 
-from conftest import SHARED, cli
+from conftest import DATA, cli
 
 
 def test_metrics_by_hand():
@@ -68,14 +68,14 @@ def test_reading_errors_name_the_line(tmp_path):
 def beauty_slice(tmp_path_factory):
     """The first 3,000 users of Amazon Beauty (S3-Rec), re-indexed by first appearance."""
     path = tmp_path_factory.mktemp("seq") / "beauty3k.txt"
-    with gzip.open(SHARED / "amazon2014_seqrec_s3rec" / "Beauty.txt.gz", "rt") as f:
+    with gzip.open(DATA / "Beauty.txt.gz", "rt") as f:
         path.write_text("".join(line for _, line in zip(range(3000), f)))
     return path
 
 
 @pytest.fixture(scope="module")
 def beauty():
-    return read_sequences(str(SHARED / "amazon2014_seqrec_s3rec" / "Beauty.txt.gz"))
+    return read_sequences(str(DATA / "Beauty.txt.gz"))
 
 
 @pytest.mark.slow

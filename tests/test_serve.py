@@ -1,10 +1,8 @@
 """The HTTP service for real: a uvicorn server in its own process on a free loopback port."""
 import json
 
-from conftest import SHARED, call
+from conftest import DEMO, TAOBAO, call
 from test_cli import run
-
-TAOBAO = SHARED / "taobao_userbehavior_head" / "UserBehavior_head.csv.gz"
 
 
 def test_keys_are_required_and_scoped(server):
@@ -98,8 +96,7 @@ def store_mentions(db: str, user_id: str) -> dict[str, int]:
 
 def test_forget_leaves_nothing(tmp_path):
     db = str(tmp_path / "f.duckdb")
-    amazon = SHARED / "amazon2018_all_beauty_5core_reviews"
-    reviews = next(amazon.glob("*.json.gz"))
+    reviews = DEMO / "All_Beauty_5_head1500.json.gz"
     run("ingest", str(TAOBAO), "--format", "taobao", "--namespace", "taobao", "--db", db)
     run("ingest", str(reviews), "--format", "amazon-reviews", "--namespace", "amazon", "--db", db)
     run("build", "--db", db)

@@ -12,10 +12,8 @@ import time
 import duckdb
 import pytest
 
-from conftest import SHARED
+from conftest import TAOBAO
 from test_cli import run
-
-TAOBAO = SHARED / "taobao_userbehavior_head" / "UserBehavior_head.csv.gz"
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,41 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import HuaxiangError
-from .text.interests import INTERESTS
+
+
+# The default semantic interest tags (`text.interests`): name -> a bilingual description, embedded as an E5 query.
+INTERESTS = {
+    "skincare": "skincare, face cream, moisturizer, serum · 护肤 面霜 精华 保湿",
+    "makeup": "makeup and cosmetics, lipstick, mascara, foundation · 彩妆 口红 睫毛膏 粉底",
+    "hair care": "hair care, shampoo, conditioner, styling · 洗发水 护发素 美发",
+    "fragrance": "perfume, fragrance, cologne · 香水 香氛",
+    "nails": "nail polish and manicure · 指甲油 美甲",
+    "shaving and grooming": "shaving, razors, men's grooming · 剃须刀 剃须 男士护理",
+    "bath and body": "bath and body, body wash, soap, lotion · 沐浴露 香皂 身体乳",
+    "phones": "mobile phones, smartphones · 手机 智能手机",
+    "computers": "laptops and computers · 笔记本电脑 电脑",
+    "tablets": "tablets, iPad · 平板电脑",
+    "home appliances": "home appliances, water heaters · 家电 热水器",
+    "books": "books, novels, reading · 图书 书籍 小说 阅读",
+    "fresh fruit": "fresh fruit · 新鲜水果 生鲜",
+    "dairy and drinks": "milk, yogurt, dairy and drinks · 牛奶 酸奶 乳制品 饮料",
+    "clothing": "clothing and fashion · 衣服 服装 时尚",
+    "shoes and bags": "shoes and bags · 鞋 包",
+    "hotels and travel": "hotels and travel · 酒店 旅行 住宿",
+    "home decor": "home decor, ornaments, frames · 家居装饰 摆件 相框",
+    "kitchen and dining": "kitchen and dining, cookware, tableware, mugs · 厨房 餐具 杯子",
+    "gifts and parties": "gifts, party supplies, Christmas decorations · 礼品 派对 圣诞装饰",
+    "stationery and crafts": "stationery, cards, paper crafts · 文具 贺卡 手工",
+    "toys and kids": "toys, children and baby products · 玩具 儿童 母婴",
+    "garden and outdoor": "garden and outdoor · 园艺 户外",
+    "sports and fitness": "sports and fitness · 运动 健身",
+    "electronics accessories": "electronics accessories, headphones, chargers · 数码配件 耳机 充电器",
+    "jewellery": "jewellery, necklaces, earrings · 首饰 项链 耳环",
+    "health": "health, vitamins, wellness · 保健品 健康",
+    "music and movies": "music CDs and movies · 音乐 唱片 电影",
+    "lighting and candles": "lights, lamps and candles · 灯具 蜡烛",
+    "snacks and food": "snacks, chocolate, sweets · 零食 巧克力 食品",
+}
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,11 @@ from __future__ import annotations
 from importlib.resources import files
 from urllib.parse import quote
 
+from rich.console import Console
+
 from .config import load_config
+from .jobs import consoles, run_build, run_ingest, run_score
+from .schema import tenant_sql
 from .store import connect
 
 # (bundled file, format, namespace) — see data/demo/SOURCE.md for where each slice comes from
@@ -27,20 +31,23 @@ def showcase_users(con, n: int) -> list[str]:
     """A few users worth reading: the most active non-regular user of each rich source."""
     picked = []
     for ns in ("taobao", "retail", "beauty", "amazon"):
-        row = con.execute("""SELECT user_id FROM profiles WHERE starts_with(user_id, ?) AND segment <> 'regular'
-            ORDER BY n_events DESC, user_id LIMIT 1""", [ns + ":"]).fetchone()
+        row = con.execute(f"""SELECT user_id FROM profiles WHERE {tenant_sql('user_id')} = ? AND segment <> 'regular'
+            ORDER BY n_events DESC, user_id LIMIT 1""", [ns]).fetchone()
         if row:
             picked.append(row[0])
     return picked[:n]
 
 
-def run_demo(db: str, show: int, run_ingest, run_build, run_score, out) -> None:
+def run_demo(db: str, show: int, out: Console | None = None, err: Console | None = None) -> None:
+    """Ingests the bundled slices into `db`, builds, scores and trains, then prints `show` profiles with
+    their recommendations to `out` (progress bars on `err`)."""
+    out, err = consoles(out, err)
     con = connect(db)
     for name, fmt, ns in DEMO_SOURCES:
-        run_ingest(con, demo_path(name), fmt, namespace=ns)
+        run_ingest(con, demo_path(name), fmt, namespace=ns, out=out, err=err)
     cfg = load_config()
-    run_build(con, cfg)
-    written, _ = run_score(con, cfg, ["all"])
+    run_build(con, cfg, out, err)
+    written, _ = run_score(con, cfg, ["all"], err)
     out.print("scores written: " + ", ".join(f"{k} {n:,} users" for k, n in written.items()))
     from .profile.render import profile_record, render_text
     from .recommend.store_model import load_store_recommender, train_store_recommender

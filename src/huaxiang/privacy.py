@@ -1,4 +1,5 @@
-"""Protecting the people behind the data: PII masked at ingest, user ids pseudonymised with a keyed HMAC.
+"""Protecting the people behind the data: PII masked at ingest, user ids pseudonymised with a keyed HMAC
+(forgetting a person, which reaches every stage, is `huaxiang.forget`).
 
 Masking runs inside the ingest SQL (DuckDB's RE2), on review text and search queries, before a row is stored
 or any model reads it. Patterns (applied in this order; each match becomes its tag):
@@ -7,7 +8,7 @@ or any model reads it. Patterns (applied in this order; each match becomes its t
   [phone]    Chinese mobiles (optional +86), and any +/digit run of 9–15 digits with spaces or dashes
   [address]  Chinese: …路/街/道/巷/弄 + number + 号; English: number + 1–4 capitalised words + St/Road/Ave/…
 Pseudonymisation: when the environment variable HUAXIANG_ID_KEY is set, every user id becomes
-`[namespace:]u_<first 20 hex of HMAC-SHA256(key, id)>` at ingest. The key is never written to the store;
+`[tenant:]u_<first 20 hex of HMAC-SHA256(key, the rest of the id)>` at ingest. The key is never written to the store;
 the same key maps the same person to the same pseudonym, so later batches join up.
 """
 from __future__ import annotations
@@ -16,8 +17,7 @@ import hashlib
 import hmac
 import os
 
-from .errors import HuaxiangError
-from .schema import sql_literal
+from .schema import TENANT_SEPARATOR, sql_literal, tenant_of
 
 KEY_ENV = "HUAXIANG_ID_KEY"
 _HAN = r"[\x{4e00}-\x{9fff}]"
@@ -44,11 +44,14 @@ def id_key() -> bytes | None:
 
 
 def pseudonym(raw_id: str | None, key: bytes) -> str | None:
-    """`shop:123` -> `shop:u_<hmac>`: the namespace stays readable, the person does not."""
+    """`shop:123` -> `shop:u_<hmac>`: the tenant (`schema.tenant_of`: before the first colon) stays readable,
+    the person does not."""
     if raw_id is None:
         return None
-    ns, sep, local = raw_id.rpartition(":") if ":" in raw_id else ("", "", raw_id)
-    return f"{ns}{sep}u_{hmac.new(key, local.encode('utf-8', 'surrogatepass'), hashlib.sha256).hexdigest()[:20]}"
+    tenant = tenant_of(raw_id)
+    local = raw_id[len(tenant) + 1:] if tenant else raw_id
+    prefix = tenant + TENANT_SEPARATOR if tenant else ""
+    return f"{prefix}u_{hmac.new(key, local.encode('utf-8', 'surrogatepass'), hashlib.sha256).hexdigest()[:20]}"
 
 
 def register_pseudonym(con) -> str | None:
@@ -63,60 +66,3 @@ def register_pseudonym(con) -> str | None:
         if "already exists" not in str(exc):
             raise
     return "hx_pseudonym"
-
-
-def _tables_with(con, column: str) -> list[str]:
-    return [t for (t,) in con.execute("""SELECT table_name FROM information_schema.columns
-        WHERE column_name = ? AND table_schema = 'main' ORDER BY 1""", [column]).fetchall()]
-
-
-def forget_user(con, db: str, user_id: str) -> dict[str, int]:
-    """Removes `user_id` from every table, the knowledge graph, the text-vector cache, the quarantine and the
-    recommender's serving snapshot: the store in one transaction, the snapshot right after. Returns the rows
-    removed per place; a user of whom nothing is found is an error. Trained model weights keep what they learned
-    in aggregate until the next training."""
-    import json
-
-    from .recommend.store_model import model_dir
-    from .store import has_table
-    has = _tables_with(con, "user_id")
-    removed: dict[str, int] = {}
-
-    def delete(place: str, sql: str, params: list) -> None:
-        n = con.execute(sql, params).fetchone()[0]  # DuckDB's DELETE returns the number of rows it removed
-        if n:
-            removed[place] = removed.get(place, 0) + n
-
-    con.execute("BEGIN TRANSACTION")
-    try:
-        reviews = [r for (r,) in con.execute("SELECT review_id FROM reviews WHERE user_id = ?", [user_id]).fetchall()]
-        queries = [q for (q,) in con.execute("""SELECT DISTINCT query FROM events WHERE user_id = ? AND query IS NOT NULL
-            AND query NOT IN (SELECT query FROM events WHERE user_id <> ? AND query IS NOT NULL)""",
-                                             [user_id, user_id]).fetchall()]
-        for table in ("review_sentiment", "review_mentions"):
-            if has_table(con, table):
-                delete(table, f"DELETE FROM {table} WHERE review_id IN (SELECT unnest(?))", [reviews])
-        if has_table(con, "embeddings"):
-            delete("embeddings", """DELETE FROM embeddings WHERE (kind = 'review'
-                AND key IN (SELECT unnest(?))) OR (kind = 'query' AND key IN (SELECT unnest(?)))""",
-                   [reviews, queries])
-        if has_table(con, "triples"):
-            node = "user:" + user_id
-            delete("triples", "DELETE FROM triples WHERE subject = ? OR object = ?", [node, node])
-        delete("quarantine", "DELETE FROM quarantine WHERE contains(raw, ?)", [user_id])
-        for table in has:
-            delete(table, f"DELETE FROM {table} WHERE user_id = ?", [user_id])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    snap = model_dir(db) / "snapshot.json"
-    if snap.exists():
-        data = json.loads(snap.read_text())
-        hits = sum(data[k].pop(user_id, None) is not None for k in ("histories", "liked", "queries", "profiles"))
-        if hits:
-            snap.write_text(json.dumps(data, ensure_ascii=False))
-            removed["recommender snapshot"] = hits
-    if not removed:
-        raise HuaxiangError(f"unknown user {user_id!r}: nothing of them is in the store")
-    return removed

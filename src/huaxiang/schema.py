@@ -17,6 +17,28 @@ EVENT_TYPE_ALIASES = {
     "query": "search", "rate": "review", "rating": "review",
 }
 
+# The one rule for reading a tenant from an id: a namespaced id is `tenant:local` and the tenant is the text before
+# the FIRST colon (`shop:session:42` -> `shop`); an id without a colon (or starting with one) has no tenant ('').
+TENANT_SEPARATOR = ":"
+TENANT_PATTERN = r"^([^:]+):"  # the same rule as a regular expression (SQL and Ibis), group 1 = the tenant
+
+
+def tenant_of(an_id: str) -> str:
+    """The tenant of a namespaced id (`shop:42` -> `shop`); '' for plain ids."""
+    head, sep, _ = an_id.partition(TENANT_SEPARATOR)
+    return head if sep else ""
+
+
+def tenant_sql(column: str) -> str:
+    """SQL (DuckDB) for the tenant of the ids in `column`."""
+    return f"regexp_extract({column}, '{TENANT_PATTERN}', 1)"
+
+
+def tenant_expr(column):
+    """Ibis: the tenant of the ids in `column` (runs on DuckDB and Spark)."""
+    return column.re_extract(TENANT_PATTERN, 1)
+
+
 # Longest text we keep in any one field; longer values are quarantined, not truncated.
 MAX_TEXT_CHARS = 20_000
 MAX_ID_CHARS = 256

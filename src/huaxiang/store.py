@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import duckdb
 
@@ -39,3 +41,16 @@ def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 
 def count(con: duckdb.DuckDBPyConnection, table: str) -> int:
     return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """`with transaction(con):` runs the block between BEGIN and COMMIT; any exception (Ctrl-C included) rolls
+    it back and propagates, so that readers never see half of a change."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise

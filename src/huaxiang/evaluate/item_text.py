@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import os
 from pathlib import Path
@@ -13,16 +12,16 @@ from typing import Callable
 import numpy as np
 
 from ..errors import HuaxiangError
-from .seqrec import Sequences
+from ..ingest.readers import open_text
+from ..models.seqrec.data import Sequences
 
 TEXT_COLUMNS = ("title", "text", "idgenrec_textid")
 
 
 def read_item_texts(path: str, data: Sequences) -> list[str]:
     """One text per item index (index 0 and items without text: "")."""
-    opener = gzip.open if path.endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8", newline="") as f:
+        with open_text(path) as f:
             reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
             cols = reader.fieldnames or []
             column = next((c for c in TEXT_COLUMNS if c in cols), None)

@@ -1,133 +1,29 @@
-"""Sequential recommendation: the S3-Rec file format, the leave-one-out protocol and its metrics.
+"""Sequential recommendation, evaluated: the leave-one-out protocol on an S3-Rec sequence file, and the
+whole run behind `huaxiang eval seqrec` and `benchmarks/seqrec.py` (choose the model, fit it on the
+training part, tune it on the validation targets, score the test targets).
 
-Format: one user per line, `user_id item_1 item_2 …` in chronological order (whitespace separated).
-Items are mapped to indices 1..n in order of first appearance (0 is padding).
-
-Protocol (as in the S3-Rec / SASRec papers and their code): per user the last item is the test
-target, the second-to-last the validation target, the rest is training. A model scores every item
-for a history; the items already in the history are excluded (as the published code does). The
-target's rank is the number of remaining items scored strictly higher, plus a uniformly random
-place among the items tied with it — the metrics are their exact expectation over that draw, so a
-model that scores many items alike (popularity, item-KNN's zeros) is neither flattered nor punished
-by the order ties happen to be broken in. `full` ranks against all items; `sample99` against 99
-given negatives. Metrics: HR@k (target in the top k), NDCG@k (1/log2(rank+2) when in the top k),
-MRR (1/(rank+1)), averaged over users.
+The file format, the split and the metrics live with the models (`models/seqrec/data.py`). Protocols:
+`full` ranks the target against all items (those in the history excluded); `sample99` against 99
+given negatives (`read_negatives`). Ties count as their expectation over a random order.
 """
 from __future__ import annotations
 
-import gzip
-from dataclasses import dataclass, field
+import time
 from typing import Callable
 
 import numpy as np
 
 from ..errors import HuaxiangError
+from ..models.seqrec import MODELS
+from ..models.seqrec.data import Sequences, metrics, ranks_full, split
 
-
-@dataclass
-class Sequences:
-    users: list[str]
-    seqs: list[list[int]]  # item indices, 1-based
-    items: list[str] = field(default_factory=list)  # items[i - 1] = the file's id of index i
-
-    @property
-    def n_items(self) -> int:
-        return len(self.items)
-
-    def index(self) -> dict[str, int]:
-        return {item: i + 1 for i, item in enumerate(self.items)}
-
-
-def _open(path: str):
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
-
-
-def read_sequences(path: str, min_length: int = 3) -> Sequences:
-    """Reads an S3-Rec file. Users with fewer than `min_length` items (nothing left to train on) are
-    an error naming the line, as is a repeated user id."""
-    users, seqs, index = [], [], {}
-    try:
-        with _open(path) as f:
-            for no, line in enumerate(f, 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) - 1 < min_length:
-                    raise HuaxiangError(f"{path}, line {no}: user {parts[0]!r} has {len(parts) - 1} items; "
-                                        f"leave-one-out needs at least {min_length}")
-                users.append(parts[0])
-                seqs.append([index.setdefault(item, len(index) + 1) for item in parts[1:]])
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
-        raise HuaxiangError(f"cannot read {path}: {exc}") from exc
-    if len(set(users)) != len(users):
-        raise HuaxiangError(f"{path}: a user id appears on more than one line")
-    if not users:
-        raise HuaxiangError(f"{path}: no sequences")
-    return Sequences(users, seqs, list(index))
-
-
-def read_negatives(path: str, data: Sequences, n: int = 99) -> list[np.ndarray]:
-    """`user_id neg_1 … neg_n` per line, aligned with `data.users`."""
-    idx, rows = data.index(), {}
-    with _open(path) as f:
-        for no, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            unknown = [p for p in parts[1:] if p not in idx]
-            if len(parts) - 1 != n or unknown:
-                raise HuaxiangError(f"{path}, line {no}: expected {n} known negative items "
-                                    f"(got {len(parts) - 1}{', unknown ' + ', '.join(unknown[:3]) if unknown else ''})")
-            rows[parts[0]] = np.array([idx[p] for p in parts[1:]], dtype=np.int64)
-    missing = [u for u in data.users if u not in rows]
-    if missing:
-        raise HuaxiangError(f"{path}: no negatives for {len(missing)} users (e.g. {missing[0]!r})")
-    return [rows[u] for u in data.users]
-
-
-def split(data: Sequences, stage: str) -> tuple[list[list[int]], np.ndarray]:
-    """(histories, targets) for `stage`: train (histories = all but the last two), valid, test."""
-    if stage == "train":
-        return [s[:-2] for s in data.seqs], np.zeros(len(data.seqs), dtype=np.int64)
-    cut = -2 if stage == "valid" else -1
-    return [s[:cut] for s in data.seqs], np.array([s[cut] for s in data.seqs], dtype=np.int64)
-
-
-def ranks_full(scores: np.ndarray, histories: list[list[int]], targets: np.ndarray) -> np.ndarray:
-    """(above, tied) per target among all items, the history's items excluded: how many items score
-    strictly higher and how many the same; `scores` is (users, n_items + 1), column 0 padding."""
-    s = scores.astype(np.float64, copy=True)
-    s[:, 0] = -np.inf
-    for row, hist in enumerate(histories):
-        s[row, hist] = -np.inf
-    t = s[np.arange(len(targets)), targets]
-    s[np.arange(len(targets)), targets] = np.nan  # the target is neither above nor tied with itself
-    return np.stack([(s > t[:, None]).sum(axis=1), (s == t[:, None]).sum(axis=1)], axis=1)
+PROTOCOLS = ("full", "sample99")
 
 
 def ranks_sampled(scores: np.ndarray, targets: np.ndarray, negatives: list[np.ndarray]) -> np.ndarray:
     t = scores[np.arange(len(targets)), targets]
     neg = np.stack([scores[row, negs] for row, negs in enumerate(negatives)])
     return np.stack([(neg > t[:, None]).sum(axis=1), (neg == t[:, None]).sum(axis=1)], axis=1)
-
-
-def metrics(ranks: np.ndarray, ks: tuple[int, ...] = (5, 10)) -> dict[str, float]:
-    """Mean HR@k, NDCG@k and MRR; `ranks` holds plain ranks (0 = best) or (above, tied) rows, whose
-    metrics are the expectation over a uniformly random place among the tied items."""
-    ranks = np.asarray(ranks, dtype=np.float64)
-    above, tied = (ranks[:, 0], ranks[:, 1]) if ranks.ndim == 2 else (ranks, np.zeros_like(ranks))
-    places = tied + 1  # the target's possible ranks: above, above + 1, ..., above + tied
-    out = {}
-    for k in ks:
-        offsets = np.arange(k)
-        rank = above[:, None] + offsets[None, :]  # each rank below k that a place can give
-        valid = (offsets[None, :] < places[:, None]) & (rank < k)
-        out[f"hr@{k}"] = float((valid.sum(axis=1) / places).mean())
-        out[f"ndcg@{k}"] = float((np.where(valid, 1.0 / np.log2(rank + 2), 0.0).sum(axis=1) / places).mean())
-    # E[1 / (rank + 1)] = (H(above + tied + 1) - H(above)) / (tied + 1), H the harmonic numbers
-    from scipy.special import digamma
-    out["mrr"] = float(((digamma(above + places + 1) - digamma(above + 1)) / places).mean())
-    return out
 
 
 def evaluate(score: Callable[[list[list[int]]], np.ndarray], data: Sequences, stage: str = "test",
@@ -148,3 +44,54 @@ def evaluate(score: Callable[[list[list[int]]], np.ndarray], data: Sequences, st
     out = metrics(np.concatenate(ranks))
     out["n_users"] = len(histories)
     return out
+
+
+def check(model: str, protocol: str = "full", has_negatives: bool = False) -> None:
+    """The run's choices, checked before anything is read."""
+    if model not in MODELS:
+        raise HuaxiangError(f"unknown model {model!r} (one of: {', '.join(MODELS)})")
+    if protocol not in PROTOCOLS:
+        raise HuaxiangError(f"unknown protocol {protocol!r} (full or sample99)")
+    if protocol == "sample99" and not has_negatives:
+        raise HuaxiangError("--protocol sample99 needs --negatives FILE")
+
+
+def fit(data: Sequences, model: str, vectors: np.ndarray | None = None, sasrec: dict | None = None,
+        step: Callable[[str], None] | None = None):
+    """The model named `model` fitted on the training part of `data`; SASRec and the hybrid stop early
+    on the validation targets (the hybrid also tunes its weights there). `sasrec` holds SASRec's
+    settings (e.g. epochs, text), for SASRec itself or the hybrid's SASRec part; `vectors` are the
+    item text vectors (content model, text fusion). Returns (model, training seconds)."""
+    check(model)
+    sasrec = sasrec or {}
+    text = sasrec.get("text")
+    if (model == "content" or text) and vectors is None:
+        raise HuaxiangError(f"{'--text' if text else 'the content model'} needs item texts (--items FILE)")
+    m = MODELS[model](**({"sasrec": sasrec} if model == "hybrid" else sasrec if model == "sasrec" else {}))
+    train = split(data, "train")[0]
+    if step:
+        step(f"training {model}")
+    started = time.perf_counter()
+    if model in ("sasrec", "hybrid"):
+        m.fit(train, data.n_items, vectors, valid=split(data, "valid"),
+              progress=(lambda msg: step(f"{model}: {msg}")) if step else None)
+    else:
+        m.fit(train, data.n_items, vectors)
+    return m, time.perf_counter() - started
+
+
+def run(data: Sequences, model: str, vectors: np.ndarray | None = None, protocol: str = "full",
+        negatives: list[np.ndarray] | None = None, sasrec: dict | None = None,
+        step: Callable[[str], None] | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Fit `model` (see `fit`), then score the validation targets (full ranking) and the test targets
+    under `protocol`. Returns the test metrics (hr@5, hr@10, ndcg@5, ndcg@10, mrr, n_users) with model,
+    protocol, train_seconds, n_items, valid_ndcg_at_10 and params, plus `fitted`: the trained model."""
+    check(model, protocol, negatives is not None)
+    m, seconds = fit(data, model, vectors, sasrec, step)
+    if step:
+        step("evaluating")
+    valid = evaluate(m.score, data, "valid", "full", progress=progress)
+    result = evaluate(m.score, data, "test", protocol, negatives, progress=progress)
+    result.update(model=model, protocol=protocol, train_seconds=seconds, n_items=data.n_items,
+                  valid_ndcg_at_10=valid["ndcg@10"], params=m.params(), fitted=m)
+    return result

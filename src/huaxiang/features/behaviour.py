@@ -2,7 +2,7 @@
 
 Every function takes Ibis tables (and plain parameters) and returns a table keyed by `user_id`.
 Input rows carry `as_of`, the reference time of their user's tenant: ages and recencies are
-measured from it (see `reference_times`).
+measured from it (see `data_ends` and `features.table.reference_times`).
 """
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import math
 
 import ibis
 from ibis import _
+
+from ..schema import tenant_expr
 
 DAY = 86400.0
 
@@ -35,23 +37,18 @@ def ranked(value, rank, where=None):
     return ibis.ifelse(values.length() > 0, values, ibis.null(values.type()))  # none: NULL on both engines
 
 
-def tenant(user_id):
-    """The tenant of a namespaced id (`shop:42` -> `shop`); '' for plain ids."""
-    return user_id.re_extract(r"^([^:]+):", 1)
-
-
-def reference_times(events, orders):
+def data_ends(events, orders):
     """Each tenant's own data end (latest event or order): old logs get sensible recencies, and
     several shops in one store do not age each other's users."""
     ts = events.select("user_id", "ts").union(orders.select("user_id", "ts"))
-    return ts.group_by(tenant=tenant(ts.user_id)).aggregate(as_of=_.ts.max())
+    return ts.group_by(tenant=tenant_expr(ts.user_id)).aggregate(as_of=_.ts.max())
 
 
 def with_reference(table, refs):
     """Adds the `as_of` column to `table` (keyed by user_id); `refs` is a scalar or a tenant table."""
     if isinstance(refs, ibis.expr.types.Scalar):
         return table.mutate(as_of=refs)
-    t = table.mutate(_tenant=tenant(table.user_id))
+    t = table.mutate(_tenant=tenant_expr(table.user_id))
     return t.left_join(refs.rename(_tenant="tenant"), "_tenant").drop("_tenant", "_tenant_right")
 
 

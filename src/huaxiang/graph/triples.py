@@ -10,7 +10,7 @@ import duckdb
 import networkx as nx
 
 from ..errors import HuaxiangError
-from ..store import has_table
+from ..store import has_table, transaction
 
 PREDICATE = {"view": "viewed", "cart": "carted", "fav": "favourited", "buy": "bought",
              "review": "reviewed", "search": "searched"}
@@ -50,16 +50,11 @@ def build_triples(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     if not has_table(con, "profiles"):
         raise HuaxiangError("no profiles in this store yet: run `huaxiang build` first")
     counts = {}
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute("CREATE OR REPLACE TABLE triples (subject VARCHAR, predicate VARCHAR, object VARCHAR, "
                     "weight DOUBLE, rule VARCHAR)")
         for rule, sql in RULES.items():
             counts[rule] = con.execute(f"INSERT INTO triples SELECT *, ? FROM ({sql})", [rule]).fetchone()[0]
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return counts
 
 

@@ -17,6 +17,7 @@ from .. import schema
 from ..schema import sql_literal
 from ..errors import HuaxiangError
 from ..privacy import MASKED, mask_sql, register_pseudonym
+from ..store import transaction
 from .adapters import FORMATS, Source, generic, sources_for
 from .readers import Chunk, Reject, json_text, text_table
 from .validate import blank_to_null, validation_sql
@@ -65,7 +66,7 @@ def _stage_chunk(con, table: schema.Table, select: str, where: str | None, raw: 
         inner = f"SELECT _line, {select} FROM raw" + (f" WHERE {where}" if where else "")
         present = {c for c in con.sql(inner).columns if c != "_line"}
         # an empty id stays NULL, so that it is still quarantined as missing
-        exprs = {c: f"{sql_literal(namespace + ':')} || {blank_to_null(c)}"
+        exprs = {c: f"{sql_literal(namespace + schema.TENANT_SEPARATOR)} || {blank_to_null(c)}"
                  for c in NAMESPACED if namespace and c in present}
         pseudo = register_pseudonym(con)
         if pseudo and "user_id" in present:
@@ -175,10 +176,12 @@ def ingest_records(con: duckdb.DuckDBPyConnection, records: list, label: str, ta
 
 
 def _ingest_sources(con, sources: list[Source], label: str, fmt: str, namespace, progress, sizes) -> IngestReport:
+    if namespace is not None and (not namespace or schema.TENANT_SEPARATOR in namespace):
+        raise HuaxiangError(f"namespace {namespace!r}: a tenant is a non-empty name without "
+                            f"'{schema.TENANT_SEPARATOR}' (ids become NAMESPACE:id)")
     report = IngestReport(label)
     total = sum(sizes)
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         # quarantine holds the latest verdict per file: a re-ingest replaces it, never doubles it
         con.execute("DELETE FROM quarantine WHERE source IN (SELECT unnest(?))", [[s.path for s in sources]])
         for i, source in enumerate(sources):  # source by source, so that sibling files merge their items
@@ -198,10 +201,6 @@ def _ingest_sources(con, sources: list[Source], label: str, fmt: str, namespace,
         con.execute("INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, current_timestamp)",
                     [label, fmt, report.rows_read, sum(report.added.values()),
                      sum(report.duplicates.values()), report.quarantined])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return report
 
 

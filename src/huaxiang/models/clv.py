@@ -1,16 +1,15 @@
 """Customer lifetime value: BG/NBD for how often a customer buys, Gamma-Gamma for how much, via PyMC-Marketing.
 
 Time is measured in weeks (7 days), as in Fader, Hardie & Lee (2005). Purchases on the same day count as one
-transaction (their values add up), the convention of the published CDNOW figures.
+transaction (their values add up), the convention of the published CDNOW figures; a file is read into such
+transactions by `ingest.transactions.read_transactions`.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -18,65 +17,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import HuaxiangError
+from ..ingest.transactions import Transactions
 
 WEEK = pd.Timedelta(days=7)
-FORMATS = ("cdnow", "online-retail", "csv")
-
-
-@dataclass
-class Transactions:
-    """One row per (customer, day): `customer_id`, `date`, `value`; plus what was left out and why."""
-    frame: pd.DataFrame
-    skipped: dict[str, int] = field(default_factory=dict)
-
-
-def read_transactions(path: str, fmt: str) -> Transactions:
-    """cdnow: whitespace `customer_id [customer_index] YYYYMMDD quantity value`; online-retail: UCI Online Retail II
-    CSV (value = Quantity × Price per invoice line); csv: header with `customer_id,date,value`."""
-    if fmt not in FORMATS:
-        raise HuaxiangError(f"unknown transaction format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if not Path(path).exists():
-        raise HuaxiangError(f"{path}: no such file")
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        if fmt == "cdnow":
-            raw = pd.read_csv(f, sep=r"\s+", header=None, dtype=str)
-            if raw.shape[1] not in (4, 5):
-                raise HuaxiangError(f"{path}: a CDNOW file has 4 or 5 columns per line, found {raw.shape[1]}")
-            raw = raw.iloc[:, [0, -3, -1]].set_axis(["customer_id", "date", "value"], axis=1)
-            if not raw["date"].iloc[0].isdigit():  # a header line
-                raw = raw.iloc[1:]
-            raw["date"] = pd.to_datetime(raw["date"], format="%Y%m%d", errors="coerce")
-        elif fmt == "online-retail":
-            raw = pd.read_csv(f, dtype=str)
-            need = {"Invoice", "Quantity", "InvoiceDate", "Price", "Customer ID"}
-            if missing := need - set(raw.columns):
-                raise HuaxiangError(f"{path}: not an Online Retail II file, missing columns {sorted(missing)}")
-            value = pd.to_numeric(raw["Quantity"], errors="coerce") * pd.to_numeric(raw["Price"], errors="coerce")
-            raw = pd.DataFrame({"customer_id": raw["Customer ID"].str.removesuffix(".0"),
-                                "date": pd.to_datetime(raw["InvoiceDate"], errors="coerce"), "value": value,
-                                "cancelled": raw["Invoice"].str.startswith("C")})
-        else:
-            raw = pd.read_csv(f, dtype=str)
-            if missing := {"customer_id", "date", "value"} - set(raw.columns):
-                raise HuaxiangError(f"{path}: CSV needs columns customer_id,date,value; missing {sorted(missing)}")
-            raw["date"] = pd.to_datetime(raw["date"], errors="coerce", format="mixed")
-    raw["value"] = pd.to_numeric(raw["value"], errors="coerce")
-    reasons = {"no customer id": raw["customer_id"].isna(), "unreadable date": raw["date"].isna(),
-               "unreadable value": raw["value"].isna()}
-    if "cancelled" in raw:
-        reasons["cancellation or return (invoice 'C…')"] = raw["cancelled"].fillna(False).astype(bool)
-    bad = np.zeros(len(raw), dtype=bool)
-    skipped = {}
-    for reason, mask in reasons.items():
-        mask = mask.to_numpy() & ~bad
-        if mask.any():
-            skipped[reason] = int(mask.sum())
-        bad |= mask
-    ok = raw[~bad]
-    frame = (ok.assign(date=ok["date"].dt.normalize())
-             .groupby(["customer_id", "date"], as_index=False)["value"].sum())
-    return Transactions(frame, skipped)
 
 
 def rfm_summary(tx: pd.DataFrame, calibration_end, holdout_end=None) -> pd.DataFrame:

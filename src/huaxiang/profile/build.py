@@ -15,17 +15,14 @@ import ibis
 import pandas as pd
 
 from ..config import Config
-from ..errors import HuaxiangError
-from ..store import has_table
+from ..schema import tenant_expr, tenant_sql
+from ..store import has_table, transaction
 from ..features import behaviour as bh
 from ..features import segments as sg
 from ..features import tags as tg
+from ..features.table import feature_parts, join_parts, price_cuts, reference_times
 from ..text.aspects import write_review_mentions
 from ..text.encoder import ENCODERS
-
-COUNT_COLUMNS = ["n_events", "n_view", "n_cart", "n_fav", "n_buy", "n_search", "n_review", "active_days",
-                 "n_sessions", "n_items", "n_categories", "frequency", "n_returns", "n_written_reviews"]
-
 
 @dataclass
 class BuildReport:
@@ -35,90 +32,9 @@ class BuildReport:
     segments: dict[str, int] = field(default_factory=dict)
 
 
-def reference_times(ib, as_of: datetime | None):
-    """The reference time: `as_of` when given, else each tenant's own data end (a scalar when the
-    store holds one tenant, a small tenant -> as_of table otherwise)."""
-    if as_of is not None:
-        return ibis.timestamp(as_of)
-    refs = bh.reference_times(ib.table("events"), ib.table("orders")).execute()
-    if refs.empty:
-        raise HuaxiangError("the store has no events or orders: run `huaxiang ingest` first")
-    if len(refs) == 1:
-        return ibis.timestamp(refs["as_of"].iloc[0].to_pydatetime())
-    return ibis.memtable(refs)
-
-
-def feature_parts(ib, cfg: Config, refs, price_cuts: tuple[float, float], with_sentiment: bool = False,
-                  with_embeddings: bool = False, only=None):
-    """The users (everyone seen in events, orders or reviews) and each group of behaviour features,
-    as Ibis expressions keyed by user_id (sentiment and embeddings once `huaxiang sentiment` /
-    `huaxiang embed` have run). `only`: an Ibis column of user ids to restrict them to."""
-    events, items, orders, reviews = (ib.table(t) for t in ("events", "items", "orders", "reviews"))
-    if only is not None:  # just these users (an incremental refresh)
-        events, orders, reviews = (t.filter(t.user_id.isin(only)) for t in (events, orders, reviews))
-    users = (events.select("user_id").union(orders.select("user_id"))
-             .union(reviews.filter(reviews.user_id.notnull()).select("user_id")).distinct())
-    users = bh.with_reference(users, refs)
-    events, orders = bh.with_reference(events, refs), bh.with_reference(orders, refs)
-    events, orders = events.filter(events.ts <= events.as_of), orders.filter(orders.ts <= orders.as_of)  # no leakage
-    pur = bh.purchases(events, orders)
-    joined = events.left_join(items.select("item_id", _brand="brand", _category="category"), "item_id")
-    sentiment = ib.table("review_sentiment") if with_sentiment else None
-    optional = {"review sentiment": bh.review_sentiment(reviews, sentiment)} if with_sentiment else {}
-    if with_embeddings:
-        optional["embedding"] = semantic(ib, ENCODERS[cfg.encoder].name)
-    return users, {
-        **optional,
-        "lifetime": bh.lifetime(events, orders),
-        "activity": bh.activity(events, cfg.session_gap_minutes),
-        "rfm": bh.rfm(pur),
-        "repeat purchases": bh.repeat_purchase(events),
-        "category affinity": bh.affinity(joined, joined.category_id.fill_null(joined._category), "category",
-                                         cfg.event_weights, cfg.half_life_days, cfg.top_k),
-        "brand affinity": bh.affinity(joined, joined._brand, "brand", cfg.event_weights, cfg.half_life_days,
-                                      cfg.top_k),
-        "price band": bh.price_band(bh.item_prices(events, items), *price_cuts),
-        "time habits": bh.time_habits(events, cfg.utc_offset_hours),
-        "reviews": bh.reviews_summary(reviews),
-        "review aspects": bh.review_mentions(reviews, ib.table("review_mentions"), sentiment, cfg.top_k),
-        "keywords": tg.user_keywords(events, ib.table("item_tokens"), cfg.event_weights, cfg.half_life_days,
-                                     cfg.top_k),
-    }
-
-
-def features_as_of(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime) -> pd.DataFrame:
-    """Every user's behaviour features from what happened on or before `as_of` only (for training scores on
-    a past cut-off); written nowhere. Users first seen after `as_of` are absent."""
-    ib = ibis.duckdb.from_connection(con)
-    users, parts = feature_parts(ib, cfg, ibis.timestamp(as_of), price_cuts(ib))
-    f = join_parts(users, list(parts.values())).execute()
-    return f[f["first_ts"].notna()]
-
-
-def semantic(ib, model: str):
-    """The user's embedding and semantic interest tags from `huaxiang embed` (for the configured encoder)."""
-    emb, tags = ib.table("user_embeddings"), ib.table("user_interests")
-    emb = emb.filter(emb.model == model).select("user_id", embedding="vector")
-    tags = tags.filter(tags.model == model).select("user_id", semantic_tags="interests")
-    return emb.left_join(tags, "user_id").drop("user_id_right")
-
-
-def join_parts(users, parts):
-    """One row per user with every feature; counts are 0, not NULL, for users a part does not see;
-    funnel rates are derived from the joined counts (not computed as a part of their own)."""
-    f = users
-    for part in parts:
-        f = f.left_join(part, "user_id").drop("user_id_right")
-    return bh.funnel(f.mutate(**{c: f[c].fill_null(0) for c in COUNT_COLUMNS if c in f.columns}))
-
-
-def price_cuts(ib) -> tuple[float, float]:
-    """The 1/3 and 2/3 quantiles of every known price (catalogue and events): the price-band cut points."""
-    items, events = ib.table("items"), ib.table("events")
-    p = items.select(p=items.price).union(events.select(p=events.price), distinct=False)
-    p = p.filter(p.p >= 0)
-    lo, hi = p.aggregate(lo=p.p.quantile(1 / 3), hi=p.p.quantile(2 / 3)).to_pandas().iloc[0]
-    return (0.0 if pd.isna(lo) else float(lo), 0.0 if pd.isna(hi) else float(hi))
+def embedding_model(con, cfg: Config) -> str | None:
+    """The encoder whose user vectors the profiles take, once `huaxiang embed` has written them."""
+    return ENCODERS[cfg.encoder].name if has_table(con, "user_interests") else None
 
 
 def _write_frame(con, name: str, df: pd.DataFrame) -> None:
@@ -129,17 +45,12 @@ def _write_frame(con, name: str, df: pd.DataFrame) -> None:
 
 def _replace_tables(con, names: list[str], before: Callable[[], None] | None = None) -> None:
     """Each `_new_<name>` table becomes `<name>`, in one transaction (which `before` runs in first)."""
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         if before:
             before()
         for name in names:
             con.execute(f"DROP TABLE IF EXISTS {name}")
             con.execute(f"ALTER TABLE _new_{name} RENAME TO {name}")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
 
 
 def profile_rows(feats, th: dict[str, float], cfg: Config):
@@ -181,15 +92,15 @@ class ProfileRefresher:
         ib = ibis.duckdb.from_connection(self.con)
         only = ib.table("_refresh_users").user_id
         users, parts = feature_parts(ib, cfg, ib.table("_refresh_refs"), price_cuts(ib),
-                                     has_table(self.con, "review_sentiment"), has_table(self.con, "user_interests"),
+                                     has_table(self.con, "review_sentiment"), embedding_model(self.con, cfg),
                                      only=only)
         feats_sql = ibis.to_sql(join_parts(users, list(parts.values())), dialect="duckdb")
         # profiles are computed from the fresh feature rows (a temp table), not from a second feature query
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE _refresh_feats AS SELECT * FROM ({feats_sql}) LIMIT 0")
         prof, _ = profile_rows(ib.table("_refresh_feats"), sg.thresholds(ib.table("features"), cfg.high_quantile,
                                                                            cfg.potential_quantile), cfg)
-        refs = bh.reference_times(ib.table("events"), ib.table("orders"))  # each wanted tenant's data end, now
-        refs = refs.filter(refs.tenant.isin(bh.tenant(only)))
+        refs = bh.data_ends(ib.table("events"), ib.table("orders"))  # each wanted tenant's data end, now
+        refs = refs.filter(refs.tenant.isin(tenant_expr(only)))
         # prepared once: DuckDB then skips parsing, binding and optimising the large statements on each call
         self.con.execute(f"PREPARE _refresh_refs_q AS INSERT INTO _refresh_refs BY NAME "
                          f"{ibis.to_sql(refs, dialect='duckdb')}")
@@ -206,18 +117,13 @@ class ProfileRefresher:
         c.execute("INSERT INTO _refresh_users SELECT DISTINCT unnest(?)", [list(user_ids)])
         c.execute("DELETE FROM _refresh_refs")
         c.execute("EXECUTE _refresh_refs_q")
-        c.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(c):
             c.execute("DELETE FROM _refresh_feats")
             c.execute("EXECUTE _refresh_feats_q")
             c.execute("DELETE FROM features WHERE user_id IN (SELECT user_id FROM _refresh_users)")
             c.execute("INSERT INTO features BY NAME SELECT * FROM _refresh_feats")
             c.execute("DELETE FROM profiles WHERE user_id IN (SELECT user_id FROM _refresh_users)")
             written = c.execute("EXECUTE _refresh_profiles_q").fetchone()[0]
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
         return written
 
 
@@ -253,7 +159,7 @@ def build_profiles(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime 
     # each group of features is computed on its own (so that it has the whole memory budget),
     # then the small per-user results are joined
     users, parts = feature_parts(ib, cfg, refs, price_cuts(ib), has_table(con, "review_sentiment"),
-                                 has_table(con, "user_interests"))
+                                 embedding_model(con, cfg))
     done = []
     for i, (name, expr) in enumerate(parts.items()):
         step(f"features: {name}")
@@ -293,6 +199,6 @@ def build_profiles(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime 
     _replace_tables(con, ["features", "profiles", "segment_rules", "clusters"], lambda: record_segments(con))
     report.users = con.execute("SELECT count(*) FROM profiles").fetchone()[0]
     report.as_of = dict(con.execute(
-        "SELECT regexp_extract(user_id, '^([^:]+):', 1), max(as_of) FROM profiles GROUP BY 1 ORDER BY 1").fetchall())
+        f"SELECT {tenant_sql('user_id')}, max(as_of) FROM profiles GROUP BY 1 ORDER BY 1").fetchall())
     report.segments = sizes
     return report

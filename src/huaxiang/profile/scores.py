@@ -22,17 +22,14 @@ from ..config import Config
 from ..errors import HuaxiangError
 from ..models import churn as ch
 from ..models.scores import ScoreModel, reason_text
-from ..store import has_table
+from ..schema import tenant_expr, tenant_of
+from ..store import has_table, transaction
 
 KINDS = ("churn", "propensity", "clv", "risk")
 TIERS = (("top", 0.9), ("high", 0.7), ("medium", 0.3), ("low", 0.0))  # CLV quantile tiers within a tenant
 SCORES_DDL = "CREATE TABLE IF NOT EXISTS scores (user_id VARCHAR, kind VARCHAR, score DOUBLE, detail VARCHAR)"
 NOT_FEATURES = {"cluster", "habit_utc_offset", "peak_hour", "peak_weekday"}
 RISK_COLUMNS = ("user_id", "item_id", "category_id", "type", "ts")
-
-
-def tenant_of(user_id: str) -> str:
-    return user_id.split(":", 1)[0] if ":" in user_id else ""
 
 
 def store_transactions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
@@ -170,9 +167,8 @@ def score_churn(con, cfg: Config, note: Callable[[str], None]) -> pd.DataFrame:
 
 def propensity_spans(ib):
     """Per tenant: (tenant, first event, last event, buy events), an Ibis expression."""
-    from ..features.behaviour import tenant
     ev = ib.table("events")
-    return (ev.group_by(tenant=tenant(ev.user_id))
+    return (ev.group_by(tenant=tenant_expr(ev.user_id))
             .aggregate(first=ev.ts.min(), last=ev.ts.max(), n_buy=(ev.type == "buy").sum()).order_by("tenant"))
 
 
@@ -186,7 +182,7 @@ def propensity_cut(note: Callable[[str], None], tenant: str, first, last, n_buy)
 
 def score_propensity(con, cfg: Config, note: Callable[[str], None]) -> pd.DataFrame:
     import ibis
-    from .build import features_as_of
+    from ..features.table import features_as_of
     current = con.execute("SELECT * FROM features").df()
     out = []
     for tenant, first, last, n_buy in propensity_spans(ibis.duckdb.from_connection(con)).to_pandas().itertuples(
@@ -250,13 +246,12 @@ def write_scores(con: duckdb.DuckDBPyConnection, cfg: Config, kinds, note: Calla
     written = {}
     for kind in kinds:
         rows = SCORERS[kind](con, cfg, note)
-        con.execute("BEGIN TRANSACTION")
-        con.execute("DELETE FROM scores WHERE kind = ?", [kind])
-        if len(rows):
-            con.register("_rows", rows)
-            con.execute("INSERT INTO scores SELECT user_id, kind, score, detail FROM _rows")
-            con.unregister("_rows")
-        con.execute("COMMIT")
+        with transaction(con):
+            con.execute("DELETE FROM scores WHERE kind = ?", [kind])
+            if len(rows):
+                con.register("_rows", rows)
+                con.execute("INSERT INTO scores SELECT user_id, kind, score, detail FROM _rows")
+                con.unregister("_rows")
         written[kind] = len(rows)
     return written
 

@@ -119,7 +119,7 @@ def search_store(con, query: str, user_id: str | None, k: int, encoder=None, rec
                  settings: SearchSettings | None = None) -> dict:
     """Search the store's titled items; with `user_id` (and a trained recommender `rec`) re-ranked by
     the user's preferences. `encoder` adds embedding retrieval over `huaxiang embed`'s item vectors."""
-    from .top_k import user_view
+    from .user_view import user_view
     settings = settings or SearchSettings()
     ids, titles, index = title_catalogue(con)
     vectors = qv = None

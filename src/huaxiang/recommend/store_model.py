@@ -20,15 +20,35 @@ from typing import Callable
 import numpy as np
 
 from ..errors import HuaxiangError
-from ..evaluate.seqrec import Sequences
 from ..models.seqrec import MODELS, ItemKNN, Popularity, load_model, save_model
+from ..models.seqrec.data import Sequences
 from ..store import has_table
 
 ITEM_EVENTS = ("view", "fav", "cart", "buy", "review")
+USER_PARTS = ("histories", "liked", "queries", "profiles")  # what the serving snapshot holds per user
 
 
 def model_dir(db: str) -> Path:
     return Path(f"{db}.models") / "recommender"
+
+
+def has_model(db: str) -> bool:
+    """Whether `huaxiang train recommender` has saved a recommender for the store `db`."""
+    return (model_dir(db) / "recommender.json").exists()
+
+
+def drop_user(db: str, user_id: str) -> int:
+    """Removes a user from the saved recommender's serving snapshot (history, items reviewed well, searches,
+    segment); returns how many of those held them (0: not in it, or no recommender). The model's weights keep
+    what they learned in aggregate until the next training."""
+    snap = model_dir(db) / "snapshot.json"
+    if not snap.exists():
+        return 0
+    data = json.loads(snap.read_text())
+    hits = sum(data[k].pop(user_id, None) is not None for k in USER_PARTS)
+    if hits:
+        snap.write_text(json.dumps(data, ensure_ascii=False))
+    return hits
 
 
 def store_sequences(con, min_length: int = 1) -> Sequences:
@@ -143,10 +163,16 @@ class StoreRecommender:
     meta: dict
     snapshot: dict
 
+    def forget_context(self, user_ids) -> None:
+        """Drops what the snapshot holds of these users (their data changed): they are read from the store."""
+        for part in USER_PARTS:
+            for u in user_ids:
+                self.snapshot[part].pop(u, None)
+
 
 def load_store_recommender(db: str) -> StoreRecommender:
     d = model_dir(db)
-    if not (d / "recommender.json").exists():
+    if not has_model(db):
         raise HuaxiangError(f"no recommender for {db} yet: run `huaxiang train recommender --db {db}` first")
     meta = json.loads((d / "recommender.json").read_text())
     vectors = np.load(d / "item_vectors.npy") if (d / "item_vectors.npy").exists() else None

@@ -17,42 +17,15 @@ for a user who arrived after training.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
-from ..store import has_table
-from .store_model import ITEM_EVENTS, StoreRecommender
+from ..schema import tenant_of
+from .search import search_store
+from .store_model import StoreRecommender
+from .user_view import UserView, user_view
 
 VERBS = {"view": "viewed", "fav": "saved", "cart": "added to your cart", "buy": "bought", "review": "reviewed"}
 COLD_REASONS = {"segment": "popular with shoppers like you", "popularity": "popular right now"}
-
-
-@dataclass
-class UserView:
-    history: list[tuple[int, str]] = field(default_factory=list)  # (item index, event type), oldest first
-    liked: list[int] = field(default_factory=list)  # items reviewed well
-    queries: list[str] = field(default_factory=list)  # latest searches first
-    segment: str | None = None
-    top_category: str | None = None
-
-
-def user_view(con, rec: StoreRecommender, user_id: str) -> UserView:
-    snap = rec.snapshot
-    if user_id in snap["histories"] or user_id in snap["profiles"]:
-        segment, category = snap["profiles"].get(user_id, (None, None))
-        return UserView([tuple(h) for h in snap["histories"].get(user_id, [])], snap["liked"].get(user_id, []),
-                        snap["queries"].get(user_id, []), segment, category)
-    rows = con.execute(f"""SELECT item_id, type FROM events WHERE user_id = ? AND item_id IS NOT NULL
-        AND type IN ({', '.join(repr(t) for t in ITEM_EVENTS)}) ORDER BY ts, event_id""", [user_id]).fetchall()
-    history = [(rec.index[i], t) for k, (i, t) in enumerate(rows) if (k == 0 or rows[k - 1][0] != i) and i in rec.index]
-    liked = [rec.index[i] for (i,) in con.execute("""SELECT item_id FROM reviews WHERE user_id = ?
-        AND (rating >= 4 OR label = 1)""", [user_id]).fetchall() if i in rec.index]
-    queries = [q for (q,) in con.execute("""SELECT query FROM events WHERE user_id = ? AND type = 'search'
-        AND query IS NOT NULL ORDER BY ts DESC LIMIT 3""", [user_id]).fetchall()]
-    profile = con.execute("SELECT segment, top_category FROM profiles WHERE user_id = ?", [user_id]).fetchone() \
-        if has_table(con, "profiles") else None
-    return UserView(history, liked, queries, *(profile or (None, None)))
 
 
 def top_indices(scores: np.ndarray, k: int, exclude: set[int]) -> list[int]:
@@ -94,7 +67,6 @@ def recommend(con, rec: StoreRecommender, user_id: str, k: int = 10, explain: bo
 
 def _from_searches(con, queries: list[str], k: int, exclude: set[str]) -> list[dict]:
     """Cold start from the user's latest searches: the best title matches (BM25) of each."""
-    from .search import search_store
     out = []
     for q in queries:
         for item in search_store(con, q, None, k)["items"]:
@@ -105,13 +77,13 @@ def _from_searches(con, queries: list[str], k: int, exclude: set[str]) -> list[d
 
 
 def _other_tenants(rec: StoreRecommender, user_id: str) -> set[int]:
-    if ":" not in user_id:
+    tenant = tenant_of(user_id)
+    if not tenant:
         return set()
-    prefix = user_id.split(":", 1)[0] + ":"
     tenants = rec.snapshot.setdefault("_tenant_items", {})
-    if prefix not in tenants:  # computed once per tenant
-        tenants[prefix] = {i for i, item in enumerate(rec.items, 1) if not item.startswith(prefix)}
-    return tenants[prefix]
+    if tenant not in tenants:  # computed once per tenant
+        tenants[tenant] = {i for i, item in enumerate(rec.items, 1) if tenant_of(item) != tenant}
+    return tenants[tenant]
 
 
 def _cold_start(rec: StoreRecommender, user: UserView) -> tuple[np.ndarray, str]:

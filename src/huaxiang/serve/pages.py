@@ -1,55 +1,26 @@
-"""The web pages of `huaxiang serve`, under /ui: a profile page per user, a segments overview, a user finder, and
-item search personalised for the user on their page.
+"""The HTML of the web pages of `huaxiang serve` (their routes, under /ui, are in `ui.py`): a profile page per user,
+a segments overview, a user finder, item search personalised for the user on their page, and the sign-in form.
 
 Rendered on the server: the core text needs no JavaScript; the charts are inline SVG (`charts.py`); one small
 script (`static/page.js`) adds as-you-type suggestions to the user finder. Nothing is loaded from anywhere but
 this server, and a strict Content-Security-Policy says so to the browser.
-
-The pages take the same API keys as the JSON routes (read scope): in a header, or in a cookie that the sign-in
-form sets (HttpOnly, SameSite=Strict, so another site cannot send it). Without a valid key a page answers 401
-with the sign-in form.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from html import escape
-from importlib.resources import files
-from typing import Callable
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
-from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse
 
-from ..errors import HuaxiangError
-from ..privacy import id_key, pseudonym
 from ..profile.render import WEEKDAYS, habit_zone
-from ..profile.segment_report import latest_changes, segment_report
+from ..profile.segment_report import latest_changes
 from . import charts
-from .keys import header_key
 
-COOKIE = "huaxiang_key"
 HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
                                       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
-STATIC = {"page.css": "text/css; charset=utf-8", "page.js": "text/javascript; charset=utf-8",
-          "icon.svg": "image/svg+xml"}
 PSEUDONYM = re.compile(r"(?:.*:)?u_[0-9a-f]{20}")
-
-
-class SignIn(Exception):
-    """A page was asked for without a valid key: answered with the sign-in form (401)."""
-
-    def __init__(self, next_url: str, message: str = ""):
-        self.next_url, self.message = next_url, message
-
-
-@dataclass(frozen=True)
-class PageDeps:
-    scope_for: Callable[[str | None], str | None]  # an API key -> its scope (None: not a valid key)
-    cursor: Callable[[], object]  # a fresh DuckDB cursor
-    profile: Callable[[str], dict | None]  # a user's profile record (None: no such user)
-    recommender: Callable[[], object]  # the trained recommender; HTTPException 409 when there is none
 
 
 # ---------------------------------------------------------------------------------------------------- the frame
@@ -325,119 +296,3 @@ def signin_html(next_url: str, message: str) -> str:
             f'<label>API key <input type="password" name="key" autocomplete="off" required maxlength="200"></label>'
             f'<button>Sign in</button></form>')
 
-
-def safe_next(url: str) -> str:
-    """Where to go after signing in: a page of this UI only (never another site)."""
-    return url if url.startswith("/ui") and not url.startswith("//") and "\\" not in url else "/ui"
-
-
-# ---------------------------------------------------------------------------------------------------- routes
-
-def mount_pages(app: FastAPI, deps: PageDeps) -> None:
-    def key_of(request: Request) -> str | None:
-        return header_key(request) or request.cookies.get(COOKIE)
-
-    def signed_in(request: Request) -> None:
-        if deps.scope_for(key_of(request)) is None:
-            path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path  # as asked: still quoted
-            target = path + (f"?{request.url.query}" if request.url.query else "")
-            raise SignIn(target, "A valid API key is needed to see this page." if key_of(request) is None
-                         else "That key is not valid (revoked, or mistyped).")
-
-    @app.exception_handler(SignIn)
-    async def sign_in(request: Request, exc: SignIn):
-        resp = page("Sign in", signin_html(safe_next(exc.next_url), exc.message), signed_in=False, status=401)
-        resp.headers["WWW-Authenticate"] = 'Bearer realm="huaxiang"'
-        return resp
-
-    @app.get("/ui/static/{name}", include_in_schema=False)
-    def static(name: str) -> Response:
-        if name not in STATIC:
-            raise HTTPException(404, f"no static file {name!r}")
-        return Response((files("huaxiang") / "serve" / "static" / name).read_bytes(), media_type=STATIC[name],
-                        headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
-
-    @app.post("/ui/signin", include_in_schema=False)
-    async def signin(request: Request) -> Response:
-        body = await request.body()
-        form = parse_qs(body[:4096].decode("utf-8", "replace"))
-        key, target = (form.get("key") or [""])[0].strip(), safe_next((form.get("next") or ["/ui"])[0])
-        if deps.scope_for(key) is None:
-            raise SignIn(target, "That key is not valid (revoked, or mistyped).")
-        resp = RedirectResponse(target, 303)
-        resp.set_cookie(COOKIE, key, httponly=True, samesite="strict", secure=request.url.scheme == "https",
-                        path="/ui")
-        return resp
-
-    @app.post("/ui/signout", include_in_schema=False)
-    def signout() -> Response:
-        resp = RedirectResponse("/ui/signin", 303)
-        resp.delete_cookie(COOKIE, path="/ui")
-        return resp
-
-    @app.get("/ui/signin", include_in_schema=False)
-    def signin_form(next: str = "/ui") -> HTMLResponse:
-        return page("Sign in", signin_html(safe_next(next), ""), signed_in=False)
-
-    @app.get("/ui", include_in_schema=False)
-    def home(request: Request) -> Response:
-        signed_in(request)
-        return RedirectResponse("/ui/segments", 303)
-
-    def ids_for(q: str) -> list[str]:
-        """`q` as an id, and its pseudonym when ids are pseudonymised (the platform's raw id finds its user)."""
-        key = id_key()
-        return [q, pseudonym(q, key)] if key else [q]
-
-    def find_users(q: str, limit: int) -> list[tuple]:
-        wanted = ids_for(q)
-        return deps.cursor().execute("""SELECT user_id, segment, n_events FROM profiles
-            WHERE user_id IN (SELECT unnest(?)) OR contains(lower(user_id), lower(?))
-            ORDER BY user_id IN (SELECT unnest(?)) DESC, starts_with(lower(user_id), lower(?)) DESC,
-                     n_events DESC, user_id LIMIT ?""", [wanted, q, wanted, q, limit]).fetchall()
-
-    @app.get("/ui/users", include_in_schema=False)
-    def users(request: Request, q: str = Query("", max_length=256)) -> Response:
-        signed_in(request)
-        q = q.strip()
-        found = find_users(q, 50) if q else []
-        if found and found[0][0] in ids_for(q):
-            return RedirectResponse(f"/ui/users/{quote(found[0][0], safe='')}", 303)
-        rows = [[user_link(u), escape(seg or "–"), f"{n:,}"] for u, seg, n in found]
-        body = (f"<h1>Users matching “{escape(q)}”</h1>" + (table(["user", "segment", "events"], rows, {2})
-                if rows else note("No user id contains that text." if q else "Type part of a user id above.")))
-        return page("Find a user", body, q)
-
-    @app.get("/ui/users.json", include_in_schema=False)
-    def suggest(request: Request, q: str = Query("", max_length=256)) -> JSONResponse:
-        signed_in(request)
-        return JSONResponse([u for u, _, _ in find_users(q.strip(), 10)] if q.strip() else [])
-
-    @app.get("/ui/users/{user_id:path}", include_in_schema=False)  # (ids may hold a slash)
-    def profile_page(request: Request, user_id: str, q: str = Query("", max_length=500)) -> Response:
-        signed_in(request)
-        r = deps.profile(user_id)
-        if r is None:
-            return page("No such user", f"<h1>No profile for “{escape(user_id)}”</h1>"
-                        + note("Ids are case-sensitive; namespaced ids look like taobao:1. Try the finder above."),
-                        status=404)
-        recs, rec_note, rec = None, "", None
-        try:
-            from ..recommend.top_k import recommend
-            rec = deps.recommender()
-            recs = recommend(deps.cursor(), rec, user_id, 10, True)
-        except HTTPException as exc:
-            rec_note = str(exc.detail)
-        except HuaxiangError as exc:
-            rec_note = str(exc)
-        found = None
-        if q.strip():
-            from ..recommend.search import search_store
-            found = search_store(deps.cursor(), q.strip(), user_id, 10, None, rec)
-        grid = week_hours(deps.cursor(), user_id, r.get("habit_utc_offset") or 0)
-        return page(f"User {user_id}", profile_html(r, grid, recs, rec_note, q.strip(), found))
-
-    @app.get("/ui/segments", include_in_schema=False)
-    def segments_page(request: Request) -> Response:
-        signed_in(request)
-        return page("Segments", segments_html(segment_report(deps.cursor())))

@@ -20,6 +20,7 @@ from scipy import sparse
 
 from ..config import Config
 from ..features import behaviour as bh
+from ..store import transaction
 from .interests import write_user_interests
 
 BATCH = 256
@@ -60,10 +61,9 @@ def embed_kind(con, encoder, kind: str, progress: Callable[[int, int], None] | N
         vectors = encoder.encode(part["text"].tolist(), KIND_OF[kind])
         batch = pd.DataFrame({"key": part["key"].values, "h": part["h"].values, "vector": list(vectors)})
         con.register("_emb", batch)
-        con.execute("BEGIN TRANSACTION")
-        con.execute("DELETE FROM embeddings WHERE kind = ? AND key IN (SELECT key FROM _emb)", [kind])
-        con.execute("INSERT INTO embeddings SELECT ?, key, ?, h, vector::FLOAT[] FROM _emb", [kind, encoder.name])
-        con.execute("COMMIT")
+        with transaction(con):
+            con.execute("DELETE FROM embeddings WHERE kind = ? AND key IN (SELECT key FROM _emb)", [kind])
+            con.execute("INSERT INTO embeddings SELECT ?, key, ?, h, vector::FLOAT[] FROM _emb", [kind, encoder.name])
         con.unregister("_emb")
         if progress:
             progress(min(start + BATCH, len(todo)), len(todo))
@@ -96,7 +96,7 @@ def user_vectors(weights: pd.DataFrame, keys: list[str], vectors: np.ndarray) ->
 
 def embed_users(con, cfg: Config, model: str) -> int:
     """Aggregates item and review embeddings into one vector per user (replaces the table)."""
-    from ..profile.build import reference_times
+    from ..features.table import reference_times
     ib = ibis.duckdb.from_connection(con)
     events = bh.with_reference(ib.table("events"), reference_times(ib, None))
     items = bh.user_item_weights(events, cfg.event_weights, cfg.half_life_days).execute()
@@ -110,13 +110,12 @@ def embed_users(con, cfg: Config, model: str) -> int:
     if not parts:
         return 0
     users, vecs = user_vectors(pd.concat([items, reviews], ignore_index=True), keys, np.vstack(parts))
-    con.execute("BEGIN TRANSACTION")
-    con.execute("DELETE FROM user_embeddings WHERE model = ?", [model])
-    if users:
-        con.register("_users", pd.DataFrame({"user_id": users, "vector": list(vecs)}))
-        con.execute("INSERT INTO user_embeddings SELECT user_id, ?, vector::FLOAT[] FROM _users", [model])
-        con.unregister("_users")
-    con.execute("COMMIT")
+    with transaction(con):
+        con.execute("DELETE FROM user_embeddings WHERE model = ?", [model])
+        if users:
+            con.register("_users", pd.DataFrame({"user_id": users, "vector": list(vecs)}))
+            con.execute("INSERT INTO user_embeddings SELECT user_id, ?, vector::FLOAT[] FROM _users", [model])
+            con.unregister("_users")
     return len(users)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import HuaxiangError
+from ..store import transaction
 
 POSITIVE_LABELS = {"1", "pos", "positive", "true"}
 
@@ -74,9 +75,8 @@ def score_reviews(con, encoder_name: str, model_dir: str | None = None) -> int:
     scores = classifier_scores(con, model_dir) if model_dir else frozen_scores(con, encoder_name)
     method = f"classifier:{model_dir}" if model_dir else f"frozen:{encoder_name}"
     con.register("_sent", scores)
-    con.execute("BEGIN TRANSACTION")
-    con.execute("CREATE OR REPLACE TABLE review_sentiment AS SELECT review_id, positive::DOUBLE AS positive, "
-                "? AS method FROM _sent", [method])
-    con.execute("COMMIT")
+    with transaction(con):
+        con.execute("CREATE OR REPLACE TABLE review_sentiment AS SELECT review_id, positive::DOUBLE AS positive, "
+                    "? AS method FROM _sent", [method])
     con.unregister("_sent")
     return len(scores)

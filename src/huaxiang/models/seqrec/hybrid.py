@@ -41,7 +41,7 @@ class Hybrid(Recommender):
         return self
 
     def _tune(self, valid) -> dict:
-        from ...evaluate.seqrec import metrics, ranks_full
+        from .data import metrics, ranks_full
         histories, targets = valid
         rng = np.random.default_rng(self.seed)
         pick = np.sort(rng.choice(len(histories), min(self.tune_users, len(histories)), replace=False))

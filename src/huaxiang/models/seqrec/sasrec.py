@@ -149,7 +149,7 @@ class SASRec(Recommender):
                 total, count = total + loss.item() * int(real.sum()), count + int(real.sum())
             record = {"epoch": epoch, "loss": total / max(count, 1), "seconds": time.perf_counter() - started}
             if valid is not None:
-                from ...evaluate.seqrec import metrics, ranks_full
+                from .data import metrics, ranks_full
                 ranks = np.concatenate([ranks_full(self.score(valid[0][i:i + 1024]), valid[0][i:i + 1024],
                                                    valid[1][i:i + 1024]) for i in range(0, len(valid[0]), 1024)])
                 record.update(metrics(ranks))

