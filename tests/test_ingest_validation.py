@@ -12,6 +12,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import duckdb
 import pytest
 
 import huaxiang
@@ -423,3 +424,22 @@ def test_kill_9_mid_ingest_leaves_the_store_unchanged(db, tmp_path):
         assert store.count(con, "events") == len(before["events"]) + 120_000
     finally:
         con.close()
+
+
+@pytest.mark.parametrize("namespace", ["", "a:b", ":"])
+def test_a_namespace_is_a_tenant_name_without_the_separator(con, tmp_path, namespace):
+    """The tenant of an id is the text before its first ':' (schema.tenant_of), so a namespace with one would be
+    read as another tenant: refused before anything is stored."""
+    path = write(tmp_path / "e.csv", "user_id,item_id,type,ts\nu1,i,view,2021-01-01\n")
+    with pytest.raises(HuaxiangError, match="namespace"):
+        ingest_file(con, str(path), "csv", namespace=namespace)
+    assert store.count(con, "events") == 0
+
+
+def test_the_tenant_rule_is_the_text_before_the_first_colon():
+    assert [schema.tenant_of(i) for i in ("shop:42", "shop:session:42", "plain", ":x", "")] == \
+        ["shop", "shop", "", "", ""]
+    con = duckdb.connect()
+    rows = con.execute(f"SELECT {schema.tenant_sql('i')} FROM (SELECT unnest(?) AS i)",
+                       [["shop:42", "shop:session:42", "plain", ":x", ""]]).fetchall()
+    assert [r[0] for r in rows] == ["shop", "shop", "", "", ""]

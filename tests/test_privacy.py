@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from huaxiang.errors import HuaxiangError
+from huaxiang.privacy import pseudonym
 from huaxiang.profile.scores import value_tiers
 from huaxiang.profile.segment_report import _private
 
@@ -39,3 +40,11 @@ def test_a_private_report_says_so_and_withholds_rule_text():
     for bad in (0.0, -1.0, 1e-9, 1e9):
         with pytest.raises(HuaxiangError, match="epsilon must be"):
             _private([], [], bad, 100.0, 0)
+
+
+def test_a_pseudonym_keeps_the_tenant_and_hides_the_rest_of_the_id():
+    key = b"k"
+    p = pseudonym("shop:session:42", key)
+    assert p.startswith("shop:u_") and "session" not in p and len(p) == len("shop:u_") + 20
+    assert pseudonym("shop:session:42", key) == p and pseudonym("shop:session:43", key) != p
+    assert pseudonym("42", key).startswith("u_") and pseudonym(None, key) is None
