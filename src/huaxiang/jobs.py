@@ -18,6 +18,11 @@ def consoles(out: Console | None = None, err: Console | None = None) -> tuple[Co
     return out or Console(soft_wrap=True), err or Console(stderr=True, soft_wrap=True)
 
 
+def spinner(err: Console, label: str = "{task.description}") -> Progress:
+    """A transient spinner with the elapsed time on `err`; `label` formats the task's description."""
+    return Progress(SpinnerColumn(), TextColumn(label), TimeElapsedColumn(), console=err, transient=True)
+
+
 def print_ingest(report, out: Console | None = None) -> None:
     out = consoles(out)[0]
     added = ", ".join(f"{n:,} {t}" for t, n in report.added.items()) or "nothing"
@@ -64,8 +69,7 @@ def run_score(con, cfg, kinds, err: Console | None = None) -> tuple[dict, list[s
     from .profile.scores import write_scores
     err = consoles(err=err)[1]
     notes = []
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
-                  transient=True) as bar:
+    with spinner(err) as bar:
         task = bar.add_task("scoring", total=None)
 
         def note(msg):

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
+
+from .. import jobs
 
 out = Console(soft_wrap=True)  # results
 err = Console(stderr=True, soft_wrap=True)  # progress bars and errors
@@ -21,5 +23,5 @@ JSON = json_option()
 
 
 def spinner(label: str = "{task.description}") -> Progress:
-    """A transient spinner with the elapsed time on stderr; `label` formats the task's description."""
-    return Progress(SpinnerColumn(), TextColumn(label), TimeElapsedColumn(), console=err, transient=True)
+    """`jobs.spinner` on the commands' stderr console."""
+    return jobs.spinner(err, label)
