@@ -1,5 +1,5 @@
 """A benchmark's store served for real: a key for it, and `huaxiang serve` in its own process on a free loopback
-port (used by api_load.py and pages.py)."""
+port (used by api_load.py, pages.py and body_limit.py)."""
 from __future__ import annotations
 
 import socket
@@ -17,19 +17,28 @@ def create_key(cli: list[str], db: str, scope: str = "read") -> str:
 
 
 @contextmanager
-def serving(cli: list[str], db: str):
-    """`huaxiang serve --db db` until the block ends; yields its port once it accepts connections."""
+def server(cli: list[str], db: str, *options: str):
+    """`huaxiang serve --db db OPTIONS` until the block ends; yields (port, process) once it accepts connections."""
     port = free_port()
-    server = subprocess.Popen(cli + ["serve", "--db", db, "--port", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cli + ["serve", "--db", db, "--port", str(port), *options], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
         for _ in range(300):
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
             except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"huaxiang serve exited with status {proc.returncode}") from None
                 time.sleep(0.1)
-        yield port
+        yield port, proc
     finally:
-        server.terminate()
-        server.wait(10)
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextmanager
+def serving(cli: list[str], db: str, *options: str):
+    """`huaxiang serve --db db OPTIONS` until the block ends; yields its port once it accepts connections."""
+    with server(cli, db, *options) as (port, _):
+        yield port

@@ -53,12 +53,18 @@ def call(base, method, path, key=None, body=None, headers=None):
             return e.code, {"detail": raw.decode()}
 
 
+SERVED: dict[str, tuple[subprocess.Popen, Path]] = {}  # base URL -> (the server process, its stderr file)
+
+
 @contextmanager
 def start_server(db: str, *args: str):
-    """`huaxiang serve --db db *args` on a free port until the block ends; yields its base URL."""
+    """`huaxiang serve --db db *args` on a free port until the block ends; yields its base URL (its process and
+    stderr file are in SERVED meanwhile)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "huaxiang.cli", "serve", "--db", db, "--port", str(port), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
+    log = Path(db).with_name(f"serve-{port}.log")
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "huaxiang.cli", "serve", "--db", db, "--port", str(port),
+                                 *args], stdout=subprocess.DEVNULL, stderr=err, env={**os.environ})
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -66,12 +72,18 @@ def start_server(db: str, *args: str):
                 if call(base, "GET", "/healthz")[0] == 200:
                     break
             except OSError:
+                if proc.poll() is not None:
+                    break
                 time.sleep(0.1)
         else:
             proc.kill()
-            raise AssertionError(proc.stderr.read().decode())
+            raise AssertionError(log.read_text())
+        if proc.poll() is not None:
+            raise AssertionError(log.read_text())
+        SERVED[base] = (proc, log)
         yield base
     finally:
+        SERVED.pop(base, None)
         proc.terminate()
         proc.wait(10)
 

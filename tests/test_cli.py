@@ -9,7 +9,7 @@ import pytest
 COMMANDS = ["ingest", "build", "profile", "segments", "embed", "sentiment", "graph", "demo", "score", "serve",
             "consume", "forget"]
 GROUPS = [("train", "classifier", "--text-col"), ("eval", "classifier", "--text-col"), ("eval", "seqrec", "--protocol"),
-          ("keys", "create", "--scope")]
+          ("keys", "create", "--scope"), ("keys", "list", "--json"), ("keys", "revoke", "key_id")]
 
 
 def run(*args, cwd=None, check=True):
@@ -75,8 +75,8 @@ def test_demo_end_to_end(tmp_path):
     assert {"events", "items", "reviews", "orders", "quarantine", "features", "profiles"} <= tables
     con.close()
     segs = json.loads(run("segments", "--db", db, "--json").stdout)
-    assert {s["segment"] for s in segs["segments"]} >= {"new", "high-value", "high-frequency", "high-potential",
-                                                       "at-risk", "dormant"}
+    assert {s["segment"] for p in segs["tenants"] for s in p["segments"] if s["size"]} >= {
+        "new", "high-value", "high-frequency", "high-potential", "at-risk", "dormant"}
     counts = "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM orders), (SELECT count(*) FROM reviews)"
     con = duckdb.connect(db, read_only=True)
     before = con.execute(counts).fetchone()
@@ -94,7 +94,7 @@ def test_config_file_changes_thresholds_and_bad_keys_fail(tmp_path):
     run("ingest", str(tmp_path / "e.csv"), "--format", "csv", "--db", db)
     (tmp_path / "c.toml").write_text("new_days = 30\n")
     run("build", "--db", db, "--config", str(tmp_path / "c.toml"))
-    segs = {s["segment"]: s for s in json.loads(run("segments", "--db", db, "--json").stdout)["segments"]}
+    segs = {s["segment"]: s for s in json.loads(run("segments", "--db", db, "--json").stdout)["tenants"][0]["segments"]}
     assert segs["new"]["size"] == 2 and "≤ 30 days" in segs["new"]["definition"]
     (tmp_path / "bad.toml").write_text("new_dayz = 30\n")
     proc = run("build", "--db", db, "--config", str(tmp_path / "bad.toml"), check=False)
@@ -105,3 +105,18 @@ def test_config_file_changes_thresholds_and_bad_keys_fail(tmp_path):
 def test_sub_commands_have_help(group, command, option):
     out = run(group, command, "--help").stdout
     assert "Usage" in out and option in out and ("--data" in out or "--db" in out)
+
+
+def test_keys_are_listed_and_revoked_by_id(tmp_path):
+    db = str(tmp_path / "k.duckdb")
+    made = run("keys", "create", "--scope", "read", "--tenant", "shop", "--expires-in", "90d", "--db", db)
+    key, said = made.stdout.strip().splitlines()[-1], made.stdout
+    listed = json.loads(run("keys", "list", "--json", "--db", db).stdout)
+    assert len(listed) == 1 and listed[0]["tenants"] == ["shop"] and listed[0]["expires_at"]
+    assert listed[0]["id"] in said and key not in json.dumps(listed) and listed[0]["revoked"] is False
+    run("keys", "revoke", listed[0]["id"], "--db", db)
+    assert json.loads(run("keys", "list", "--json", "--db", db).stdout)[0]["revoked"] is True
+    proc = run("keys", "revoke", "k_nope", "--db", db, check=False)
+    assert proc.returncode == 1 and "unknown key id 'k_nope'" in proc.stderr
+    proc = run("keys", "create", "--scope", "read", "--tenant", "a:b", "--db", db, check=False)
+    assert proc.returncode == 1 and "without ':'" in proc.stderr

@@ -145,3 +145,78 @@ def test_kmeans_option(tmp_path):
     assert report.users == 814  # every user of the real Taobao slice gets a profile
     assert con.execute("SELECT count(DISTINCT user_id), count(DISTINCT cluster) FROM profiles").fetchone() == (814, 4)
     assert con.execute("SELECT sum(size) FROM clusters").fetchone()[0] == 814
+
+
+def _rounded(rows: list[dict]) -> list[dict]:
+    return [{k: float(f"{v:.10g}") if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+
+
+def _retail_store(path, parts: list[tuple[str, str | None]], cfg):
+    """A store of the given Online Retail files, each ingested under its namespace (None: plain ids), built."""
+    con = connect(str(path))
+    for file, namespace in parts:
+        ingest_file(con, file, "online-retail", namespace=namespace)
+    build_profiles(con, cfg)
+    return con
+
+
+def test_every_population_statistic_is_per_tenant(tmp_path):
+    """The same real Online Retail rows twice in one store: with plain ids (the default tenant '') and under `big`
+    with every price times 100. Each tenant gets its own thresholds and price-band cuts (`big`'s 100 times the
+    other's), and everything built on them (segments, sizes, price bands, keywords, k-means clusters, the live
+    refresh) is what the tenant gets when built alone."""
+    import csv
+    import gzip
+
+    import ibis
+
+    from huaxiang.demo import demo_path
+    from huaxiang.features import segments as sg
+    from huaxiang.features.table import price_cuts
+    from huaxiang.profile.build import ProfileRefresher
+    from huaxiang.profile.segment_report import segment_report
+
+    with gzip.open(demo_path("online_retail_ii_10countries.csv.gz"), "rt", newline="") as f:
+        rows = list(csv.reader(f))[:8001]  # the header and 8,000 order lines
+    files = {}
+    for name, factor in (("plain", 1), ("big", 100)):
+        files[name] = str(tmp_path / f"{name}.csv")
+        with open(files[name], "w", newline="") as f:
+            price = rows[0].index("Price")
+            csv.writer(f).writerows([rows[0]] + [r[:price] + [f"{float(r[price]) * factor:g}"] + r[price + 1:]
+                                                 for r in rows[1:]])
+    cfg = load_config(kmeans=3)
+    both = _retail_store(tmp_path / "both.duckdb", [(files["plain"], None), (files["big"], "big")], cfg)
+    alone = {"": _retail_store(tmp_path / "plain.duckdb", [(files["plain"], None)], cfg),
+             "big": _retail_store(tmp_path / "big.duckdb", [(files["big"], "big")], cfg)}
+
+    th = sg.thresholds(ibis.duckdb.from_connection(both).table("features"), cfg.high_quantile, cfg.potential_quantile)
+    assert set(th) == {"", "big"} and th[""]["monetary"] > 0
+    assert th["big"]["monetary"] == pytest.approx(100 * th[""]["monetary"])
+    cuts = price_cuts(ibis.duckdb.from_connection(both))
+    assert cuts["big"] == pytest.approx([100 * c for c in cuts[""]])
+
+    columns = "user_id, segment, segments, price_band, keywords, tags, cluster"
+    mixed = both.execute(f"SELECT {columns} FROM profiles ORDER BY user_id").fetchall()
+    report = segment_report(both)
+    assert [p["tenant"] for p in report["tenants"]] == ["", "big"]
+    for tenant, con in alone.items():
+        mine = [r for r in mixed if (r[0].startswith("big:") == (tenant == "big"))]
+        assert mine == con.execute(f"SELECT {columns} FROM profiles ORDER BY user_id").fetchall()
+        part = next(p for p in report["tenants"] if p["tenant"] == tenant)
+        by_itself = segment_report(con)["tenants"]
+        assert [p["tenant"] for p in by_itself] == [tenant]
+        for key in ("segments", "features", "value_tiers", "clusters"):  # (means: sums in another order)
+            assert _rounded(part[key]) == _rounded(by_itself[0][key]), key
+        assert sum(s["size"] for s in part["segments"]) == len(mine)
+    high = {p["tenant"]: next(s for s in p["segments"] if s["segment"] == "high-value") for p in report["tenants"]}
+    assert high[""]["definition"] != high["big"]["definition"] and high[""]["size"] == high["big"]["size"] > 0
+    assert segment_report(both, tenants=["big"])["tenants"] == [report["tenants"][1]]
+    assert segment_report(both, tenants=["nobody"]) == {"tenants": []}
+    noisy = segment_report(both, epsilon=1.0, seed=0, tenants=["", "big"])
+    assert [p["tenant"] for p in noisy["tenants"]] == ["", "big"] and noisy["privacy"]["epsilon"] == 1.0
+
+    # the live refresh keeps to each tenant's own statistics too
+    ProfileRefresher(both, cfg).refresh([r[0] for r in mixed])
+    assert both.execute("SELECT user_id, segment, segments, price_band FROM profiles ORDER BY user_id").fetchall() \
+        == [r[:4] for r in mixed]

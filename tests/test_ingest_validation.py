@@ -17,8 +17,10 @@ import pytest
 
 import huaxiang
 from huaxiang import schema, store
+from huaxiang.config import load_config
 from huaxiang.errors import HuaxiangError
-from huaxiang.ingest import ingest_file, readers
+from huaxiang.ingest import ingest_file, ingest_records, readers
+from huaxiang.ingest.validate import validation_sql
 
 SRC = Path(huaxiang.__file__).resolve().parents[1]  # the folder holding the `huaxiang` package
 
@@ -72,7 +74,7 @@ BAD_ROWS = {
     4: ("price", "not a number: 'abc'"),
     5: ("type", "unknown event type 'teleport'"),
     6: ("ts", "timestamp out of range"),
-    7: ("ts", "timestamp out of range"),
+    7: ("ts", "timestamp in the future"),
     8: ("user_id", "missing user_id"),
     9: ("item_id", "invalid UTF-8 in item_id"),
     10: ("item_id", "item_id longer than 256 characters (300)"),
@@ -152,7 +154,7 @@ def test_reingest_adds_nothing_and_does_not_double_the_quarantine(con, tmp_path)
     assert balanced(second)
     after = snapshot(con)
     assert after["events"] == before["events"]
-    strip = lambda rows: sorted(r[:-1] for r in rows)  # noqa: E731 -- ingested_at differs
+    strip = lambda rows: sorted(r[:6] + r[7:] for r in rows)  # noqa: E731 -- ingested_at (7th) differs
     assert strip(after["quarantine"]) == strip(before["quarantine"])
     assert len(after["ingests"]) == 2
 
@@ -443,3 +445,121 @@ def test_the_tenant_rule_is_the_text_before_the_first_colon():
     rows = con.execute(f"SELECT {schema.tenant_sql('i')} FROM (SELECT unnest(?) AS i)",
                        [["shop:42", "shop:session:42", "plain", ":x", ""]]).fetchall()
     assert [r[0] for r in rows] == ["shop", "shop", "", "", ""]
+
+
+# ---------------------------------------------------------------- in-memory batches and re-sent rows
+def view(**kw) -> dict:
+    return {"user_id": "u1", "item_id": "i1", "type": "view", "ts": "2021-03-04T05:06:07Z", **kw}
+
+
+def rejected(con, source: str) -> list[tuple]:
+    return con.execute("SELECT line, field, reason FROM quarantine WHERE source = ? ORDER BY line", [source]).fetchall()
+
+
+def iso(delta: timedelta) -> str:
+    return (datetime.now(timezone.utc) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_timestamp_past_the_clock_skew_tolerance_is_in_the_future(con, tmp_path):
+    """One event dated tomorrow would move its tenant's reference time (its latest event) ahead a day."""
+    batch = [view(event_id="soon", ts=iso(timedelta(minutes=2))),        # within the 5 minutes of clock skew
+             view(event_id="later", ts=iso(timedelta(hours=1))),
+             view(event_id="tomorrow", ts=iso(timedelta(hours=23)))]
+    report = ingest_records(con, batch, "api:1")
+    assert [(line, field) for line, field, _ in rejected(con, "api:1")] == [(2, "ts"), (3, "ts")]
+    assert all(r.startswith("timestamp in the future: ") and "300 s after the time of ingest" in r
+               for _, _, r in rejected(con, "api:1"))
+    assert report.added == {"events": 1} and report.quarantined == 2
+    # the tolerance is a setting: none at all, or two hours
+    strict = ingest_records(con, [view(event_id="s", ts=iso(timedelta(minutes=2)))], "api:2", future_tolerance_s=0)
+    assert strict.quarantined == 1 and rejected(con, "api:2")[0][1] == "ts"
+    loose = ingest_records(con, [view(event_id="l", ts=iso(timedelta(hours=1)))], "api:3", future_tolerance_s=7200)
+    assert loose.added == {"events": 1}
+    # the same for files, and the cut-off is a literal in the statement, not now()
+    path = write(tmp_path / "e.csv", f"user_id,item_id,type,ts\nu,i,view,{iso(timedelta(hours=3))}\n")
+    ingest_file(con, str(path), "csv")
+    assert [(line, field) for line, field, _ in rejected(con, str(path))] == [(2, "ts")]
+    assert "now()" not in validation_sql(schema.EVENTS, set(schema.EVENTS.names))
+    cfg = tmp_path / "h.toml"
+    cfg.write_text("future_tolerance_seconds = 60\n")
+    assert load_config(str(cfg)).future_tolerance_seconds == 60 and load_config().future_tolerance_seconds == 300
+
+
+def test_a_lone_surrogate_quarantines_its_row_not_the_batch(con):
+    batch = [view(event_id="ok"), view(event_id="a", user_id="\ud800"), view(event_id="b", item_id="i\udfff"),
+             view(event_id="c", type="search", query="shoes \udc00")]
+    report = ingest_records(con, batch, "api:1")
+    assert [(line, field) for line, field, _ in rejected(con, "api:1")] == [(2, "user_id"), (3, "item_id"),
+                                                                            (4, "query")]
+    assert all("invalid UTF-8 in " + field in reason for _, field, reason in rejected(con, "api:1"))
+    assert report.added == {"events": 1} and [r[0] for r in con.execute("SELECT event_id FROM events").fetchall()] \
+        == ["ok"]
+
+
+@pytest.mark.parametrize("field,value,reason", [
+    ("user_id", 12345, "user_id must be a string, not a JSON number"),
+    ("user_id", True, "user_id must be a string, not a JSON boolean"),
+    ("item_id", ["a"], "item_id must be a string, not a JSON array"),
+    ("user_id", {"$ne": None}, "user_id must be a string, not a JSON object"),
+    ("event_id", 7, "event_id must be a string, not a JSON number"),
+    ("type", 1, "type must be a string, not a JSON number"),
+    ("query", False, "query must be a string, not a JSON boolean"),
+    ("price", True, "price must be a string or a number, not a JSON boolean"),
+    ("ts", [1614834367], "ts must be a string or a number, not a JSON array"),
+    ("quantity", {"n": 1}, "quantity must be a string or a number, not a JSON object"),
+    ("user_id", "u\x00", "NUL character in user_id"),
+    ("query", "red\x00shoes", "NUL character in query"),
+])
+def test_records_are_held_to_their_json_types(con, field, value, reason):
+    report = ingest_records(con, [view(event_id="ok"), view(**{"event_id": "bad", field: value})], "api:1")
+    assert rejected(con, "api:1") == [(2, field, reason)]
+    assert report.added == {"events": 1} and report.rejected == [(2, field, reason)]
+
+
+def test_numbers_and_strings_are_both_read_for_numeric_and_time_columns(con):
+    report = ingest_records(con, [view(event_id="a", price=2.5, quantity=2, ts=1614834367),
+                                  view(event_id="b", price="2.5", quantity="2", ts="1614834367")], "api:1")
+    assert report.quarantined == 0
+    assert sorted(con.execute("SELECT event_id, price, quantity, ts FROM events").fetchall()) == [
+        ("a", 2.5, 2.0, datetime(2021, 3, 4, 5, 6, 7)), ("b", 2.5, 2.0, datetime(2021, 3, 4, 5, 6, 7))]
+
+
+def test_a_nul_byte_in_a_file_field_is_quarantined(con, tmp_path):
+    path = write(tmp_path / "e.csv", b"user_id,item_id,type,ts\nu1,i\x001,view,2021-01-01\nu2,i2,view,2021-01-01\n")
+    report = ingest_file(con, str(path), "csv")
+    assert rejected(con, str(path)) == [(2, "item_id", "NUL character in item_id")]
+    assert report.added == {"events": 1}
+
+
+def test_a_resent_key_with_other_content_is_a_conflict(con, tmp_path):
+    first = ingest_records(con, [view(event_id="e1", price=1), view(event_id="e2")], "api:1")
+    assert first.added == {"events": 2}
+    same = ingest_records(con, [view(event_id="e1", price=1)], "api:2")  # a plain resend
+    assert same.duplicates == {"events": 1} and same.conflicts == 0 and same.quarantined == 0
+    other = ingest_records(con, [view(event_id="e1", price=2), view(event_id="e2"), view(event_id="e3")], "api:3")
+    assert other.conflicts == 1 and other.quarantined == 1
+    assert other.added == {"events": 1} and other.duplicates == {"events": 1}
+    assert other.rows_read == other.added["events"] + other.duplicates["events"] + other.quarantined
+    assert rejected(con, "api:3") == [(1, "event_id", "event_id e1 already stored with different content")]
+    assert con.execute("SELECT price FROM events WHERE event_id = 'e1'").fetchall() == [(1.0,)]  # the first kept
+    assert con.execute("SELECT user_id FROM quarantine WHERE source = 'api:3'").fetchall() == [("u1",)]
+    # files and orders alike
+    path = write(tmp_path / "o.csv", "order_id,user_id,ts,amount\no1,u1,2021-01-01,5\no2,u1,2021-01-01,6\n")
+    ingest_file(con, str(path), "csv", table="orders")
+    path2 = write(tmp_path / "o2.csv", "order_id,user_id,ts,amount\no1,u1,2021-01-01,5\no2,u1,2021-01-01,7\n")
+    again = ingest_file(con, str(path2), "csv", table="orders")
+    assert again.conflicts == 1 and again.duplicates == {"orders": 1}
+    assert rejected(con, str(path2)) == [(3, "order_id", "order_id o2 already stored with different content")]
+
+
+def test_a_resent_batch_does_not_pile_up_in_the_quarantine(con, tmp_path):
+    batch = [view(event_id="ok"), view(event_id="x", type="teleport"), "not an object", view(event_id="y", ts="soon")]
+    first = ingest_records(con, batch, "api:1")
+    rows = store.count(con, "quarantine")
+    assert rows == 3 and first.quarantined == 3
+    second = ingest_records(con, batch, "api:2")  # a fresh label, as the API gives every batch
+    assert store.count(con, "quarantine") == rows
+    assert second.quarantined == 3 and [line for line, _, _ in second.rejected] == [2, 3, 4]
+    assert second.rejected == first.rejected and second.duplicates == {"events": 1}
+    third = ingest_records(con, [*batch, view(event_id="z", type="jump")], "api:3")  # only the new one is added
+    assert third.quarantined == 4 and rejected(con, "api:3") == [(5, "type", third.rejected[-1][2])]

@@ -136,7 +136,13 @@ def test_score_command_writes_scores_with_reasons(tmp_path):
     assert "value tier:" in text and "churn risk (90 days)" in text and "because" in text
     record = json.loads(run("profile", "taobao:1000251", "--db", db, "--json").stdout)
     assert 0 <= record["scores"]["propensity"]["score"] <= 1 and record["scores"]["propensity"]["reasons"]
-    tiers = json.loads(run("segments", "--db", db, "--json").stdout)["value_tiers"]  # value tiers join segments
-    assert {t["value_tier"] for t in tiers} == {"top", "high", "medium", "low"}
+    report = json.loads(run("segments", "--db", db, "--json").stdout)  # value tiers join segments, per tenant
+    assert [p["tenant"] for p in report["tenants"]] == ["retail", "taobao"]
+    for part in report["tenants"]:  # each tenant's own tiers (quantiles of its own customers' CLV)
+        assert {t["value_tier"] for t in part["value_tiers"]} == {"top", "high", "medium", "low"}
+    only = json.loads(run("segments", "--db", db, "--json", "--tenant", "taobao").stdout)
+    assert only["tenants"] == [report["tenants"][1]]
+    text = run("segments", "--db", db).stdout
+    assert "Tenant: retail" in text and "Tenant: taobao" in text and "net spend ≥" in text
     bad = run("score", "loyalty", "--db", db, check=False)
     assert bad.returncode == 1 and "unknown score 'loyalty'" in bad.stderr

@@ -188,21 +188,35 @@ def test_core_text_works_without_javascript(site, browser):
 
 
 def test_segments_page_shows_sizes_features_and_drift(site, browser):
+    """A part per tenant, each with its own thresholds, sizes, feature means and drift."""
     base, key, _, _ = site
     page = open_signed_in(browser, base, key)
-    sizes = page.locator("section.sizes tbody tr")
-    assert sizes.count() >= 5
-    total = sum(int(t.replace(",", "")) for t in page.locator("section.sizes tbody tr td:nth-child(2)").all_inner_texts())
     status, report = call(base, "GET", "/v1/segments", key)
-    assert status == 200 and total == sum(s["size"] for s in report["segments"])
-    assert page.locator("section.features tbody tr").count() == sizes.count()
-    # two builds so far (the demo's and the fixture's): one line per segment, two points each, and the moves
-    drift = page.locator("section.drift svg.chart")
-    assert drift.locator("polyline").count() == len(report["drift"]["sizes"])
-    assert drift.locator("circle").count() == 2 * len(report["drift"]["sizes"])
-    changes = page.locator("section.drift table").first.inner_text()
-    assert "new\t" in changes and "+1" in changes  # the Chinese shopper joined in build 2, as a new customer
-    assert "(new)" in page.locator("section.drift table").nth(1).inner_text()
+    assert status == 200 and {"taobao", "retail", "cdnow", "cn"} <= {p["tenant"] for p in report["tenants"]}
+    assert page.locator("div.tenant").count() == len(report["tenants"])
+    assert page.locator("a[href^='#tenant-']").count() == len(report["tenants"])
+    for part in report["tenants"]:
+        div = page.locator(f'div.tenant[data-tenant="{part["tenant"]}"]')
+        sizes = div.locator("section.sizes tbody tr")
+        assert sizes.count() == len(part["segments"]) == 7
+        total = sum(int(t.replace(",", "")) for t in div.locator("section.sizes tbody tr td:nth-child(2)")
+                    .all_inner_texts())
+        assert total == sum(s["size"] for s in part["segments"]) > 0
+        assert div.locator("section.features tbody tr").count() == sum(s["size"] > 0 for s in part["segments"])
+        # two builds so far (the demo's and the fixture's): one line per segment, two points each
+        drift = div.locator("section.drift svg.chart")
+        assert drift.locator("polyline").count() == len(part["drift"]["sizes"]) > 0
+        assert drift.locator("circle").count() == 2 * len(part["drift"]["sizes"])
+    # each tenant's own thresholds: Online Retail's pounds and CDNOW's dollars give different net-spend rules
+    rule = {p["tenant"]: next(s["definition"] for s in p["segments"] if s["segment"] == "high-value")
+            for p in report["tenants"]}
+    assert rule["retail"] != rule["cdnow"] and rule["retail"].startswith("net spend ≥")
+    assert rule["retail"] in page.locator('div.tenant[data-tenant="retail"] section.sizes').inner_text()
+    # the Chinese shopper joined in build 2, as a new customer of a new tenant
+    cn = page.locator('div.tenant[data-tenant="cn"] section.drift table')
+    changes = cn.first.inner_text()
+    assert "new\t" in changes and "+1" in changes
+    assert "(new)" in cn.nth(1).inner_text()
     page.screenshot(path=str(ARTIFACTS / "segments-page.png"), full_page=True)
     assert page.problems == []
     page.close()
@@ -210,14 +224,14 @@ def test_segments_page_shows_sizes_features_and_drift(site, browser):
 
 def test_pages_refuse_a_request_without_a_valid_key(site, browser):
     base, key, user, _ = site
-    for headers in ({}, {"X-API-Key": "hx_not-a-key"}, {"Cookie": "huaxiang_key=hx_not-a-key"}):
+    for headers in ({}, {"X-API-Key": "hx_not-a-key"}, {"Cookie": "huaxiang_session=hx_not-a-key"}):
         for path in (user_url(base, user)[len(base):], "/ui/segments", "/ui/users?q=taobao", "/ui/users.json?q=ta"):
             status, text = get_html(base, path, headers=headers)
             assert status == 401, (path, headers)
             assert 'action="/ui/signin"' in text and "Recommended for this user" not in text
     # the header key works for pages as for the API; the page cookie does not open the JSON API
     assert call(base, "GET", "/ui/segments", key)[0] == 200
-    assert call(base, "GET", f"/v1/users/{user}/profile", headers={"Cookie": f"huaxiang_key={key}"})[0] == 401
+    assert call(base, "GET", f"/v1/users/{user}/profile", headers={"Cookie": f"huaxiang_session={key}"})[0] == 401
     # in the browser: refused before signing in, let in after, refused again after signing out
     page = browser.new_page()
     response = page.goto(user_url(base, user))
@@ -244,7 +258,7 @@ def test_hostile_input_is_escaped_and_unknown_users_get_404(site):
     assert status == 200 and evil not in body and "&lt;script&gt;" in body
     # after signing in, only a page of this site is a place to go next
     status, body = call(base, "POST", "/ui/signin", body=b"key=x&next=https://evil.example/",
-                        headers={"Content-Type": "application/x-www-form-urlencoded"})
+                        headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": base})
     assert status == 401 and "evil.example" not in body["detail"]
     assert call(base, "GET", "/ui/static/..%2Fapp.py", key)[0] == 404
     assert call(base, "GET", "/ui/static/page.css")[0] == 200  # (holds no data: no key needed)

@@ -1,11 +1,20 @@
 """Differential privacy for segment reports: the noise has the scale ε promises, CLV is clipped before summing,
-and a private report withholds what it cannot protect."""
+and a private report withholds what it cannot protect. Forgetting a person removes exactly their rows (the
+quarantine included) and, unless they may return, refuses their rows from then on."""
+import hashlib
+import json
+import subprocess
+import sys
+
 import duckdb
 import numpy as np
 import pytest
 
+from huaxiang import store
 from huaxiang.errors import HuaxiangError
-from huaxiang.privacy import pseudonym
+from huaxiang.forget import forget_user
+from huaxiang.ingest import ingest_file, ingest_records
+from huaxiang.privacy import KEY_ENV, pseudonym
 from huaxiang.profile.scores import value_tiers
 from huaxiang.profile.segment_report import _private
 
@@ -48,3 +57,108 @@ def test_a_pseudonym_keeps_the_tenant_and_hides_the_rest_of_the_id():
     assert p.startswith("shop:u_") and "session" not in p and len(p) == len("shop:u_") + 20
     assert pseudonym("shop:session:42", key) == p and pseudonym("shop:session:43", key) != p
     assert pseudonym("42", key).startswith("u_") and pseudonym(None, key) is None
+
+
+# ---------------------------------------------------------------- forgetting a person, exactly, and for good
+def event(user: str, event_id: str, type_: str = "view") -> dict:
+    return {"event_id": event_id, "user_id": user, "item_id": "i1", "type": type_, "ts": "2021-03-04T05:06:07Z"}
+
+
+def quarantined_users(con) -> list:
+    return sorted(u for (u,) in con.execute("SELECT coalesce(user_id, raw) FROM quarantine").fetchall())
+
+
+def test_forget_removes_exactly_that_users_rows_from_the_quarantine(tmp_path):
+    """`contains(raw, id)` took user '2' for everyone with a 2 in a row, and 'taobao:77' for 'taobao:770'."""
+    db = str(tmp_path / "s.duckdb")
+    con = store.connect(db)
+    users = ["2", "12", "taobao:77", "taobao:770"]
+    batch = [event(u, f"e{n}") for n, u in enumerate(users)] + [event(u, f"bad{n}", "teleport") for n, u in
+                                                                 enumerate(users)]
+    batch.append({**event("2", "e0"), "item_id": "i2"})  # the same key twice in a batch: a `duplicate` row
+    ingest_records(con, batch, "api:1")
+    assert quarantined_users(con) == sorted(["2", "2", "12", "taobao:77", "taobao:770"])
+    con.execute("CREATE TABLE triples AS SELECT * FROM (VALUES ('user:taobao:77', 'viewed', 'item:i1'), "
+                "('user:taobao:770', 'viewed', 'item:i1')) t(subject, predicate, object)")
+
+    removed = forget_user(con, db, "2")
+    assert removed == {"events": 1, "quarantine": 2}
+    assert quarantined_users(con) == ["12", "taobao:77", "taobao:770"]
+    assert forget_user(con, db, "taobao:77") == {"events": 1, "quarantine": 1, "triples": 1}
+    assert quarantined_users(con) == ["12", "taobao:770"]
+    assert con.execute("SELECT subject FROM triples").fetchall() == [("user:taobao:770",)]
+    assert sorted(u for (u,) in con.execute("SELECT user_id FROM events").fetchall()) == ["12", "taobao:770"]
+    con.close()
+
+
+def test_a_quarantine_from_before_user_id_gains_the_column_and_is_matched_on_its_raw_user_id(tmp_path):
+    db = str(tmp_path / "old.duckdb")
+    old = duckdb.connect(db)
+    old.execute("""CREATE TABLE quarantine (source VARCHAR, line BIGINT, target VARCHAR, field VARCHAR,
+        reason VARCHAR, raw VARCHAR, ingested_at TIMESTAMP DEFAULT current_timestamp)""")
+    old.execute("""INSERT INTO quarantine (source, line, target, field, reason, raw) VALUES
+        ('a.csv', 2, 'events', 'type', 'unknown event type', '{"user_id":" 2 ","type":"jump"}'),
+        ('a.csv', 3, 'events', 'type', 'unknown event type', '{"user_id":"12","type":"jump"}'),
+        ('a.csv', 4, '*', NULL, 'expected 4 fields, found 5', '2,i,view,2021-01-01,x')""")
+    old.close()
+    con = store.connect(db)  # migrates: the quarantine gains `user_id`, NULL in the old rows
+    assert con.execute("SELECT count(*) FROM quarantine WHERE user_id IS NULL").fetchone()[0] == 3
+    ingest_records(con, [event("2", "e1"), event("2", "e2", "jump")], "api:1")
+    assert forget_user(con, db, "2") == {"events": 1, "quarantine": 2}
+    assert sorted(line for (line,) in con.execute("SELECT line FROM quarantine").fetchall()) == [3, 4]
+    con.close()
+
+
+def test_quarantined_rows_carry_the_user_id_as_stored(tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "secret")
+    db = str(tmp_path / "s.duckdb")
+    con = store.connect(db)
+    path = tmp_path / "e.csv"
+    path.write_text("event_id,user_id,item_id,type,ts\ne1,42,i,view,2021-01-01\ne1,42,i,fav,2021-01-01\n"
+                    "e2,42,i,jump,2021-01-01\ne3,,i,view,2021-01-01\ne4,42,i,view,2021-01-01,extra\n")
+    ingest_file(con, str(path), "csv", namespace="shop")
+    stored = pseudonym("shop:42", b"secret")
+    assert con.execute("SELECT line, user_id FROM quarantine ORDER BY line").fetchall() == [
+        (3, stored), (4, stored), (5, None), (6, None)]  # duplicate key, bad type, no user, unreadable line
+    assert forget_user(con, db, stored) == {"events": 1, "quarantine": 2}
+    # the forgotten pseudonym is suppressed: the same raw id sent again is refused
+    report = ingest_records(con, [event("42", "e9")], "api:1", namespace="shop")
+    assert report.suppressed == 1 and report.added == {"events": 0} and store.count(con, "events") == 0
+    con.close()
+
+
+def test_a_forgotten_user_stays_out_until_let_back(tmp_path):
+    db = str(tmp_path / "s.duckdb")
+    con = store.connect(db)
+    ingest_records(con, [event("u1", "e1"), event("u2", "e2")], "api:1")
+    assert forget_user(con, db, "u1") == {"events": 1}
+    # only a hash of the id is kept
+    assert con.execute("SELECT id_hash FROM forgotten_users").fetchall() == [(hashlib.sha256(b"u1").hexdigest(),)]
+
+    again = ingest_records(con, [event("u1", "e1"), event("u1", "e3", "teleport"), event("u2", "e4")], "api:2")
+    assert again.suppressed == 2 and again.added == {"events": 1} and again.quarantined == 0
+    assert again.users == ["u2"] and again.rejected == []
+    path = tmp_path / "e.csv"
+    path.write_text("user_id,item_id,type,ts\nu1,i,view,2021-01-01\nu1,i,jump,2021-01-01\nu3,i,view,2021-01-01\n")
+    report = ingest_file(con, str(path), "csv")
+    assert report.suppressed == 2 and report.added == {"events": 1}
+    assert report.rows_read == report.added["events"] + report.duplicates["events"] + report.quarantined \
+        + report.suppressed
+    for table in ("events", "quarantine"):  # stored nowhere, not even the quarantine
+        assert con.execute(f"SELECT count(*) FROM {table} WHERE user_id = 'u1'").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM quarantine WHERE contains(raw, 'u1')").fetchone()[0] == 0
+    with pytest.raises(HuaxiangError, match="nothing of them"):
+        forget_user(con, db, "u1")  # forgotten already
+    con.close()
+
+    # `huaxiang forget --allow-return` lifts the block
+    proc = subprocess.run([sys.executable, "-m", "huaxiang.cli", "forget", "u1", "--allow-return", "--db", db,
+                           "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["removed"] == {"suppression list": 1}
+    con = store.connect(db)
+    assert ingest_records(con, [event("u1", "e5")], "api:3").added == {"events": 1}
+    assert forget_user(con, db, "u1", suppress=False) == {"events": 1}  # forgotten, free to return
+    assert store.count(con, "forgotten_users") == 0
+    assert ingest_records(con, [event("u1", "e6")], "api:4").added == {"events": 1}
+    con.close()

@@ -106,11 +106,58 @@ def test_search_store_personalised(store):
 def test_search_index_is_kept_until_the_titles_change(store, tmp_path):
     from huaxiang.recommend.search import title_catalogue
     _, con = store
-    first = title_catalogue(con)
-    assert title_catalogue(con)[2] is first[2]  # the same index object: not rebuilt
+    first = title_catalogue(con, "")
+    assert title_catalogue(con, "")[2] is first[2]  # the same index object: not rebuilt
     (tmp_path / "more.csv").write_text("item_id,title\ni8,Red Velvet Lip Tint\n")
     ingest_file(con, str(tmp_path / "more.csv"), "csv", table="items")
-    assert title_catalogue(con)[2] is not first[2]
+    assert title_catalogue(con, "")[2] is not first[2]
     assert "i8" in {x["item_id"] for x in search_store(con, "red", None, 5)["items"]}
     con.execute("UPDATE items SET title = 'Claw Hammer Red' WHERE item_id = 'i4'")  # a changed title counts too
     assert "i4" in {x["item_id"] for x in search_store(con, "red", None, 5)["items"]}
+
+
+def test_tenant_prefix_test_is_the_schema_rule():
+    import duckdb
+    from huaxiang.schema import tenant_is_sql, tenant_of
+    ids = ["plain", ":lead", "shop:1", "shop:a:b", "shopx:1", "sho:1", "it's:1", "", "a:"]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t AS SELECT unnest(?) AS id", [ids])
+    for tenant in ("", "shop", "it's", "a", "none"):
+        got = {i for (i,) in con.execute(f"SELECT id FROM t WHERE {tenant_is_sql('id', tenant)}").fetchall()}
+        assert got == {i for i in ids if tenant_of(i) == tenant}, tenant
+
+
+def test_each_tenant_has_its_own_title_index(tmp_path):
+    from huaxiang.recommend.search import title_catalogue
+    con = connect(str(tmp_path / "t.duckdb"))
+    (tmp_path / "items.csv").write_text("item_id,title\na:1,Red Lipstick\na:2,Blue Lipstick\nb:1,Red Hammer\n"
+                                        "3,Red Lipstick\n")
+    ingest_file(con, str(tmp_path / "items.csv"), "csv", table="items")
+    a, b = title_catalogue(con, "a"), title_catalogue(con, "b")
+    assert a[0] == [None, "a:1", "a:2"] and b[0] == [None, "b:1"] and title_catalogue(con, "")[0] == [None, "3"]
+    (tmp_path / "more.csv").write_text("item_id,title\nb:2,Red Saw\n")
+    ingest_file(con, str(tmp_path / "more.csv"), "csv", table="items")
+    assert title_catalogue(con, "a")[2] is a[2] and title_catalogue(con, "b")[2] is not b[2]  # only b's rebuilt
+    assert search_store(con, "red", None, 5, tenant="b")["items"][0]["item_id"] in ("b:1", "b:2")
+    with pytest.raises(Exception, match="several tenants"):
+        search_store(con, "red", None, 5)
+    con.close()
+
+
+def test_serving_fast_paths_equal_the_sparse_products():
+    """One user's item-KNN scores and the reasons' similarity block, read straight from the CSR rows, equal
+    scipy's matrix products (which the batch path and evaluation use)."""
+    import numpy as np
+    from scipy import sparse
+    from huaxiang.models.seqrec.itemknn import ItemKNN
+    from huaxiang.recommend.top_k import _links
+    rng = np.random.default_rng(7)
+    train = [list(rng.integers(1, 300, rng.integers(2, 30))) for _ in range(400)]
+    knn = ItemKNN().fit(train, 300)
+    for h in train[:50] + [[5], []]:
+        assert np.allclose(knn.score([h])[0], knn.score([h, h])[0], rtol=1e-5, atol=1e-6)
+    sim = knn.sim_
+    for _ in range(50):
+        rows = rng.integers(0, sim.shape[0], rng.integers(1, 40))
+        cols = list(dict.fromkeys(int(c) for c in rng.integers(1, sim.shape[0], 12)))
+        assert np.allclose(_links(sim, rows, cols), sparse.csr_matrix(sim)[rows][:, cols].toarray())

@@ -170,6 +170,10 @@ def test_an_incremental_build_rewrites_only_the_users_of_new_partitions(demo_sto
     shutil.move(tmp_path / "held", last_day)
     entry = scale.build("duckdb", str(inp), str(out), cfg, incremental=True, scores=("risk",))
     assert entry["new_partitions"] == {"events": ["date=2017-12-03"]}
+    # each tenant's statistics, kept from the full build (no tenant is new here)
+    assert {"taobao", "retail", "cdnow"} <= set(first["thresholds"]) and first["thresholds"] == entry["thresholds"]
+    assert first["price_cuts"] == entry["price_cuts"] and "retail" in entry["price_cuts"]
+    assert "taobao" not in entry["price_cuts"]  # (no prices in the Taobao log: no price band there)
     touched = set(pd.read_parquet(last_day).user_id)
     assert entry["users"] == len(touched) < first["users"]
     # scores too: the new build scored just the touched users
@@ -202,6 +206,13 @@ def test_cli_export_build_and_clear_errors(demo_store, tmp_path):
     assert r.returncode != 0 and "no events folder" in r.stderr and "Traceback" not in r.stderr
     r = run("build", "--incremental", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "fresh"))
     assert r.returncode != 0 and "full build first" in r.stderr
+    # a build of an older huaxiang kept one set of thresholds for the whole store: an incremental build says so
+    manifest = json.loads((tmp_path / "out" / "_huaxiang.json").read_text())
+    manifest["builds"][-1]["thresholds"] = {"monetary": 1.0, "frequency": 2.0, "engagement": 1.0, "events": 3.0,
+                                            "active_days": 2.0}
+    (tmp_path / "out" / "_huaxiang.json").write_text(json.dumps(manifest))
+    r = run("build", "--incremental", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"))
+    assert r.returncode != 0 and "store-wide statistics" in r.stderr and "Traceback" not in r.stderr
     r = run("build", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--scores", "churn,bogus")
     assert r.returncode != 0 and "unknown score 'bogus'" in r.stderr and "Traceback" not in r.stderr
     r = run("build", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--sentiment", "frozen")

@@ -14,7 +14,7 @@ def test_keys_are_required_and_scoped(server):
     status, body = call(base, "POST", "/v1/events", key=keys["read"], body={"events": []})
     assert status == 403 and "needs 'write'" in body["detail"]
     status, body = call(base, "GET", "/v1/segments", headers={"Authorization": f"Bearer {keys['admin']}"})
-    assert status == 200 and body["segments"]
+    assert status == 200 and body["tenants"][0]["tenant"] == "taobao" and body["tenants"][0]["segments"]
 
 
 def test_profile_recommendations_search_metrics(server):
@@ -34,10 +34,13 @@ def test_profile_recommendations_search_metrics(server):
 
 def test_segments_can_be_differentially_private(server):
     base, keys = server
-    exact = call(base, "GET", "/v1/segments", key=keys["read"])[1]
+    exact = call(base, "GET", "/v1/segments", key=keys["read"])[1]["tenants"]
     status, noisy = call(base, "GET", "/v1/segments?epsilon=0.5", key=keys["read"])
-    assert status == 200 and noisy["privacy"]["epsilon"] == 0.5 and "clusters" not in noisy
-    assert [s["segment"] for s in noisy["segments"]] == [s["segment"] for s in exact["segments"]]
+    assert status == 200 and noisy["privacy"]["epsilon"] == 0.5
+    assert [p["tenant"] for p in noisy["tenants"]] == [p["tenant"] for p in exact] == ["taobao"]
+    noisy = noisy["tenants"][0]
+    assert "clusters" not in noisy and "drift" not in noisy and "features" not in noisy
+    assert [s["segment"] for s in noisy["segments"]] == [s["segment"] for s in exact[0]["segments"]]
     assert all("definition" not in s for s in noisy["segments"])
     assert call(base, "GET", "/v1/segments?epsilon=0.001", key=keys["read"])[0] == 422
 
@@ -51,7 +54,7 @@ def test_events_batch_keeps_the_valid_and_names_the_bad(server):
          "ts": "2017-12-03T10:01:00"},
         {"event_id": "api-3", "user_id": "taobao:new-user", "type": "buy", "ts": "not a time"},
         "not an object",
-        {"event_id": "api-4", "user_id": "taobao:new-user", "item_id": "x'; DROP TABLE events; --", "type": "cart",
+        {"event_id": "api-4", "user_id": "taobao:new-user", "item_id": "taobao:x'; DROP TABLE events; --", "type": "cart",
          "ts": "2017-12-03T10:02:00"},
     ]}
     status, body = call(base, "POST", "/v1/events", key=keys["write"], body=batch)

@@ -66,6 +66,8 @@ class Config:
     churn_horizon_days: int = 90  # churn = no purchase in this many days after the cut-off
     clv_months: int = 12  # customer lifetime value horizon
     seed: int = 0
+    # ingest: an event stamped later than the time of ingest plus this much clock skew is quarantined
+    future_tolerance_seconds: float = 300.0
 
 
 def load_config(path: str | None = None, **overrides) -> Config:

@@ -28,7 +28,9 @@ def print_ingest(report, out: Console | None = None) -> None:
     added = ", ".join(f"{n:,} {t}" for t, n in report.added.items()) or "nothing"
     dups = sum(report.duplicates.values())
     out.print(f"[bold]{report.source}[/]: read {report.rows_read:,} rows → added {added}; "
-              f"{dups:,} already in the store; {report.quarantined:,} quarantined")
+              f"{dups:,} already in the store; {report.quarantined:,} quarantined"
+              + (f" ({report.conflicts:,} conflicting with stored rows)" if report.conflicts else "")
+              + (f"; {report.suppressed:,} of forgotten users refused" if report.suppressed else ""))
     for reason, n in sorted(report.reasons.items(), key=lambda x: -x[1]):
         out.print(f"  quarantined {n:,} × {reason}")
     if report.quarantined:
@@ -36,13 +38,14 @@ def print_ingest(report, out: Console | None = None) -> None:
 
 
 def run_ingest(con, path: str, fmt: str, table: str = "events", mapping=None, namespace=None,
-               out: Console | None = None, err: Console | None = None):
+               out: Console | None = None, err: Console | None = None, future_tolerance_s: float = 300.0):
     """Ingests one file (see `ingest.ingest_file`) and prints what was added and quarantined."""
     out, err = consoles(out, err)
     with Progress(TextColumn("ingest {task.description}"), BarColumn(), DownloadColumn(),
                   TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task(Path(path).name, total=None)
         report = ingest_file(con, path, fmt, table=table, mapping=mapping, namespace=namespace,
+                             future_tolerance_s=future_tolerance_s,
                              progress=lambda done, total: bar.update(task, completed=done, total=total))
     print_ingest(report, out)
     return report

@@ -62,7 +62,7 @@ def register_pseudonym(con) -> str | None:
     try:
         con.create_function("hx_pseudonym", lambda v: pseudonym(v, key), ["VARCHAR"], "VARCHAR",
                             null_handling="special", side_effects=False)
-    except Exception as exc:  # already registered on this connection
-        if "already exists" not in str(exc):
+    except Exception as exc:  # already registered on this connection ("already exists"; DuckDB 1.4: "already created")
+        if "already" not in str(exc):
             raise
     return "hx_pseudonym"

@@ -34,6 +34,14 @@ def tenant_sql(column: str) -> str:
     return f"regexp_extract({column}, '{TENANT_PATTERN}', 1)"
 
 
+def tenant_is_sql(column: str, tenant: str) -> str:
+    """SQL (DuckDB): `column` holds an id of `tenant` — the same rule as a prefix test, which needs no regular
+    expression (for '': no separator at all, or a leading one). `tenant` must hold no ':' nor NUL."""
+    if tenant:
+        return f"starts_with({column}, {sql_literal(tenant + TENANT_SEPARATOR)})"
+    return f"(NOT contains({column}, '{TENANT_SEPARATOR}') OR starts_with({column}, '{TENANT_SEPARATOR}'))"
+
+
 def tenant_expr(column):
     """Ibis: the tenant of the ids in `column` (runs on DuckDB and Spark)."""
     return column.re_extract(TENANT_PATTERN, 1)
@@ -107,11 +115,20 @@ ORDERS = Table("orders", (
 
 TABLES = {t.name: t for t in (EVENTS, ITEMS, REVIEWS, ORDERS)}
 
+# What the store refuses. `quarantine`: rejected rows, with the row's user id as it would have been stored
+# (namespaced, pseudonymised; NULL when none could be read), so that forgetting a person finds their rows exactly
+# (`user_id` came later: a store made before it gains the column, NULL in its old rows). `forgotten_users`: the
+# SHA-256 (hex) of each forgotten user id, as stored, whose rows every ingest refuses.
 QUARANTINE_DDL = """
 CREATE TABLE IF NOT EXISTS quarantine (
     source VARCHAR, line BIGINT, target VARCHAR, field VARCHAR, reason VARCHAR, raw VARCHAR,
-    ingested_at TIMESTAMP DEFAULT current_timestamp
-)"""
+    ingested_at TIMESTAMP DEFAULT current_timestamp, user_id VARCHAR
+);
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS user_id VARCHAR;
+CREATE TABLE IF NOT EXISTS forgotten_users (
+    id_hash VARCHAR PRIMARY KEY, forgotten_at TIMESTAMP DEFAULT current_timestamp
+)
+"""
 
 INGESTS_DDL = """
 CREATE TABLE IF NOT EXISTS ingests (

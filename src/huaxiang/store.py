@@ -20,6 +20,10 @@ def connect(db: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
         # container limits; more threads than CPUs slows small queries down)
         con = duckdb.connect(db, read_only=read_only, config={"threads": len(os.sched_getaffinity(0))})
     except duckdb.Error as exc:
+        first = str(exc).splitlines()[0][:300]
+        if "lock" in first.lower():  # another process holds it: most often a running `huaxiang serve`
+            raise HuaxiangError(f"store {db} is held by another process (a running `huaxiang serve`? while it runs, "
+                                f"use its HTTP API: /docs lists the routes): {first}") from exc
         raise HuaxiangError(f"cannot open store {db}: {exc}") from exc
     con.execute("SET TimeZone = 'UTC'")
     if not read_only:

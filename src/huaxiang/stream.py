@@ -12,7 +12,7 @@ import json
 import shutil
 import subprocess
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
@@ -140,10 +140,12 @@ class ConsumeReport:
 def consume(con, cfg, source: Source, batch: int = 500, block_ms: int = 200, idle_exit_s: float | None = None,
             max_messages: int | None = None,
             on_batch: Callable[[ConsumeReport, list[Message]], None] | None = None,
-            refresh: Callable[[list[str]], int] | None = None) -> ConsumeReport:
+            refresh: Callable[[list[str]], int] | None = None, lock=None) -> ConsumeReport:
     """Read → store (one transaction) → refresh those users' profiles → acknowledge, until idle for
     `idle_exit_s` seconds or `max_messages` read. `refresh(user_ids)` updates profiles (default: a
-    `ProfileRefresher`; the service passes its own, which also renews its profile documents).
+    `ProfileRefresher`; the service passes its own, which also renews its profile documents) — also when the
+    batch was all duplicates, as a batch redelivered after a crash between its commit and its refresh is.
+    `lock`: held around each batch's store and refresh (the service's write lock).
     `on_batch(report, messages)` runs after each acknowledgement."""
     from .ingest import ingest_records
     from .profile.build import ProfileRefresher
@@ -156,9 +158,11 @@ def consume(con, cfg, source: Source, batch: int = 500, block_ms: int = 200, idl
                 break
             continue
         records = decode(source, messages)
-        r = ingest_records(con, records, f"stream:{messages[0].id}")
-        if r.added.get("events"):
-            report.refreshed += refresh(r.users)
+        with lock or nullcontext():
+            r = ingest_records(con, records, f"stream:{messages[0].id}",
+                               future_tolerance_s=cfg.future_tolerance_seconds)
+            if r.users:
+                report.refreshed += refresh(r.users)
         source.ack(messages)
         report.messages += len(messages)
         report.added += r.added.get("events", 0)

@@ -20,10 +20,12 @@ def ingest(
     table: str = typer.Option("events", "--table", help="Target table for csv/tsv/jsonl/parquet: events, items, reviews or orders."),
     map_: Optional[str] = typer.Option(None, "--map", help="Column mapping for generic formats, e.g. user_id=customer,item_id=sku,ts=time."),
     namespace: Optional[str] = typer.Option(None, "--namespace", help="Prefix ids with NAMESPACE: so that several sources can share one store."),
+    config: Optional[str] = CONFIG,
 ):
     """Read a file into the store, validating every row; bad rows go to the `quarantine` table."""
     con = connect(db)
-    run_ingest(con, file, fmt, table, parse_mapping(map_), namespace, out=out, err=err)
+    run_ingest(con, file, fmt, table, parse_mapping(map_), namespace, out=out, err=err,
+               future_tolerance_s=load_config(config).future_tolerance_seconds)
 
 
 def build(

@@ -53,39 +53,52 @@ def segments(db: str = DB, as_json: bool = json_option("Print as JSON."),
                                                      "this budget (e.g. 1.0); see the README's privacy section."),
              clv_cap: float = typer.Option(1_000.0, "--clv-cap", help="With --epsilon: each user's CLV is clipped "
                                            "to this bound before summing (choose it without looking at the data)."),
-             seed: Optional[int] = typer.Option(None, "--seed", help="With --epsilon: seed the noise (for tests).")):
-    """Summarise the segments: size, share and what defines each."""
-    from ..profile.segment_report import latest_changes, segment_report
-    report = segment_report(connect(db, read_only=True), epsilon, clv_cap, seed)
+             seed: Optional[int] = typer.Option(None, "--seed", help="With --epsilon: seed the noise (for tests)."),
+             tenant: Optional[list[str]] = typer.Option(None, "--tenant", help="Only this tenant (repeat for "
+                                                        "several; '' is the ids without a prefix). Default: all.")):
+    """Summarise the segments of each tenant: size, share and what defines each (with the tenant's own thresholds),
+    value tiers, drift and clusters."""
+    from ..profile.segment_report import segment_report
+    report = segment_report(connect(db, read_only=True), epsilon, clv_cap, seed, tenant or None)
     if as_json:
         print(json.dumps(report, ensure_ascii=False))
         return
-    total = sum(r["size"] for r in report["segments"])
-    tiers = report["value_tiers"]
-    clusters = report.get("clusters", [])
     if "privacy" in report:
-        out.print(f"[bold]Differentially private report[/]: ε = {epsilon:g} (CLV clipped to {clv_cap:,g}); "
-                  "counts and means below are noisy.")
-    t = Table(title=f"Segments ({total:,} users; a user's segment is the first rule it matches)")
+        out.print(f"[bold]Differentially private report[/]: ε = {epsilon:g} (CLV clipped to {clv_cap:,g}; each "
+                  "tenant's users are its own, so ε holds for the whole report); counts and means below are noisy.")
+    if not report["tenants"]:
+        out.print("no segments for these tenants")
+    for part in report["tenants"]:
+        _print_tenant_segments(part)
+
+
+def _print_tenant_segments(part: dict) -> None:
+    from ..profile.segment_report import latest_changes, tenant_label
+    name = tenant_label(part["tenant"])
+    total = sum(r["size"] for r in part["segments"])
+    out.rule(f"Tenant: {name}", style="bold")
+    t = Table(title=f"Segments of {name} ({total:,} users; a user's segment is the first rule it matches)")
     for col in ("segment", "users", "share", "definition"):
         t.add_column(col, justify="right" if col in ("users", "share") else "left")
-    for r in report["segments"]:
+    for r in part["segments"]:
         t.add_row(r["segment"], f"{r['size']:,}", f"{r['share']:.1%}", r.get("definition", "(withheld: private)"))
     out.print(t)
-    if tiers:
-        v = Table("value tier", "segment", "users", "mean CLV", title="CLV value tiers × segments (`huaxiang score clv`)")
-        for r in tiers:
+    if part["value_tiers"]:
+        v = Table("value tier", "segment", "users", "mean CLV",
+                  title=f"CLV value tiers × segments of {name} (`huaxiang score clv`)")
+        for r in part["value_tiers"]:
             v.add_row(r["value_tier"], r["segment"], f"{r['users']:,}", f"{r['mean_clv']:,.2f}")
         out.print(v)
-    changes = latest_changes(report.get("drift", {}))
+    changes = latest_changes(part.get("drift", {}))
     if changes:
         d = Table("segment", "previous build", "latest build", "change",
-                  title=f"Drift since the previous build ({len(report['drift']['builds'])} builds recorded)")
+                  title=f"Drift of {name} since the previous build ({len(part['drift']['builds'])} builds recorded)")
         for seg, a, b in changes:
             d.add_row(seg, f"{a:,}", f"{b:,}", f"{b - a:+,}")
         out.print(d)
+    clusters = part.get("clusters", [])
     if clusters:
-        c = Table(*map(str, clusters[0]), title="k-means clusters (mean features)")
+        c = Table(*map(str, clusters[0]), title=f"k-means clusters of {name} (mean features)")
         for row in clusters:
             c.add_row(*[f"{v:,.1f}" if isinstance(v, float) else f"{v}" for v in row.values()])
         out.print(c)

@@ -8,6 +8,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..config import load_config
+from ..schema import tenant_of
 from ..store import connect, has_table
 from .options import CONFIG, DB, JSON, err, out, spinner
 
@@ -51,6 +52,10 @@ def recommend(
     if as_json:
         print(json.dumps(result, ensure_ascii=False))
         return
+    if result["source"] == "no-tenant-items":
+        out.print(f"No items of {user_id}'s tenant ({tenant_of(user_id) or 'ids without a namespace'}) in this "
+                  "store's recommender: nothing to recommend.", markup=False)
+        return
     out.print(f"Top {len(result['items'])} for {user_id} (from {result['source']}):", markup=False)
     for n, item in enumerate(result["items"], 1):
         out.print(f"{n:>3}. {(item['title'] or item['item_id'])[:70]}" + (f"\n       {item['reason']}" if explain else ""),
@@ -59,14 +64,17 @@ def recommend(
 
 def search(
     query: str = typer.Argument(..., help="What to search for, e.g. \"nail polish\" or 洗发水."),
-    user: Optional[str] = typer.Option(None, "--user", help="Re-rank the results for this user."),
+    user: Optional[str] = typer.Option(None, "--user", help="Re-rank the results for this user (in their tenant)."),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help=(
+        "Search this tenant's items (NS of ids NS:…; '' for ids without one): needed without --user "
+        "when the store holds several.")),
     db: str = DB,
     k: int = typer.Option(10, "-k", "--k", min=1, max=1000),
     embeddings: bool = typer.Option(True, "--embeddings/--no-embeddings", help="Also retrieve by meaning (needs `huaxiang embed`)."),
     config: Optional[str] = CONFIG,
     as_json: bool = JSON,
 ):
-    """Search item titles (BM25 + embeddings), personalised for --user by the store's recommender."""
+    """Search one tenant's item titles (BM25 + embeddings), personalised for --user by the store's recommender."""
     from ..recommend.search import search_store
     from ..recommend.store_model import has_model, load_store_recommender
     from ..text.encoder import load_encoder
@@ -74,12 +82,13 @@ def search(
     con = connect(db, read_only=True)
     rec = load_store_recommender(db) if user and has_model(db) else None
     encoder = load_encoder(cfg.encoder) if embeddings and has_table(con, "embeddings") else None
-    result = search_store(con, query, user, k, encoder, rec)
+    result = search_store(con, query, user, k, encoder, rec, tenant=tenant)
     if as_json:
         print(json.dumps(result, ensure_ascii=False))
         return
     how = "personalised for " + user if result["personalised"] else "not personalised" if user else "for anyone"
-    out.print(f"{len(result['items'])} results for {query!r} ({how}):", markup=False)
+    where = f" in tenant {result['tenant']}" if result["tenant"] else ""
+    out.print(f"{len(result['items'])} results for {query!r}{where} ({how}):", markup=False)
     for n, item in enumerate(result["items"], 1):
         out.print(f"{n:>3}. {item['title'][:80]}  [{item['item_id']}]", markup=False, highlight=False)
 

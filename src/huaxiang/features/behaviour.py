@@ -187,16 +187,31 @@ def item_prices(events, items):
         "user_id", "type", price=_.price.fill_null(_._item_price))
 
 
-def price_band(priced, low_cut: float, high_cut: float):
-    """Median price of what a user looks at and buys, and its band against catalogue cut points
-    (`low_cut` / `high_cut` are the 1/3 and 2/3 quantiles of item prices)."""
+PRICE_CUTS_SCHEMA = {"_cut_tenant": "string", "_cut_low": "float64", "_cut_high": "float64"}
+
+
+def price_cut_table(cuts):
+    """Per-tenant price-band cut points, {tenant: (low, high)} (`features.table.price_cuts`), as the table
+    `price_band` joins; an Ibis table with the columns of PRICE_CUTS_SCHEMA is taken as it is."""
+    if isinstance(cuts, ibis.expr.types.Table):
+        return cuts
+    rows = sorted(cuts.items())
+    return ibis.memtable({"_cut_tenant": [t for t, _ in rows], "_cut_low": [float(c[0]) for _, c in rows],
+                          "_cut_high": [float(c[1]) for _, c in rows]}, schema=PRICE_CUTS_SCHEMA)
+
+
+def price_band(priced, cuts):
+    """Median price of what a user looks at and buys, and its band against their tenant's cut points (`cuts`:
+    `price_cut_table`, the 1/3 and 2/3 quantiles of the tenant's item prices; no band for a tenant without)."""
     p = priced.filter(priced.price.notnull() & (priced.price >= 0))
     g = p.group_by("user_id").aggregate(
         median_price=_.price.median(),
         median_buy_price=ibis.ifelse(_.type == "buy", _.price, ibis.null("float64")).median(),
     )
-    return g.mutate(price_band=ibis.cases(
-        (g.median_price <= low_cut, "low"), (g.median_price >= high_cut, "high"), else_="mid"))
+    g = g.left_join(cuts, tenant_expr(g.user_id) == cuts._cut_tenant)
+    return g.select("user_id", "median_price", "median_buy_price", price_band=ibis.cases(
+        (g._cut_low.isnull(), ibis.null("string")), (g.median_price <= g._cut_low, "low"),
+        (g.median_price >= g._cut_high, "high"), else_="mid"))
 
 
 def time_habits(events, utc_offset_hours: float = 0.0):

@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..config import Config
 from ..errors import HuaxiangError
+from ..schema import tenant_expr
 from . import behaviour as bh
 from . import tags as tg
 
@@ -35,11 +36,12 @@ def reference_times(ib, as_of: datetime | None):
     return ibis.memtable(refs)
 
 
-def feature_parts(ib, cfg: Config, refs, price_cuts: tuple[float, float], with_sentiment: bool = False,
+def feature_parts(ib, cfg: Config, refs, price_cuts, with_sentiment: bool = False,
                   embedding_model: str | None = None, only=None):
     """The users (everyone seen in events, orders or reviews) and each group of behaviour features,
     as Ibis expressions keyed by user_id (sentiment and embeddings once `huaxiang sentiment` /
     `huaxiang embed` have run: `embedding_model` names the encoder whose user vectors to take).
+    `price_cuts`: each tenant's price-band cut points (`price_cuts`, or a table: `bh.price_cut_table`).
     `only`: an Ibis column of user ids to restrict them to."""
     events, items, orders, reviews = (ib.table(t) for t in ("events", "items", "orders", "reviews"))
     if only is not None:  # just these users (an incremental refresh)
@@ -65,7 +67,7 @@ def feature_parts(ib, cfg: Config, refs, price_cuts: tuple[float, float], with_s
                                          cfg.event_weights, cfg.half_life_days, cfg.top_k),
         "brand affinity": bh.affinity(joined, joined._brand, "brand", cfg.event_weights, cfg.half_life_days,
                                       cfg.top_k),
-        "price band": bh.price_band(bh.item_prices(events, items), *price_cuts),
+        "price band": bh.price_band(bh.item_prices(events, items), bh.price_cut_table(price_cuts)),
         "time habits": bh.time_habits(events, cfg.utc_offset_hours),
         "reviews": bh.reviews_summary(reviews),
         "review aspects": bh.review_mentions(reviews, ib.table("review_mentions"), sentiment, cfg.top_k),
@@ -100,10 +102,12 @@ def join_parts(users, parts):
     return bh.funnel(f.mutate(**{c: f[c].fill_null(0) for c in COUNT_COLUMNS if c in f.columns}))
 
 
-def price_cuts(ib) -> tuple[float, float]:
-    """The 1/3 and 2/3 quantiles of every known price (catalogue and events): the price-band cut points."""
+def price_cuts(ib) -> dict[str, list[float]]:
+    """Per tenant (of the item id; an event without one: of its user), the 1/3 and 2/3 quantiles of every known
+    price (catalogue and events): the price-band cut points. A tenant with no price has none."""
     items, events = ib.table("items"), ib.table("events")
-    p = items.select(p=items.price).union(events.select(p=events.price), distinct=False)
+    p = items.select(tenant=tenant_expr(items.item_id), p=items.price).union(
+        events.select(tenant=tenant_expr(events.item_id.fill_null(events.user_id)), p=events.price), distinct=False)
     p = p.filter(p.p >= 0)
-    lo, hi = p.aggregate(lo=p.p.quantile(1 / 3), hi=p.p.quantile(2 / 3)).to_pandas().iloc[0]
-    return (0.0 if pd.isna(lo) else float(lo), 0.0 if pd.isna(hi) else float(hi))
+    q = p.group_by("tenant").aggregate(lo=p.p.quantile(1 / 3), hi=p.p.quantile(2 / 3)).to_pandas()
+    return {t: [float(lo), float(hi)] for t, lo, hi in q.sort_values("tenant").itertuples(index=False)}

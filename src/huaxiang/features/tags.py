@@ -6,6 +6,7 @@ import ibis
 import pandas as pd
 from ibis import _
 
+from ..schema import tenant_expr
 from .behaviour import ranked, user_item_weights
 from .text import tokens
 
@@ -18,14 +19,16 @@ def item_tokens(items: pd.DataFrame) -> pd.DataFrame:
 
 def user_keywords(events, item_tok, weights: dict, half_life_days: float, k: int):
     """Top-k keywords per user by TF-IDF: tf = the user's time-decayed, event-weighted share of a
-    keyword; idf = ln((1 + users) / (1 + users with the keyword)) + 1."""
+    keyword; idf = ln((1 + users) / (1 + users with the keyword)), counted among the users of the
+    user's own tenant, + 1."""
     ui = user_item_weights(events, weights, half_life_days)
     ut = ui.join(item_tok, "item_id").group_by(["user_id", "token"]).aggregate(w=_.w.sum())
-    totals = ut.group_by("user_id").aggregate(total=_.w.sum())
-    n_users = totals.count().as_scalar()
-    df = ut.group_by("token").aggregate(df=_.count())  # ut has one row per (user, token)
-    ut = ut.join(df, "token").join(totals, "user_id")
-    ut = ut.mutate(score=ut.w / ut.total * (((n_users + 1).cast("float64") / (ut.df + 1)).ln() + 1))
+    ut = ut.mutate(_tenant=tenant_expr(ut.user_id))
+    totals = ut.group_by(["user_id", "_tenant"]).aggregate(total=_.w.sum())
+    n_users = totals.group_by("_tenant").aggregate(n_users=_.count())
+    df = ut.group_by(["_tenant", "token"]).aggregate(df=_.count())  # ut has one row per (user, token)
+    ut = ut.join(df, ["_tenant", "token"]).join(totals.drop("_tenant"), "user_id").join(n_users, "_tenant")
+    ut = ut.mutate(score=ut.w / ut.total * (((ut.n_users + 1).cast("float64") / (ut.df + 1)).ln() + 1))
     ut = ut.mutate(rank=ibis.row_number().over(group_by=ut.user_id, order_by=[ibis.desc(ut.score), ut.token]))
     top = ut.filter(ut.rank < k)  # ibis row_number() counts from 0
     return top.group_by("user_id").aggregate(keywords=ranked(top.token, top.rank))

@@ -2,12 +2,18 @@
 
 Everything happens inside one DuckDB transaction, so an ingest interrupted half-way (Ctrl-C,
 kill -9) leaves the store as it was. Rows that fail validation go to `quarantine` with the
-file, line, field and reason; rows already in the store (same key) are counted, not re-added.
+file, line, field, reason and the row's user id (as it would have been stored); rows already in the
+store (same key, same content) are counted, not re-added; a row whose key is stored with other content
+is a conflict, quarantined. Rows of a forgotten user (`forgotten_users`, see `huaxiang.forget`) are
+refused and kept nowhere, only counted. In-memory batches (`ingest_records`) add a rejected row to the
+quarantine only when an identical one (target, field, reason, raw) is not there yet: a re-sent batch
+does not pile up copies.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Callable
 
 import duckdb
@@ -19,19 +25,25 @@ from ..errors import HuaxiangError
 from ..privacy import MASKED, mask_sql, register_pseudonym
 from ..store import transaction
 from .adapters import FORMATS, Source, generic, sources_for
-from .readers import Chunk, Reject, json_text, text_table
-from .validate import blank_to_null, validation_sql
+from .readers import records_chunk
+from .validate import FUTURE_TOLERANCE_S, blank_to_null, validation_sql
 
 
 @dataclass
 class IngestReport:
+    """rows_read = added + duplicates + quarantined + suppressed (conflicts are among the quarantined)."""
     source: str
     rows_read: int = 0
     added: dict[str, int] = field(default_factory=dict)
-    duplicates: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)  # key already stored with the same content
     quarantined: int = 0
+    conflicts: int = 0  # key already stored with different content (quarantined, so also in `quarantined`)
+    suppressed: int = 0  # rows of forgotten users: refused, stored nowhere
     reasons: dict[str, int] = field(default_factory=dict)  # "field: reason kind" -> count
     users: list[str] = field(default_factory=list)  # in-memory batches: the users of their valid events, as stored
+    # in-memory batches: (position from 1, field or None, reason) of every quarantined row, by position — also
+    # of those not added again because the quarantine already holds them
+    rejected: list[tuple[int, str | None, str]] = field(default_factory=list)
 
 
 def _stage_name(table: str) -> str:
@@ -59,12 +71,17 @@ def _create_stage(con, table: schema.Table) -> None:
                 f"(_line BIGINT, _field VARCHAR, _reason VARCHAR, _raw VARCHAR, {cols}, _k VARCHAR)")
 
 
+PRE = ("_pre_field", "_pre_reason")  # a fault the reader found (records_chunk), carried to validation
+
+
 def _stage_chunk(con, table: schema.Table, select: str, where: str | None, raw: pa.Table,
-                 path: str, namespace: str | None) -> None:
+                 path: str, namespace: str | None, now: datetime, tolerance_s: float) -> None:
     con.register("raw", raw)
     try:
-        inner = f"SELECT _line, {select} FROM raw" + (f" WHERE {where}" if where else "")
-        present = {c for c in con.sql(inner).columns if c != "_line"}
+        pre = all(c in raw.column_names for c in PRE)
+        inner = (f"SELECT _line, {', '.join(PRE) + ', ' if pre else ''}{select} FROM raw"
+                 + (f" WHERE {where}" if where else ""))
+        present = {c for c in con.sql(inner).columns if c != "_line" and c not in PRE}
         # an empty id stays NULL, so that it is still quarantined as missing
         exprs = {c: f"{sql_literal(namespace + schema.TENANT_SEPARATOR)} || {blank_to_null(c)}"
                  for c in NAMESPACED if namespace and c in present}
@@ -77,7 +94,9 @@ def _stage_chunk(con, table: schema.Table, select: str, where: str | None, raw: 
         key = table.key if table.key != "item_id" else None
         k = f"coalesce({key}, {_content_hash(table)})" if key else "NULL"
         con.execute(f"INSERT INTO {_stage_name(table.name)} SELECT *, CASE WHEN _field IS NULL THEN {k} END "
-                    f"FROM ({validation_sql(table, present)})")
+                    f"FROM ({validation_sql(table, present, now, tolerance_s, pre)})")
+        con.execute("DROP VIEW mapped")  # it names `raw`: no view of this connection may outlive it (on an error,
+        # the rollback takes it away)
     except duckdb.Error as exc:
         raise HuaxiangError(f"{path}: cannot map columns onto {table.name}: {str(exc).splitlines()[0]}") from exc
     finally:
@@ -88,10 +107,27 @@ def _add(bucket: dict[str, int], name: str, n: int) -> None:
     bucket[name] = bucket.get(name, 0) + n
 
 
-def _quarantine_bad(con, table: schema.Table, path: str, report: IngestReport) -> None:
+def _user(table: schema.Table, alias: str = "") -> str:
+    """SQL: the row's user id as stored (namespaced, pseudonymised), for the quarantine's `user_id`."""
+    return f"{alias}user_id" if "user_id" in table.names else "NULL"
+
+
+def _suppress(con, table: schema.Table, report: IngestReport) -> None:
+    """Drops the staged rows (valid or not) of forgotten users: they are stored nowhere, only counted."""
+    if "user_id" not in table.names:
+        return
     stage = _stage_name(table.name)
-    con.execute(f"""INSERT INTO quarantine (source, line, target, field, reason, raw)
-        SELECT ?, _line, '{table.name}', _field, _reason, _raw FROM {stage} WHERE _field IS NOT NULL""", [path])
+    n = con.execute(f"""DELETE FROM {stage} WHERE user_id IN (
+        SELECT u FROM (SELECT DISTINCT user_id AS u FROM {stage} WHERE user_id IS NOT NULL)
+        WHERE sha256(u) IN (SELECT id_hash FROM forgotten_users))""").fetchone()[0]
+    report.suppressed += n
+
+
+def _quarantine_bad(con, table: schema.Table, path: str, report: IngestReport, sink: str) -> None:
+    stage = _stage_name(table.name)
+    con.execute(f"""INSERT INTO {sink} (source, line, target, field, reason, raw, user_id)
+        SELECT ?, _line, '{table.name}', _field, _reason, _raw, {_user(table)} FROM {stage}
+        WHERE _field IS NOT NULL""", [path])
     for fld, n in con.execute(f"SELECT _field, count(*) FROM {stage} WHERE _field IS NOT NULL GROUP BY 1").fetchall():
         key = f"{table.name}.{fld}"
         _add(report.reasons, key, n)
@@ -117,94 +153,148 @@ def _merge_items(con, report: IngestReport) -> None:
     _add(report.duplicates, "items", distinct - added)
 
 
-def _merge_keyed(con, table: schema.Table, path: str, report: IngestReport) -> None:
+def _merge_keyed(con, table: schema.Table, path: str, report: IngestReport, sink: str) -> None:
     """Good rows get their final key: the source's, or content hash + '-' + occurrence number.
-    A key the source gave twice in one file keeps its first row; the others are quarantined."""
+    A key the source gave twice in one file keeps its first row; the others are quarantined. A key the source
+    gave that is already stored with other content is a conflict: quarantined, the stored row kept."""
     key, stage = table.key, _stage_name(table.name)
-    cols = ", ".join(c for c in table.names if c != key)
+    others = [c for c in table.names if c != key]
+    cols = ", ".join(others)
     # repeated keys are rare: number the occurrences of those only
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _repeats AS
         SELECT _line, row_number() OVER (PARTITION BY _k ORDER BY _line) AS _occ,
                min(_line) OVER (PARTITION BY _k) AS _first
         FROM {stage} WHERE _field IS NULL AND _k IN (
             SELECT _k FROM {stage} WHERE _field IS NULL GROUP BY _k HAVING count(*) > 1)""")
-    n_dups = con.execute(f"""INSERT INTO quarantine (source, line, target, field, reason, raw)
+    n_dups = con.execute(f"""INSERT INTO {sink} (source, line, target, field, reason, raw, user_id)
         SELECT ?, s._line, '{table.name}', '{key}',
-               'duplicate {key} ' || s.{key} || ' (first at line ' || r._first || ')', json_object('{key}', s.{key})::VARCHAR
+               'duplicate {key} ' || s.{key} || ' (first at line ' || r._first || ')', json_object('{key}', s.{key})::VARCHAR,
+               {_user(table, "s.")}
         FROM {stage} s JOIN _repeats r USING (_line) WHERE s.{key} IS NOT NULL AND r._occ > 1""", [path]).fetchone()[0]
     if n_dups:
         report.quarantined += n_dups
         _add(report.reasons, f"{table.name}.{key}", n_dups)
-    keyed = f"""SELECT CASE WHEN s.{key} IS NULL THEN s._k || '-' || coalesce(r._occ, 1) ELSE s._k END AS {key}, {cols}
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW _keyed AS
+        SELECT s._line, s.{key} IS NOT NULL AS _given,
+               CASE WHEN s.{key} IS NULL THEN s._k || '-' || coalesce(r._occ, 1) ELSE s._k END AS {key}, {cols}
         FROM {stage} s LEFT JOIN _repeats r USING (_line)
-        WHERE s._field IS NULL AND NOT (s.{key} IS NOT NULL AND coalesce(r._occ, 1) > 1)"""
+        WHERE s._field IS NULL AND NOT (s.{key} IS NOT NULL AND coalesce(r._occ, 1) > 1)""")
     empty = con.execute(f"SELECT count(*) = 0 FROM (SELECT 1 FROM {table.name} LIMIT 1)").fetchone()[0]
-    new = keyed if empty else f"SELECT * FROM ({keyed}) k WHERE NOT EXISTS (SELECT 1 FROM {table.name} t WHERE t.{key} = k.{key})"
+    conflicts = 0
+    if not empty:  # a content key cannot conflict: only keys the source gave are compared
+        differs = " OR ".join(f"k.{c} IS DISTINCT FROM t.{c}" for c in others)
+        row = "json_object(" + ", ".join(f"'{c}', k.{c}" for c in table.names) + ")::VARCHAR"
+        conflicts = con.execute(f"""INSERT INTO {sink} (source, line, target, field, reason, raw, user_id)
+            SELECT ?, k._line, '{table.name}', '{key}', '{key} ' || k.{key} || ' already stored with different content',
+                   {row}, {_user(table, "k.")}
+            FROM _keyed k JOIN {table.name} t ON t.{key} = k.{key} WHERE k._given AND ({differs})""",
+                                [path]).fetchone()[0]
+    new = "SELECT * FROM _keyed" if empty else \
+        f"SELECT * FROM _keyed k WHERE NOT EXISTS (SELECT 1 FROM {table.name} t WHERE t.{key} = k.{key})"
     added = con.execute(f"INSERT INTO {table.name} SELECT {', '.join(table.names)} FROM ({new})").fetchone()[0]
     good = con.execute(f"SELECT count(*) FROM {stage} WHERE _field IS NULL").fetchone()[0]
+    con.execute("DROP VIEW _keyed")
     con.execute("DROP TABLE _repeats")
+    if conflicts:
+        report.conflicts += conflicts
+        report.quarantined += conflicts
+        _add(report.reasons, f"{table.name}.{key}", conflicts)
     _add(report.added, table.name, added)
-    _add(report.duplicates, table.name, good - added - n_dups)
+    _add(report.duplicates, table.name, good - added - n_dups - conflicts)
 
 
 def ingest_file(con: duckdb.DuckDBPyConnection, path: str, fmt: str, table: str = "events",
                 mapping: dict[str, str] | None = None, namespace: str | None = None,
-                progress: Callable[[int, int], None] | None = None) -> IngestReport:
+                progress: Callable[[int, int], None] | None = None,
+                future_tolerance_s: float = FUTURE_TOLERANCE_S) -> IngestReport:
     """Ingests `path` in the given format. `namespace` prefixes ids (`ns:id`) so that several sources
-    can share one store. `progress(bytes_done, bytes_total)` is called as it reads."""
+    can share one store. `progress(bytes_done, bytes_total)` is called as it reads. A timestamp more than
+    `future_tolerance_s` seconds after the time of ingest is quarantined (config `future_tolerance_seconds`)."""
     if fmt in FORMATS and not os.path.isfile(path):
         raise HuaxiangError(f"file not found: {path}")
     sources = sources_for(path, fmt, table, mapping)
     sizes = [os.path.getsize(s.path) for s in sources]
-    return _ingest_sources(con, sources, path, fmt, namespace, progress, sizes)
+    return _ingest_sources(con, sources, path, fmt, namespace, progress, sizes, future_tolerance_s)
 
 
 def ingest_records(con: duckdb.DuckDBPyConnection, records: list, label: str, table: str = "events",
-                   namespace: str | None = None) -> IngestReport:
+                   namespace: str | None = None, future_tolerance_s: float = FUTURE_TOLERANCE_S) -> IngestReport:
     """Ingests records already in memory (an API batch, a stream message): the same validation,
     quarantine (with `label` as the source and the record's position, from 1, as the line) and
-    de-duplication as a file, in one transaction."""
+    de-duplication as a file, in one transaction. Parsed JSON is held to its types: a text or id column
+    takes only a string, a numeric or timestamp column a string or a number, no column a boolean, array
+    or object; a row breaking that is quarantined with the field and the JSON type. `report.rejected`
+    lists every quarantined row."""
+    if table not in schema.TABLES:
+        raise HuaxiangError(f"unknown table {table!r} (expected one of {', '.join(schema.TABLES)})")
+
     def reader(path, progress=None):
-        objects = [(n, r) for n, r in enumerate(records, start=1) if isinstance(r, dict)]
-        # the target's own columns always, so that a batch naming none of them is quarantined row by row
-        keys = sorted({k for _, r in objects for k in r} | set(schema.TABLES[table].names))
-        cols = {k: [json_text(r.get(k)) for _, r in objects] for k in keys}
-        rejects = [Reject(n, "an event must be a JSON object", json_text(r)[:1000] if r is not None else "null")
-                   for n, r in enumerate(records, start=1) if not isinstance(r, dict)]
-        yield Chunk(text_table(cols, [n for n, _ in objects]), rejects)
-    return _ingest_sources(con, generic(label, reader, table), label, "records", namespace, None, [0])
+        yield records_chunk(records, schema.TABLES[table])
+    return _ingest_sources(con, generic(label, reader, table), label, "records", namespace, None, [0],
+                           future_tolerance_s)
 
 
-def _ingest_sources(con, sources: list[Source], label: str, fmt: str, namespace, progress, sizes) -> IngestReport:
+def _ingest_sources(con, sources: list[Source], label: str, fmt: str, namespace, progress, sizes,
+                    tolerance_s: float) -> IngestReport:
     if namespace is not None and (not namespace or schema.TENANT_SEPARATOR in namespace):
         raise HuaxiangError(f"namespace {namespace!r}: a tenant is a non-empty name without "
                             f"'{schema.TENANT_SEPARATOR}' (ids become NAMESPACE:id)")
+    if not tolerance_s >= 0:
+        raise HuaxiangError(f"future tolerance {tolerance_s!r}: expected a number of seconds >= 0")
     report = IngestReport(label)
     total = sum(sizes)
+    now = datetime.now(timezone.utc).replace(tzinfo=None)  # the time of ingest, for the future-timestamp check
+    records = fmt == "records"
     with transaction(con):
         # quarantine holds the latest verdict per file: a re-ingest replaces it, never doubles it
         con.execute("DELETE FROM quarantine WHERE source IN (SELECT unnest(?))", [[s.path for s in sources]])
+        # an in-memory batch collects its rejected rows first, to add only those the quarantine lacks
+        sink = "_rejected" if records else "quarantine"
+        if records:
+            con.execute("CREATE OR REPLACE TEMP TABLE _rejected AS "
+                        "SELECT source, line, target, field, reason, raw, user_id FROM quarantine LIMIT 0")
+        suppressing = con.execute("SELECT count(*) > 0 FROM (SELECT 1 FROM forgotten_users LIMIT 1)").fetchone()[0]
         for i, source in enumerate(sources):  # source by source, so that sibling files merge their items
             done_before = sum(sizes[:i])
-            targets = _ingest_source(con, source, report, namespace,
+            targets = _ingest_source(con, source, report, namespace, now, tolerance_s, sink,
                                      (lambda n, d=done_before: progress(d + n, total)) if progress else None)
             for name in sorted(targets):
-                _quarantine_bad(con, schema.TABLES[name], source.path, report)
+                if suppressing:
+                    _suppress(con, schema.TABLES[name], report)
+                _quarantine_bad(con, schema.TABLES[name], source.path, report, sink)
                 if name == "items":
                     _merge_items(con, report)
                 else:
-                    _merge_keyed(con, schema.TABLES[name], source.path, report)
-                if name == "events" and fmt == "records":  # (namespaced and pseudonymised, as stored)
+                    _merge_keyed(con, schema.TABLES[name], source.path, report, sink)
+                if name == "events" and records:  # (namespaced and pseudonymised, as stored)
                     report.users = [u for (u,) in con.execute(
                         "SELECT DISTINCT user_id FROM _stage_events WHERE _field IS NULL ORDER BY 1").fetchall()]
                 con.execute(f"DROP TABLE {_stage_name(name)}")
+        if records:
+            _add_new_rejects(con, report)
         con.execute("INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, current_timestamp)",
                     [label, fmt, report.rows_read, sum(report.added.values()),
                      sum(report.duplicates.values()), report.quarantined])
     return report
 
 
-def _ingest_source(con, source: Source, report: IngestReport, namespace, progress) -> set[str]:
+def _add_new_rejects(con, report: IngestReport) -> None:
+    """Moves a batch's rejected rows into the quarantine, less those it already holds (same target, field,
+    reason and raw: a re-sent batch); every one stays in `report.rejected`."""
+    report.rejected = [(line, fld, reason) for line, fld, reason in con.execute(
+        "SELECT line, field, reason FROM _rejected ORDER BY line, target, field").fetchall()]
+    # the quarantine narrowed to the batch's reasons first: the small side of the join, not a million rows
+    if report.rejected:
+        con.execute("""INSERT INTO quarantine (source, line, target, field, reason, raw, user_id)
+            SELECT * FROM _rejected r WHERE NOT EXISTS (
+                SELECT 1 FROM (SELECT * FROM quarantine WHERE reason IN (SELECT reason FROM _rejected)) q
+                WHERE q.reason = r.reason AND q.target = r.target AND q.field IS NOT DISTINCT FROM r.field
+                  AND q.raw IS NOT DISTINCT FROM r.raw)""")
+    con.execute("DROP TABLE _rejected")
+
+
+def _ingest_source(con, source: Source, report: IngestReport, namespace, now: datetime, tolerance_s: float,
+                   sink: str, progress) -> set[str]:
     """Reads, maps and validates one source into staging tables; returns the targets it staged."""
     targets: set[str] = set()
     for chunk in source.reader(source.path, progress=progress):
@@ -213,8 +303,8 @@ def _ingest_source(con, source: Source, report: IngestReport, namespace, progres
             if col not in raw.column_names:
                 raw = raw.append_column(col, pa.nulls(raw.num_rows, pa.string()))
         if chunk.rejects:
-            con.executemany("INSERT INTO quarantine (source, line, target, field, reason, raw) VALUES (?, ?, '*', NULL, ?, ?)",
-                            [[source.path, r.line, r.reason, r.raw] for r in chunk.rejects])
+            con.executemany(f"INSERT INTO {sink} (source, line, target, field, reason, raw) "
+                            "VALUES (?, ?, '*', NULL, ?, ?)", [[source.path, r.line, r.reason, r.raw] for r in chunk.rejects])
             report.quarantined += len(chunk.rejects)
             _add(report.reasons, "(unreadable line)", len(chunk.rejects))
         report.rows_read += raw.num_rows + len(chunk.rejects)
@@ -227,5 +317,5 @@ def _ingest_source(con, source: Source, report: IngestReport, namespace, progres
             if name not in targets:
                 _create_stage(con, schema.TABLES[name])
                 targets.add(name)
-            _stage_chunk(con, schema.TABLES[name], select, where, raw, source.path, namespace)
+            _stage_chunk(con, schema.TABLES[name], select, where, raw, source.path, namespace, now, tolerance_s)
     return targets

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import schema
 from ..errors import HuaxiangError
 
 CHUNK_ROWS = 200_000  # read at call time: a reader given no chunk_rows uses the current value
@@ -170,6 +171,82 @@ def json_text(value) -> str | None:
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False)
     return str(value)
+
+
+def clean_text(text: str) -> str:
+    """`text` as valid Unicode: a lone surrogate (which JSON's `\\ud800` escapes can hold) becomes U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+NUMERIC = ("DOUBLE", "BIGINT", "TIMESTAMP")  # columns that also take a JSON number
+
+
+def _json_kind(value) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _record_value(col: schema.Column, value) -> tuple[str | None, str | None]:
+    """One value of an in-memory record -> (its text, the fault found in it or None). A text column takes only a
+    JSON string; a numeric or timestamp column a string or a number; nothing takes a boolean, array or object."""
+    if value is None:
+        return None, None
+    kind = _json_kind(value)
+    fault = None
+    if kind == "string":
+        text = value
+    elif kind == "number" and col.type in NUMERIC:
+        try:
+            text = str(value)
+        except ValueError:  # an int of more than 4300 digits
+            return None, f"{col.name}: a number too long to read"
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        except (ValueError, RecursionError):
+            text = None
+        wanted = "a string or a number" if col.type in NUMERIC else "a string"
+        fault = f"{col.name} must be {wanted}, not a JSON {kind}"
+    if text is not None:
+        clean = clean_text(text)
+        if clean is not text and fault is None:
+            fault = f"invalid UTF-8 in {col.name} (a lone surrogate)"
+        text = clean
+    return text, fault
+
+
+def records_chunk(records: list, table: schema.Table) -> Chunk:
+    """Records already in memory (parsed JSON: an API batch, stream messages) as one chunk of `table`'s columns,
+    `_line` being the position from 1; keys that are not columns of `table` are ignored. A record that is not an
+    object is a Reject. A value of the wrong JSON type, or holding a lone surrogate, is named in `_pre_field` and
+    `_pre_reason` (the first in column order), for validation to quarantine the row with that reason."""
+    cols: dict[str, list] = {c.name: [] for c in table.columns}
+    pre_field, pre_reason, lines, rejects = [], [], [], []
+    for n, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            try:
+                raw = "null" if record is None else clean_text(json_text(record))[:1000]
+            except (TypeError, ValueError, RecursionError):  # not JSON-like at all
+                raw = clean_text(repr(record))[:1000]
+            rejects.append(Reject(n, "an event must be a JSON object", raw))
+            continue
+        first = None
+        for col in table.columns:
+            text, fault = _record_value(col, record.get(col.name))
+            cols[col.name].append(text)
+            if fault and first is None:
+                first = (col.name, fault)
+        pre_field.append(first[0] if first else None)
+        pre_reason.append(first[1] if first else None)
+        lines.append(n)
+    return Chunk(text_table({**cols, "_pre_field": pre_field, "_pre_reason": pre_reason}, lines), rejects)
 
 
 def jsonl_chunks(path: str, progress: Progress | None = None,

@@ -2,16 +2,26 @@
 
 `validation_sql(table, present)` builds one query over a relation named `mapped` holding `_line`
 and raw VARCHAR columns named after the canonical columns in `present`. Each output row carries
-`_field` and `_reason`: NULL for a good row, else the first check it failed.
+`_field` and `_reason`: NULL for a good row, else the first check it failed. With `pre=True`, `mapped` also
+holds `_pre_field` and `_pre_reason`: a fault the reader already found (a JSON value of the wrong type), tried
+first.
+
+A timestamp later than `now` (the time of ingest, UTC) plus `tolerance_s` seconds of clock skew is in the
+future: one such event would move its tenant's reference time ahead and age every profile. The cut-off goes
+into the statement as a literal, computed once per ingest.
 """
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 from .. import schema
+from ..config import Config
 from ..schema import sql_literal
 
 ID_COLUMNS = {"event_id", "user_id", "item_id", "category_id", "session_id", "review_id",
               "order_id", "invoice"}
 EARLIEST_TS = "1990-01-01"
+FUTURE_TOLERANCE_S = Config.future_tolerance_seconds  # the default allowance for clock skew
 
 
 ASCII_SPACE = "' \t\n\x0b\x0c\r'"  # a SQL literal holding the six characters themselves: binding a query
@@ -49,7 +59,14 @@ def _parsed(col: schema.Column, raw: str) -> str:
     return v
 
 
-def _checks(table: schema.Table, present: set[str]) -> list[tuple[str, str, str]]:
+def future_cutoff(now: datetime | None, tolerance_s: float) -> datetime:
+    """The latest timestamp an ingest accepts (naive UTC): `now` (default: this instant) plus the tolerance."""
+    now = now or datetime.now(timezone.utc).replace(tzinfo=None)
+    return now + timedelta(seconds=tolerance_s)
+
+
+def _checks(table: schema.Table, present: set[str], cutoff: datetime,
+            tolerance_s: float) -> list[tuple[str, str, str]]:
     """(condition, field, reason SQL) in the order they are tried; the first that holds wins."""
     out: list[tuple[str, str, str]] = []
     for col in table.columns:
@@ -60,6 +77,7 @@ def _checks(table: schema.Table, present: set[str]) -> list[tuple[str, str, str]
             continue
         raw, val = f"r_{name}", f"p_{name}"
         out.append((f"contains({raw}, chr(65533))", name, sql_literal(f"invalid UTF-8 in {name}")))
+        out.append((f"contains({raw}, chr(0))", name, sql_literal(f"NUL character in {name}")))
         limit = schema.MAX_ID_CHARS if name in ID_COLUMNS else schema.MAX_TEXT_CHARS
         out.append((f"length({raw}) > {limit}", name,
                     sql_literal(f"{name} longer than {limit} characters (") + f" || length({raw}) || ')'"))
@@ -72,8 +90,12 @@ def _checks(table: schema.Table, present: set[str]) -> list[tuple[str, str, str]
             out.append((f"isnan({val}) OR isinf({val})", name,
                         sql_literal(f"{name} is not finite: ") + " || " + _shown(raw)))
         if col.type == "TIMESTAMP":
-            out.append((f"{val} < TIMESTAMP '{EARLIEST_TS}' OR {val} > now()::TIMESTAMP + INTERVAL 1 DAY", name,
+            out.append((f"{val} < TIMESTAMP '{EARLIEST_TS}'", name,
                         sql_literal(f"timestamp out of range ({EARLIEST_TS} .. now): ") + " || " + _shown(raw)))
+            # the reason names the tolerance, not the cut-off, so that a re-sent row gets the same verdict
+            out.append((f"{val} > TIMESTAMP '{cutoff.isoformat(sep=' ')}'", name,
+                        sql_literal("timestamp in the future: ") + " || " + _shown(raw)
+                        + " || " + sql_literal(f" (more than {tolerance_s:g} s after the time of ingest)")))
         if col.type == "EVENT_TYPE":
             allowed = ", ".join(sql_literal(t) for t in schema.EVENT_TYPES)
             out.append((f"{val} IS NOT NULL AND {val} NOT IN ({allowed})", name,
@@ -99,15 +121,19 @@ def _checks(table: schema.Table, present: set[str]) -> list[tuple[str, str, str]
     return out
 
 
-def validation_sql(table: schema.Table, present: set[str]) -> str:
+def validation_sql(table: schema.Table, present: set[str], now: datetime | None = None,
+                   tolerance_s: float = FUTURE_TOLERANCE_S, pre: bool = False) -> str:
     present = present & set(table.names)
-    cols = []
+    cols = ["_pre_field", "_pre_reason"] if pre else []
     for col in table.columns:
         if col.name in present:
             cols.append(f"{col.name} AS r_{col.name}")
             cols.append(f"{_parsed(col, col.name)} AS p_{col.name}")
-    checks = _checks(table, present)
-    field = " ".join(f"WHEN {c} THEN {sql_literal(f)}" for c, f, _ in checks)
+    checks = [(c, sql_literal(f), r) for c, f, r in _checks(table, present, future_cutoff(now, tolerance_s),
+                                                             tolerance_s)]
+    if pre:
+        checks.insert(0, ("_pre_field IS NOT NULL", "_pre_field", "_pre_reason"))
+    field = " ".join(f"WHEN {c} THEN {f}" for c, f, _ in checks)
     reason = " ".join(f"WHEN {c} THEN {r}" for c, _, r in checks)
     typed = []
     for col in table.columns:

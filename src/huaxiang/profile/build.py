@@ -2,6 +2,9 @@
 
 The tables `features` and `profiles` (and `segment_rules`, `clusters`, `item_tokens`) are replaced
 as a whole at the end, in one transaction: readers never see a half-built store.
+
+Every population statistic is per tenant (`schema.tenant_of`): segment thresholds, price-band cut points, title
+keywords' idf and k-means clusters are each tenant's own, so a tenant's profiles are those it would get alone.
 """
 from __future__ import annotations
 
@@ -53,26 +56,42 @@ def _replace_tables(con, names: list[str], before: Callable[[], None] | None = N
             con.execute(f"ALTER TABLE _new_{name} RENAME TO {name}")
 
 
-def profile_rows(feats, th: dict[str, float], cfg: Config):
-    """Features -> profile rows (segments against the population thresholds `th`, tags); and the rules."""
-    conds, described = sg.rules(feats, th, cfg.new_days, cfg.at_risk_days, cfg.dormant_days, cfg.high_quantile)
-    prof = sg.assign(feats, conds)
+def profile_rows(feats, th, cfg: Config):
+    """Features -> profile rows: segments against each user's tenant's thresholds (`th`: `sg.thresholds`, or a
+    table of `sg.threshold_table`'s columns), tags."""
+    th = th if isinstance(th, ibis.expr.types.Table) else sg.threshold_table(th)
+    f = feats.left_join(th, tenant_expr(feats.user_id) == th._th_tenant)
+    prof = sg.assign(f, sg.conditions(f, cfg.new_days, cfg.at_risk_days, cfg.dormant_days)).drop(*th.columns)
     return prof.mutate(tags=tg.interest_tags(prof), cluster=ibis.null("int64"),
-                       habit_utc_offset=ibis.literal(float(cfg.utc_offset_hours))), described
+                       habit_utc_offset=ibis.literal(float(cfg.utc_offset_hours)))
+
+
+def rule_rows(th: dict[str, dict[str, float]], sizes: dict[tuple[str, str], int], cfg: Config) -> pd.DataFrame:
+    """The `segment_rules` table: per tenant, each segment's rule with the tenant's numbers, and its size
+    (`sizes`: (tenant, segment) -> users)."""
+    rows = [(tenant, r.segment, r.definition, sizes.get((tenant, r.segment), 0)) for tenant in sorted(th)
+            for r in sg.describe(th[tenant], cfg.new_days, cfg.at_risk_days, cfg.dormant_days, cfg.high_quantile)]
+    return pd.DataFrame(rows, columns=["tenant", "segment", "definition", "size"]).astype(
+        {"tenant": str, "segment": str, "definition": str, "size": "int64"})
 
 
 def record_segments(con: duckdb.DuckDBPyConnection) -> None:
-    """The segments' drift, kept across builds: this build's segment sizes appended to `segment_history`, and
-    how many users went from each segment to each other since the last build to `segment_moves` (from NULL: new
-    to the store; to NULL: gone from it). Runs while `_new_profiles` has not yet replaced `profiles`."""
-    con.execute("CREATE TABLE IF NOT EXISTS segment_history (built_at TIMESTAMP, segment VARCHAR, size BIGINT)")
-    con.execute("CREATE TABLE IF NOT EXISTS segment_moves (built_at TIMESTAMP, from_segment VARCHAR, "
+    """The segments' drift, kept across builds, per tenant: this build's segment sizes appended to
+    `segment_history`, and how many users went from each segment to each other since the last build to
+    `segment_moves` (from NULL: new to the store; to NULL: gone from it). Runs while `_new_profiles` has not yet
+    replaced `profiles`. (Rows of stores built before tenants were recorded keep a NULL tenant.)"""
+    con.execute("CREATE TABLE IF NOT EXISTS segment_history (built_at TIMESTAMP, tenant VARCHAR, segment VARCHAR, "
+                "size BIGINT)")
+    con.execute("CREATE TABLE IF NOT EXISTS segment_moves (built_at TIMESTAMP, tenant VARCHAR, from_segment VARCHAR, "
                 "to_segment VARCHAR, users BIGINT)")
+    for table in ("segment_history", "segment_moves"):
+        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS tenant VARCHAR")
     built_at = datetime.now(timezone.utc).replace(tzinfo=None)
-    con.execute("INSERT INTO segment_history SELECT ?, segment, count(*) FROM _new_profiles GROUP BY segment",
-                [built_at])
+    con.execute(f"""INSERT INTO segment_history BY NAME SELECT ? AS built_at, {tenant_sql('user_id')} AS tenant,
+        segment, count(*) AS size FROM _new_profiles GROUP BY ALL""", [built_at])
     if has_table(con, "profiles"):
-        con.execute("""INSERT INTO segment_moves SELECT ?, o.segment, n.segment, count(*)
+        con.execute(f"""INSERT INTO segment_moves BY NAME SELECT ? AS built_at, {tenant_sql('user_id')} AS tenant,
+            o.segment AS from_segment, n.segment AS to_segment, count(*) AS users
             FROM profiles o FULL JOIN _new_profiles n USING (user_id) GROUP BY ALL""", [built_at])
 
 
@@ -83,7 +102,8 @@ class ProfileRefresher:
     The SQL is compiled and prepared once (Ibis compilation costs ~1 s, DuckDB's planning of the feature query
     ~30 ms; running it on a handful of users, a few ms):
     the users to refresh and the tenants' reference times are read from two temp tables filled per call. Segment
-    thresholds and price bands are the population's at construction (those of the last full build)."""
+    thresholds and price-band cut points are each tenant's at construction (from the profiles and prices then); a
+    tenant new since the last full build gets them at the next one (until then: no threshold segment, no band)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, cfg: Config):
         self.con = con.cursor()  # temp tables are private to this cursor
@@ -91,14 +111,18 @@ class ProfileRefresher:
         self.con.execute("CREATE OR REPLACE TEMP TABLE _refresh_refs (tenant VARCHAR, as_of TIMESTAMP)")
         ib = ibis.duckdb.from_connection(self.con)
         only = ib.table("_refresh_users").user_id
-        users, parts = feature_parts(ib, cfg, ib.table("_refresh_refs"), price_cuts(ib),
+        # the per-tenant statistics as temp tables: the prepared statements read them (an in-memory table would
+        # not be there when they run)
+        th = sg.thresholds(ib.table("features"), cfg.high_quantile, cfg.potential_quantile)
+        th = ib.create_table("_refresh_thresholds", sg.threshold_table(th), temp=True, overwrite=True)
+        cuts = ib.create_table("_refresh_cuts", bh.price_cut_table(price_cuts(ib)), temp=True, overwrite=True)
+        users, parts = feature_parts(ib, cfg, ib.table("_refresh_refs"), cuts,
                                      has_table(self.con, "review_sentiment"), embedding_model(self.con, cfg),
                                      only=only)
         feats_sql = ibis.to_sql(join_parts(users, list(parts.values())), dialect="duckdb")
         # profiles are computed from the fresh feature rows (a temp table), not from a second feature query
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE _refresh_feats AS SELECT * FROM ({feats_sql}) LIMIT 0")
-        prof, _ = profile_rows(ib.table("_refresh_feats"), sg.thresholds(ib.table("features"), cfg.high_quantile,
-                                                                           cfg.potential_quantile), cfg)
+        prof = profile_rows(ib.table("_refresh_feats"), th, cfg)
         refs = bh.data_ends(ib.table("events"), ib.table("orders"))  # each wanted tenant's data end, now
         refs = refs.filter(refs.tenant.isin(tenant_expr(only)))
         # prepared once: DuckDB then skips parsing, binding and optimising the large statements on each call
@@ -174,31 +198,30 @@ def build_profiles(con: duckdb.DuckDBPyConnection, cfg: Config, as_of: datetime 
     step("assigning segments and tags")
     feats = ib.table("_new_features")
     th = sg.thresholds(feats, cfg.high_quantile, cfg.potential_quantile)
-    prof, described = profile_rows(feats, th, cfg)
-    ib.create_table("_new_profiles", prof, overwrite=True)
+    ib.create_table("_new_profiles", profile_rows(feats, th, cfg), overwrite=True)
     lap("segments")
 
     clusters = pd.DataFrame()
     if cfg.kmeans:
         step(f"k-means with k={cfg.kmeans}")
         df = con.execute(f"SELECT user_id, {', '.join(sg.KMEANS_FEATURES)} FROM _new_profiles ORDER BY user_id").df()
-        labels, clusters = sg.kmeans(df, cfg.kmeans, cfg.seed)
+        labels, clusters = sg.kmeans(df, cfg.kmeans, cfg.seed)  # each tenant's own clusters
         con.register("_labels", pd.DataFrame({"user_id": df["user_id"], "cluster": labels}))
         con.execute("UPDATE _new_profiles p SET cluster = l.cluster FROM _labels l WHERE p.user_id = l.user_id")
         con.unregister("_labels")
         lap("kmeans")
-    clusters = clusters.reset_index(names="cluster") if len(clusters) else pd.DataFrame(
-        {"cluster": pd.Series(dtype="int64"), "size": pd.Series(dtype="int64")})
+    if not len(clusters):
+        clusters = pd.DataFrame({"tenant": pd.Series(dtype="string"), "cluster": pd.Series(dtype="int64"),
+                                 "size": pd.Series(dtype="int64")})
     _write_frame(con, "_new_clusters", clusters)
 
-    sizes = dict(con.execute("SELECT segment, count(*) FROM _new_profiles GROUP BY 1").fetchall())
-    rules_df = pd.DataFrame({"segment": [r.segment for r in described],
-                             "definition": [r.definition for r in described],
-                             "size": [sizes.get(r.segment, 0) for r in described]})
-    _write_frame(con, "_new_segment_rules", rules_df)
+    sizes = {(t, s): n for t, s, n in con.execute(
+        f"SELECT {tenant_sql('user_id')}, segment, count(*) FROM _new_profiles GROUP BY ALL").fetchall()}
+    _write_frame(con, "_new_segment_rules", rule_rows(th, sizes, cfg))
     _replace_tables(con, ["features", "profiles", "segment_rules", "clusters"], lambda: record_segments(con))
     report.users = con.execute("SELECT count(*) FROM profiles").fetchone()[0]
     report.as_of = dict(con.execute(
         f"SELECT {tenant_sql('user_id')}, max(as_of) FROM profiles GROUP BY 1 ORDER BY 1").fetchall())
-    report.segments = sizes
+    for (_, segment), n in sorted(sizes.items()):
+        report.segments[segment] = report.segments.get(segment, 0) + n  # the store's, all tenants together
     return report

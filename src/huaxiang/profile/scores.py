@@ -22,7 +22,7 @@ from ..config import Config
 from ..errors import HuaxiangError
 from ..models import churn as ch
 from ..models.scores import ScoreModel, reason_text
-from ..schema import tenant_expr, tenant_of
+from ..schema import tenant_expr, tenant_of, tenant_sql
 from ..store import has_table, transaction
 
 KINDS = ("churn", "propensity", "clv", "risk")
@@ -270,15 +270,17 @@ def user_scores(con: duckdb.DuckDBPyConnection, user_ids: list[str]) -> dict[str
 
 
 def value_tiers(con: duckdb.DuckDBPyConnection, clv_cap: float | None = None) -> list[dict]:
-    """Users per (CLV value tier, segment) with their mean CLV (each user's clipped to [0, clv_cap] if given);
-    [] before `huaxiang score clv`."""
+    """Users per (tenant, CLV value tier, segment) with their mean CLV (each user's clipped to [0, clv_cap] if
+    given); [] before `huaxiang score clv`."""
     clv = "score" if clv_cap is None else "greatest(0, least(score, ?))"
     try:
-        rows = con.execute(f"""SELECT tier, segment, count(*) AS n, avg({clv}) FROM (
-                SELECT json_extract_string(s.detail, '$.value_tier') AS tier, p.segment, s.score
+        rows = con.execute(f"""SELECT tenant, tier, segment, count(*) AS n, avg({clv}) FROM (
+                SELECT {tenant_sql('s.user_id')} AS tenant, json_extract_string(s.detail, '$.value_tier') AS tier,
+                       p.segment, s.score
                 FROM scores s JOIN profiles p USING (user_id) WHERE s.kind = 'clv')
-                GROUP BY tier, segment ORDER BY list_position(['top', 'high', 'medium', 'low'], tier), n DESC""",
+                GROUP BY tenant, tier, segment
+                ORDER BY tenant, list_position(['top', 'high', 'medium', 'low'], tier), n DESC, segment""",
                            [] if clv_cap is None else [clv_cap]).fetchall()
     except duckdb.CatalogException:
         return []
-    return [{"value_tier": t, "segment": g, "users": n, "mean_clv": c} for t, g, n, c in rows]
+    return [{"tenant": n, "value_tier": t, "segment": g, "users": u, "mean_clv": c} for n, t, g, u, c in rows]

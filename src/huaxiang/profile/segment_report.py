@@ -1,5 +1,17 @@
-"""The segments report (`huaxiang segments`, `GET /v1/segments`): segment sizes and what defines each, CLV value
-tiers × segments, k-means cluster means — exact, or with differential-privacy noise for sharing outside.
+"""The segments report (`huaxiang segments`, `GET /v1/segments`), per tenant: each tenant's segment sizes and what
+defines each (with that tenant's own thresholds), the mean features per segment, CLV value tiers × segments, k-means
+cluster means and the drift across builds — exact, or with differential-privacy noise for sharing outside.
+
+The answer is {"tenants": [entry, …]}, one entry per tenant in the order of their names (the default tenant '' of
+un-namespaced ids first), only the tenants asked for (`tenants`: the names a caller may see; None: all):
+  tenant       the tenant's name ('' for ids without a prefix)
+  segments     [{segment, definition, size, share}]: the rules in the order they are tried; share of the tenant
+  features     [{segment, users, <the mean of each of DEFINING_FEATURES>}]
+  value_tiers  [{value_tier, segment, users, mean_clv}] ([] before `huaxiang score clv`)
+  clusters     [{cluster, <the mean of each k-means feature>, size}] ([] without k-means)
+  drift        {builds, sizes: {segment: [size per build]}, moves: [{from, to, users}]}
+A private report (`epsilon`) holds only `tenant`, `segments` (without definitions) and `value_tiers` per tenant, and
+one `privacy` block beside `tenants`.
 
 Differential privacy (`epsilon`): the noise comes from diffprivlib's mechanisms. A user is in exactly one segment
 (the first rule they match) and at most one (value tier, segment) cell, so each histogram of counts changes by at
@@ -12,6 +24,10 @@ Shares are computed from the noisy sizes; negative counts are raised to 0 (post-
 report: the rules' text (its thresholds are population quantiles), per-segment feature means, k-means cluster
 means and the drift across builds. The guarantee is for the counts and sums given the segment rules and tier
 boundaries, which come from the last build and scoring without noise. `clv_cap` must be chosen without looking at the data (it is a bound, not a statistic).
+Tenants: each tenant's histograms count its own users only and get the whole ε (split as above). A user belongs to
+exactly one tenant, so the tenants' parts are computed on disjoint sets of people and, by parallel composition, the
+report over any set of tenants is ε-differentially private (not ε times the number of tenants). Which tenants are
+listed is not protected (a tenant is listed once it has users).
 """
 from __future__ import annotations
 
@@ -21,6 +37,7 @@ import duckdb
 import numpy as np
 
 from ..errors import HuaxiangError
+from ..schema import tenant_sql
 from ..store import has_table
 from .scores import value_tiers
 
@@ -30,43 +47,94 @@ MIN_EPSILON, MAX_EPSILON = 0.01, 100.0  # below 0.01 the noise drowns any count 
 
 
 def segment_report(con: duckdb.DuckDBPyConnection, epsilon: float | None = None, clv_cap: float = 1_000.0,
-                   seed: int | None = None) -> dict:
+                   seed: int | None = None, tenants: list[str] | None = None) -> dict:
+    """The report of the tenants in `tenants` (None: every tenant of the store), as the module's doc says."""
+    rules = segment_rules(con)
+    if tenants is not None:
+        wanted = set(tenants)
+        rules = {t: rows for t, rows in rules.items() if t in wanted}
+    if epsilon is not None:
+        _check(epsilon, clv_cap)
+        tiers = _by_tenant(value_tiers(con, clv_cap))
+        rng = np.random.default_rng(seed)
+        parts = [{"tenant": t, **{k: v for k, v in _private(rows, tiers.get(t, []), epsilon, clv_cap,
+                                                              int(rng.integers(2**31))).items() if k != "privacy"}}
+                 for t, rows in rules.items()]
+        return {"tenants": parts, "privacy": _privacy(epsilon, clv_cap)}
+    feats, tiers, clusters = segment_features(con), _by_tenant(value_tiers(con)), segment_clusters(con)
+    parts = []
+    for t, rows in rules.items():
+        total = sum(n for _, _, n in rows) or 1
+        parts.append({"tenant": t,
+                      "segments": [{"segment": s, "definition": d, "size": n, "share": n / total} for s, d, n in rows],
+                      "features": feats.get(t, []), "value_tiers": tiers.get(t, []), "clusters": clusters.get(t, []),
+                      "drift": segment_drift(con, t)})
+    return {"tenants": parts}
+
+
+def tenant_label(tenant: str) -> str:
+    """A tenant's name for people: '' is the default tenant of ids without a prefix."""
+    return tenant or "default (ids without a tenant prefix)"
+
+
+def segment_rules(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, str, int]]]:
+    """{tenant: [(segment, definition, size)]} from the last build, the rules in the order they are tried."""
     try:
-        rows = con.execute("SELECT segment, definition, size FROM segment_rules").fetchall()
-        clusters = con.execute("SELECT * FROM clusters ORDER BY cluster").df()
+        rows = con.execute("SELECT tenant, segment, definition, size FROM segment_rules ORDER BY tenant, rowid"
+                           ).fetchall()
     except duckdb.CatalogException as exc:
         raise HuaxiangError("no segments in this store yet: run `huaxiang build` first") from exc
-    if epsilon is None:
-        total = sum(n for _, _, n in rows) or 1
-        return {"segments": [{"segment": s, "definition": d, "size": n, "share": n / total} for s, d, n in rows],
-                "features": segment_features(con),
-                "value_tiers": value_tiers(con),
-                "clusters": json.loads(clusters.to_json(orient="records")),
-                "drift": segment_drift(con)}
-    return _private(rows, value_tiers(con, clv_cap), epsilon, clv_cap, seed)
+    except duckdb.BinderException as exc:
+        raise HuaxiangError("this store's segments were built before they were kept per tenant: run `huaxiang "
+                            "build` again") from exc
+    out: dict[str, list] = {}
+    for tenant, segment, definition, size in rows:
+        out.setdefault(tenant, []).append((segment, definition, size))
+    return out
 
 
-def segment_features(con: duckdb.DuckDBPyConnection) -> list[dict]:
-    """Per segment, the mean of the features that tell segments apart (NULLs left out of each mean)."""
+def _by_tenant(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows that carry a `tenant` key, grouped by it (the key left out of each row)."""
+    out: dict[str, list[dict]] = {}
+    for row in rows:
+        out.setdefault(row["tenant"], []).append({k: v for k, v in row.items() if k != "tenant"})
+    return out
+
+
+def segment_features(con: duckdb.DuckDBPyConnection) -> dict[str, list[dict]]:
+    """Per tenant and segment, the mean of the features that tell segments apart (NULLs left out of each mean);
+    {tenant: [{segment, users, …}]}, the largest segment first."""
     means = ", ".join(f"avg({c}) AS {c}" for c in DEFINING_FEATURES)
-    cur = con.execute(f"SELECT segment, count(*) AS users, {means} FROM profiles GROUP BY segment ORDER BY users DESC")
+    cur = con.execute(f"""SELECT {tenant_sql('user_id')} AS tenant, segment, count(*) AS users, {means} FROM profiles
+        GROUP BY ALL ORDER BY tenant, users DESC, segment""")
     names = [d[0] for d in cur.description]
-    return [{k: (None if v is None or v != v else v) for k, v in zip(names, row)} for row in cur.fetchall()]
+    return _by_tenant([{k: (None if v is None or v != v else v) for k, v in zip(names, row)}
+                       for row in cur.fetchall()])
 
 
-def segment_drift(con: duckdb.DuckDBPyConnection, builds: int = 30) -> dict:
-    """How the segments moved over the last `builds` builds: each build's time and every segment's size in it,
-    and how many users went from which segment to which in the latest build (from None: new; to None: gone)."""
-    times = [t for (t,) in con.execute("SELECT DISTINCT built_at FROM segment_history ORDER BY built_at DESC LIMIT ?",
-                                       [builds]).fetchall()][::-1] if has_table(con, "segment_history") else []
-    if not times:  # (a store built before the history was kept)
+def segment_clusters(con: duckdb.DuckDBPyConnection) -> dict[str, list[dict]]:
+    """{tenant: [{cluster, <mean features>, size}]}: each tenant's k-means clusters ({} without k-means)."""
+    if not has_table(con, "clusters"):
+        return {}
+    frame = con.execute("SELECT * FROM clusters ORDER BY tenant, cluster").df()
+    return _by_tenant(json.loads(frame.to_json(orient="records")))
+
+
+def segment_drift(con: duckdb.DuckDBPyConnection, tenant: str, builds: int = 30) -> dict:
+    """How a tenant's segments moved over the store's last `builds` builds: each build's time and every segment's
+    size in it (0 in a build without it), and how many users went from which segment to which in the latest build
+    (from None: new; to None: gone)."""
+    times = [t for (t,) in con.execute("""SELECT DISTINCT built_at FROM segment_history WHERE tenant IS NOT NULL
+        ORDER BY built_at DESC LIMIT ?""", [builds]).fetchall()][::-1] if has_table(con, "segment_history") else []
+    if not times:  # (a store built before the history was kept per tenant)
         return {"builds": [], "sizes": {}, "moves": []}
     sizes: dict[str, list[int]] = {}
-    for t, seg, n in con.execute("SELECT built_at, segment, size FROM segment_history WHERE built_at >= ?",
-                                 [times[0]]).fetchall():
+    for t, seg, n in con.execute("""SELECT built_at, segment, size FROM segment_history
+            WHERE tenant = ? AND built_at >= ? ORDER BY built_at, segment""", [tenant, times[0]]).fetchall():
         sizes.setdefault(seg, [0] * len(times))[times.index(t)] = n
     moves = con.execute("""SELECT from_segment, to_segment, users FROM segment_moves
-        WHERE built_at = (SELECT max(built_at) FROM segment_moves) ORDER BY users DESC""").fetchall()
+        WHERE tenant = ? AND built_at = (SELECT max(built_at) FROM segment_moves)
+        ORDER BY users DESC, from_segment NULLS FIRST, to_segment NULLS FIRST""", [tenant]).fetchall()
     return {"builds": [t.isoformat(timespec="seconds") for t in times], "sizes": sizes,
             "moves": [{"from": a, "to": b, "users": n} for a, b, n in moves]}
 
@@ -80,11 +148,23 @@ def latest_changes(drift: dict) -> list[tuple[str, int, int]]:
     return sorted(rows, key=lambda r: (-abs(r[2] - r[1]), r[0]))
 
 
-def _private(rows, tiers, epsilon: float, clv_cap: float, seed: int | None) -> dict:
-    from diffprivlib.mechanisms import Geometric, Laplace
+def _check(epsilon: float, clv_cap: float) -> None:
     if not MIN_EPSILON <= epsilon <= MAX_EPSILON or not clv_cap > 0:
         raise HuaxiangError(f"epsilon must be in [{MIN_EPSILON}, {MAX_EPSILON}] and clv_cap positive "
                             f"(got epsilon={epsilon}, clv_cap={clv_cap})")
+
+
+def _privacy(epsilon: float, clv_cap: float) -> dict:
+    return {"epsilon": epsilon, "clv_cap": clv_cap,
+            "mechanisms": "geometric (counts, ε/3 each histogram), Laplace (clipped CLV sums, ε/3)",
+            "tenants": "each tenant's part spends ε on its own users (disjoint: parallel composition)",
+            "omitted": "rule definitions, feature means, cluster means and drift"}
+
+
+def _private(rows, tiers, epsilon: float, clv_cap: float, seed: int | None) -> dict:
+    """One population's private report: (segment, definition, size) rows and its value-tier cells, noised."""
+    from diffprivlib.mechanisms import Geometric, Laplace
+    _check(epsilon, clv_cap)
     part = epsilon / 3
     rng = np.random.default_rng(seed)
     count = Geometric(epsilon=part, sensitivity=1, random_state=rng.integers(2**31))
@@ -98,7 +178,4 @@ def _private(rows, tiers, epsilon: float, clv_cap: float, seed: int | None) -> d
         cells.append({"value_tier": t["value_tier"], "segment": t["segment"], "users": users,
                       "mean_clv": clipped_sum / max(users, 1)})
     return {"segments": [{"segment": s, "size": n, "share": n / total} for s, n in sizes],
-            "value_tiers": cells,
-            "privacy": {"epsilon": epsilon, "clv_cap": clv_cap,
-                        "mechanisms": "geometric (counts, ε/3 each histogram), Laplace (clipped CLV sums, ε/3)",
-                        "omitted": "rule definitions, feature means, cluster means and drift"}}
+            "value_tiers": cells, "privacy": _privacy(epsilon, clv_cap)}

@@ -8,15 +8,23 @@ a z-score let one sparse item-KNN score swamp the text match; on Beauty min-max 
 best z-score weight, see benchmarks/search_personalisation.py).
 BM25: k1 = 1.2, b = 0.75, idf = ln(1 + (N − df + 0.5) / (df + 0.5)); titles are tokenised like the
 profile keywords (jieba for Chinese, a word tokenizer for English).
+Tenants: a search runs over one tenant's titles only (`schema.tenant_of`; '' for ids without a
+namespace), with a BM25 index of that tenant's own (its idf and lengths know nothing of the others):
+the tenant of `user_id` when one is given, else `tenant`, else the one tenant of a single-tenant
+store; in a store of several tenants a search for nobody in particular must name one.
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
 
+from ..errors import HuaxiangError
 from ..features.text import tokens
+from ..schema import TENANT_SEPARATOR, tenant_is_sql, tenant_of, tenant_sql
 from ..store import has_table
 
 
@@ -40,7 +48,8 @@ class TitleIndex:
         df = np.bincount(cols, minlength=tf.shape[1]).astype(np.float64)
         n = max(int((lengths > 0).sum()), 1)
         idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
-        norm = self.k1 * (1 - self.b + self.b * lengths / max(lengths[lengths > 0].mean() if n else 1.0, 1e-9))
+        mean = lengths[lengths > 0].mean() if (lengths > 0).any() else 1.0
+        norm = self.k1 * (1 - self.b + self.b * lengths / max(mean, 1e-9))
         tf = tf.tocoo()
         weights = idf[tf.col] * (self.k1 + 1) / (1 + norm[tf.row])
         self.matrix_ = sparse.csr_matrix((weights, (tf.row, tf.col)), shape=tf.shape).tocsc()
@@ -99,33 +108,79 @@ def build_faiss(item_vectors: np.ndarray | None):
     return index
 
 
-_CATALOGUES: dict[tuple, tuple] = {}  # fingerprint of the titled items -> (ids, titles, index); a few at most
+CATALOGUES_KEPT = 16  # title indexes kept in memory (one per tenant and version of its titles), least recent out
+_CATALOGUES: OrderedDict[tuple, tuple] = OrderedDict()  # (tenant, fingerprint of its titles) -> (ids, titles, index)
+_TENANT_LISTS: dict[tuple, list[str]] = {}  # fingerprint of every title -> the tenants that have titled items
+_LOCK = threading.Lock()
 
 
-def title_catalogue(con) -> tuple[list, dict[str, str], TitleIndex]:
-    """The titled items' ids (position 0 empty), their titles and a BM25 index over them. Building the index costs
-    ~0.3 s per 10k titles, so it is kept and rebuilt only when the titles change: the key is a fingerprint (count
-    and summed hash of every (id, title)) that one aggregate query reads."""
+def title_catalogue(con, tenant: str) -> tuple[list, dict[str, str], TitleIndex]:
+    """The tenant's titled items' ids (position 0 empty), their titles and a BM25 index over them. Building the
+    index costs ~0.3 s per 10k titles, so it is kept and rebuilt only when the tenant's titles change: the key is
+    a fingerprint (count and summed hash of every (id, title) of the tenant) that one aggregate query reads."""
+    where = f"title IS NOT NULL AND {tenant_is_sql('item_id', tenant)}"
+    key = (tenant, *con.execute(f"SELECT count(*), sum(hash(item_id, title)) FROM items WHERE {where}").fetchone())
+    with _LOCK:
+        found = _CATALOGUES.get(key)
+        if found is not None:
+            _CATALOGUES.move_to_end(key)
+            return found
+    rows = con.execute(f"SELECT item_id, title FROM items WHERE {where} ORDER BY item_id").fetchall()
+    built = ([None] + [r[0] for r in rows], dict(rows), TitleIndex().fit([""] + [r[1] for r in rows]))
+    with _LOCK:
+        _CATALOGUES[key] = built
+        while len(_CATALOGUES) > CATALOGUES_KEPT:
+            _CATALOGUES.popitem(last=False)
+    return built
+
+
+def catalogue_tenants(con) -> list[str]:
+    """The tenants that have titled items, sorted ('' first when un-namespaced items have titles)."""
     key = con.execute("SELECT count(*), sum(hash(item_id, title)) FROM items WHERE title IS NOT NULL").fetchone()
-    if key not in _CATALOGUES:
-        rows = con.execute("SELECT item_id, title FROM items WHERE title IS NOT NULL ORDER BY item_id").fetchall()
-        while len(_CATALOGUES) >= 4:
-            _CATALOGUES.pop(next(iter(_CATALOGUES)))
-        _CATALOGUES[key] = ([None] + [r[0] for r in rows], dict(rows), TitleIndex().fit([""] + [r[1] for r in rows]))
-    return _CATALOGUES[key]
+    found = _TENANT_LISTS.get(key)
+    if found is None:
+        found = sorted(t for (t,) in con.execute(f"""SELECT DISTINCT {tenant_sql('item_id')} FROM items
+            WHERE title IS NOT NULL""").fetchall())
+        with _LOCK:
+            _TENANT_LISTS.clear()  # (one store's list at a time is enough)
+            _TENANT_LISTS[key] = found
+    return found
+
+
+def search_tenant(con, user_id: str | None, tenant: str | None) -> str:
+    """The one tenant a search runs in: the user's (`tenant`, when also given, must be the same), else `tenant`,
+    else the only tenant with titled items; HuaxiangError when that leaves a choice."""
+    if tenant is not None and (TENANT_SEPARATOR in tenant or "\x00" in tenant or len(tenant) > 100):
+        raise HuaxiangError(f"a tenant name holds no {TENANT_SEPARATOR!r} nor NUL and has at most 100 characters: "
+                            f"{tenant[:100]!r}")
+    if user_id:
+        own = tenant_of(user_id)
+        if tenant is not None and tenant != own:
+            raise HuaxiangError(f"user {user_id!r} is not of tenant {tenant!r} (their tenant: {own!r})")
+        return own
+    if tenant is not None:
+        return tenant
+    found = catalogue_tenants(con)
+    if len(found) <= 1:
+        return found[0] if found else ""
+    names = ", ".join(repr(t) for t in found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+    raise HuaxiangError(f"this store holds several tenants ({names}): name one (--tenant NAME, or tenant=NAME in "
+                        "the API; '' for ids without a namespace) or a user")
 
 
 def search_store(con, query: str, user_id: str | None, k: int, encoder=None, rec=None,
-                 settings: SearchSettings | None = None) -> dict:
-    """Search the store's titled items; with `user_id` (and a trained recommender `rec`) re-ranked by
-    the user's preferences. `encoder` adds embedding retrieval over `huaxiang embed`'s item vectors."""
+                 settings: SearchSettings | None = None, tenant: str | None = None) -> dict:
+    """Search the titled items of one tenant (see `search_tenant`); with `user_id` (and a trained recommender
+    `rec`) re-ranked by the user's preferences. `encoder` adds embedding retrieval over `huaxiang embed`'s item
+    vectors."""
     from .user_view import user_view
     settings = settings or SearchSettings()
-    ids, titles, index = title_catalogue(con)
+    tenant = search_tenant(con, user_id, tenant)
+    ids, titles, index = title_catalogue(con, tenant)
     vectors = qv = None
-    if encoder is not None:
-        found = dict(con.execute("SELECT key, vector FROM embeddings WHERE kind = 'item' AND model = ?",
-                                 [encoder.name]).fetchall()) if has_table(con, "embeddings") else {}
+    if encoder is not None and len(ids) > 1:
+        found = dict(con.execute(f"""SELECT key, vector FROM embeddings WHERE kind = 'item' AND model = ?
+            AND {tenant_is_sql('key', tenant)}""", [encoder.name]).fetchall()) if has_table(con, "embeddings") else {}
         if found:
             vectors = np.zeros((len(ids), encoder.dim), dtype=np.float32)
             for i, item in enumerate(ids[1:], 1):
@@ -142,6 +197,6 @@ def search_store(con, query: str, user_id: str | None, k: int, encoder=None, rec
             personal = np.where(np.isnan(cand), np.nanmean(cand) if np.isfinite(cand).any() else 0.0, cand)
     final = personalise(rel, personal, settings.user_weight)
     order = np.argsort(-final, kind="stable")[:k]
-    return {"query": query, "user_id": user_id, "personalised": personal is not None,
+    return {"query": query, "user_id": user_id, "tenant": tenant, "personalised": personal is not None,
             "items": [{"item_id": ids[items[j]], "title": titles[ids[items[j]]], "score": round(float(final[j]), 6),
                        "relevance": round(float(rel[j]), 6)} for j in order]}

@@ -7,13 +7,30 @@ last item of each sequence held out for early stopping (SASRec, hybrid; the othe
 everything), plus an item-KNN used for the reasons, and saves both in `<store>.models/recommender/`
 with a snapshot of what serving needs (recent histories, segments, titles), so that `recommend`
 answers without querying the store; a user who arrived after training is read from the store.
+
+History length: what serving knows of a user's items is their latest `HISTORY_LENGTH` (50, SASRec's
+`max_len`) item events, a repeat of the item just seen dropped — held in the snapshot, or read from the
+store with `ORDER BY ts DESC LIMIT` for a user outside it — and only those are scored and explained: a
+user with 75k events costs what a user with 50 does, bar that one store query. Nothing is lost: SASRec
+reads at most `max_len` items, and item-KNN and the content model weigh the history by recency (0.7 per
+step back: the item 50 back counts 3e-8 of the latest). `load_store_recommender(db, history_length=N)`
+sets N for serving (at most what the snapshot was saved with for the users in it).
+What is read from the store of a user outside the snapshot is kept in memory (for the `VIEWS_KEPT`
+users most recently asked for) until `forget_context` or `forget_user` says their data changed: every
+write path of a server must call one of them after its commit.
+
+Tenants: `StoreRecommender.tenant_items(t)` is the index of tenant t's items (`schema.tenant_of`;
+'' for ids without a namespace), computed once for all tenants, so that `recommend` and search offer
+only items of the user's own tenant.
 """
 from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -22,10 +39,13 @@ import numpy as np
 from ..errors import HuaxiangError
 from ..models.seqrec import MODELS, ItemKNN, Popularity, load_model, save_model
 from ..models.seqrec.data import Sequences
+from ..schema import tenant_of, tenant_sql
 from ..store import has_table
 
 ITEM_EVENTS = ("view", "fav", "cart", "buy", "review")
 USER_PARTS = ("histories", "liked", "queries", "profiles")  # what the serving snapshot holds per user
+HISTORY_LENGTH = 50  # the latest item events per user that serving scores (SASRec's max_len; see above)
+VIEWS_KEPT = 50_000  # users read from the store whose view is kept in memory until their data changes
 
 
 def model_dir(db: str) -> Path:
@@ -119,7 +139,7 @@ def train_store_recommender(con, db: str, model: str, encoder_name: str, sasrec:
     return {k: v for k, v in meta.items() if k != "items"}
 
 
-def snapshot(con, data: Sequences, recent: int = 50) -> dict:
+def snapshot(con, data: Sequences, recent: int = HISTORY_LENGTH) -> dict:
     """What `recommend` needs per user and item, read once so that serving makes no store queries:
     recent history (index, type), well-reviewed items, segment and top category, latest searches,
     each segment's most popular items, and the items' titles and categories."""
@@ -134,15 +154,18 @@ def snapshot(con, data: Sequences, recent: int = 50) -> dict:
             AND item_id IS NOT NULL AND (rating >= 4 OR label = 1) ORDER BY ts""").fetchall():
         if item in index:
             liked.setdefault(user, []).append(index[item])
+    liked = {u: items[-recent:] for u, items in liked.items()}
     queries = {u: q for u, q in con.execute("""SELECT user_id, list(query ORDER BY ts DESC)[:3] FROM events
             WHERE type = 'search' AND query IS NOT NULL GROUP BY 1""").fetchall()}
     profiles, segment_top = {}, {}
     if has_table(con, "profiles"):
         profiles = {u: [s, c] for u, s, c in con.execute("SELECT user_id, segment, top_category FROM profiles").fetchall()}
-        for segment, items in con.execute("""SELECT segment, list(item_id ORDER BY n DESC, item_id)[:200] FROM (
+        # each segment's 200 most popular items of every tenant (serving keeps the user's tenant's)
+        for segment, _, items in con.execute(f"""SELECT segment, {tenant_sql('item_id')} AS tenant,
+                list(item_id ORDER BY n DESC, item_id)[:200] FROM (
                 SELECT p.segment, e.item_id, count(*) AS n FROM events e JOIN profiles p USING (user_id)
-                WHERE e.item_id IS NOT NULL GROUP BY 1, 2) GROUP BY 1""").fetchall():
-            segment_top[segment] = [index[i] for i in items if i in index]
+                WHERE e.item_id IS NOT NULL GROUP BY 1, 2) GROUP BY 1, 2 ORDER BY 1, 2""").fetchall():
+            segment_top.setdefault(segment, []).extend(index[i] for i in items if i in index)
     info = dict((i, (t, c)) for i, t, c in con.execute("""SELECT x.item_id, i.title, coalesce(i.category, e.category)
         FROM (SELECT unnest(?) AS item_id) x LEFT JOIN items i USING (item_id)
         LEFT JOIN (SELECT item_id, any_value(category_id) AS category FROM events WHERE category_id IS NOT NULL
@@ -162,23 +185,95 @@ class StoreRecommender:
     vectors: np.ndarray | None
     meta: dict
     snapshot: dict
+    history_length: int = HISTORY_LENGTH
+    views_kept: int = VIEWS_KEPT
+    _tenants: dict[str, np.ndarray] | None = field(default=None, repr=False)  # tenant -> its item indices
+    _masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # tenant -> boolean over the items
+    _segment_top: dict[tuple[str, str], list[int]] = field(default_factory=dict, repr=False)
+    # what was read from the store of users outside the snapshot (user_view), least recently used out; `_epoch`
+    # counts the forgets, so that a view read while one happened is not kept
+    _views: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _epoch: int = field(default=0, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def tenant_items(self, tenant: str) -> np.ndarray:
+        """The indices (1-based, sorted) of the items of `tenant` ('': ids without a namespace); empty when the
+        recommender knows none. Computed for every tenant on the first call."""
+        if self._tenants is None:
+            groups: dict[str, list[int]] = {}
+            for i, item in enumerate(self.items, 1):
+                groups.setdefault(tenant_of(item), []).append(i)
+            self._tenants = {t: np.array(ix, dtype=np.int64) for t, ix in groups.items()}
+        return self._tenants.get(tenant, np.zeros(0, dtype=np.int64))
+
+    def tenant_mask(self, tenant: str) -> np.ndarray | None:
+        """A boolean over the item indices (0 unused): True for the items of `tenant`; None when every item is
+        the tenant's (a store of one tenant: nothing to mask). Kept once asked for."""
+        items = self.tenant_items(tenant)
+        if len(items) == len(self.items):
+            return None
+        if tenant not in self._masks:
+            mask = np.zeros(len(self.items) + 1, dtype=bool)
+            mask[items] = True
+            self._masks[tenant] = mask
+        return self._masks[tenant]
+
+    def item_tenant(self, i: int) -> str:
+        return tenant_of(self.items[i - 1])
+
+    def segment_top(self, segment: str, tenant: str) -> list[int]:
+        """The segment's most popular items of `tenant`, best first (kept once asked for)."""
+        key = (segment, tenant)
+        if key not in self._segment_top:
+            if not len(self.tenant_items(tenant)):  # (no cache entry for a tenant with no items)
+                return []
+            self._segment_top[key] = [i for i in self.snapshot["segment_top"].get(segment, [])
+                                      if self.item_tenant(i) == tenant]
+        return self._segment_top[key]
+
+    def cached_view(self, user_id: str) -> tuple[object | None, int]:
+        """(the view kept of a user read from the store, or None; the epoch to pass to `keep_view`)."""
+        with self._lock:
+            view = self._views.get(user_id)
+            if view is not None:
+                self._views.move_to_end(user_id)
+            return view, self._epoch
+
+    def keep_view(self, user_id: str, view, epoch: int) -> None:
+        """Keeps a view read from the store, unless a user was forgotten since `epoch` (it may be stale)."""
+        with self._lock:
+            if epoch == self._epoch and self.views_kept > 0:
+                self._views[user_id] = view
+                while len(self._views) > self.views_kept:
+                    self._views.popitem(last=False)
 
     def forget_context(self, user_ids) -> None:
-        """Drops what the snapshot holds of these users (their data changed): they are read from the store."""
-        for part in USER_PARTS:
-            for u in user_ids:
-                self.snapshot[part].pop(u, None)
+        """Drops what is held in memory of these users (their data changed): they are read from the store."""
+        for u in user_ids:
+            self.forget_user(u)
+
+    def forget_user(self, user_id: str) -> int:
+        """Removes a user from what is held in memory — the snapshot (history, items reviewed well, searches,
+        segment), as `drop_user` does on disk, and the view kept of them — so that a server keeps serving without
+        reloading; afterwards the user is read from the store (where a forgotten user has nothing left). Returns
+        how many parts of the snapshot held them."""
+        with self._lock:
+            self._epoch += 1
+            self._views.pop(user_id, None)
+        return sum(self.snapshot[part].pop(user_id, None) is not None for part in USER_PARTS)
 
 
-def load_store_recommender(db: str) -> StoreRecommender:
+def load_store_recommender(db: str, history_length: int = HISTORY_LENGTH) -> StoreRecommender:
     d = model_dir(db)
+    if history_length < 1:
+        raise HuaxiangError(f"history_length must be at least 1 (got {history_length})")
     if not has_model(db):
         raise HuaxiangError(f"no recommender for {db} yet: run `huaxiang train recommender --db {db}` first")
     meta = json.loads((d / "recommender.json").read_text())
     vectors = np.load(d / "item_vectors.npy") if (d / "item_vectors.npy").exists() else None
     rec = StoreRecommender(load_model(str(d / "model")), load_model(str(d / "knn")), meta["items"],
                             {item: i for i, item in enumerate(meta["items"], 1)}, np.load(d / "popularity.npy"),
-                            vectors, meta, json.loads((d / "snapshot.json").read_text()))
+                            vectors, meta, json.loads((d / "snapshot.json").read_text()), history_length)
     if "torch" in sys.modules:  # a sequential model: serving scores one user at a time, fastest on one thread
         sys.modules["torch"].set_num_threads(1)  # (benchmarks/recommend_latency.py: p99 7 ms vs 85 ms on two)
     return rec

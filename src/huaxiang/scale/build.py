@@ -7,9 +7,11 @@ Arrow batches in this process; Spark: `mapInPandas` on the executors, with what 
 Layout. Input: `DIR/<table>/` for events, items, orders and reviews (Parquet, optionally hive-partitioned, e.g.
 `events/date=2017-12-01/…`; `huaxiang export` writes this from a store). Output: `DIR/features/built=<stamp>/`
 and `DIR/profiles/built=<stamp>/`, one pair per build, plus `DIR/_huaxiang.json` (which input partitions were
-read, thresholds and price cuts of the last full build). A full build writes every user; an incremental one
-(`--incremental`) reads the partitions added since, and writes only the users they touch, computed from their
-whole history; a user's current profile is the one from the latest build that wrote it (`read_profiles`).
+read; each tenant's segment thresholds, price-band cut points and k-means model, kept by incremental builds). A
+full build writes every user; an incremental one (`--incremental`) reads the partitions added since, and writes
+only the users they touch, computed from their whole history; a user's current profile is the one from the latest
+build that wrote it (`read_profiles`). A tenant the last build did not have gets its statistics in the incremental
+build that brings it (all its users are new there), except k-means clusters (at the next full build).
 """
 from __future__ import annotations
 
@@ -79,6 +81,9 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
     manifest = read_manifest(dst)
     if incremental and not manifest["builds"]:
         raise HuaxiangError(f"{dst}: no earlier build to add to; run a full build first")
+    if incremental and not per_tenant(manifest["builds"][-1]):
+        raise HuaxiangError(f"{dst}: the last build kept store-wide statistics (an older huaxiang); run a full "
+                            "build first")
     now = {name: partitions(src / name) for name in INPUTS}
     new = {name: [p for p in parts if p not in manifest["inputs"].get(name, [])] for name, parts in now.items()}
     dst.mkdir()
@@ -96,7 +101,7 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
     step("title keywords and review mentions")
     derive.derive_text_tables(ib, engine)
     last = manifest["builds"][-1] if incremental else None
-    cuts = tuple(last["price_cuts"]) if last else price_cuts(ib)
+    cuts = {**price_cuts(ib), **last["price_cuts"]} if last else price_cuts(ib)  # a new tenant's: from now
     refs = reference_times(ib, None)
     if embed:
         step("embedding item texts and reviews; user vectors")
@@ -117,9 +122,11 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
     feats_dir = dst / "features" / f"built={stamp}"
     write(ib, engine, join_parts(users, list(parts.values())), feats_dir)
     feats = read_folder(ib, engine, feats_dir, "_features")
-    th = last["thresholds"] if last else sg.thresholds(feats, cfg.high_quantile, cfg.potential_quantile)
+    th = sg.thresholds(feats, cfg.high_quantile, cfg.potential_quantile)
+    if last:  # the last full build's, per tenant; a tenant new here has all its users in this build
+        th = {**th, **last["thresholds"]}
     step("segments and tags")
-    prof, _ = profile_rows(feats, th, cfg)
+    prof = profile_rows(feats, th, cfg)
     kmeans = last.get("kmeans") if last else None
     # the users the scores and k-means are fitted on
     sample = derive.sample_users(ib, score_sample, cfg.seed) if scores or (cfg.kmeans and not kmeans) else None
@@ -135,14 +142,21 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
         write(ib, engine, derive.derive_scores(ib, engine, cfg, scores, feats, cuts, only, sample, note),
                dst / "scores" / f"built={stamp}")
     entry = {"built": stamp, "engine": engine, "incremental": incremental,
-             "users": int(feats.count().to_pyarrow().as_py()), "price_cuts": list(cuts),
-             "thresholds": {k: float(v) for k, v in th.items()},
+             "users": int(feats.count().to_pyarrow().as_py()),
+             "price_cuts": {t: [float(c) for c in v] for t, v in cuts.items()},
+             "thresholds": {t: {k: float(x) for k, x in v.items()} for t, v in th.items()},
              "new_partitions": {n: p for n, p in new.items() if p}, "scores": list(scores), "notes": notes,
              **({"kmeans": kmeans} if kmeans else {})}
     manifest["inputs"] = now
     manifest["builds"].append(entry)
     (dst / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return entry
+
+
+def per_tenant(entry: dict) -> bool:
+    """Whether a manifest entry keeps its statistics per tenant ({tenant: …}; older builds kept one set)."""
+    return isinstance(entry.get("price_cuts", {}), dict) and all(
+        isinstance(v, dict) for key in ("thresholds", "kmeans") for v in entry.get(key, {}).values())
 
 
 def read_profiles(output_dir: str, table: str = "profiles") -> pd.DataFrame:

@@ -329,25 +329,32 @@ def derive_scores(ib, engine: str, cfg: Config, kinds: tuple[str, ...], feats, c
     return parts[0].union(*parts[1:], distinct=False) if len(parts) > 1 else parts[0]
 
 
-def _cluster_fn(model: dict):
+def _cluster_fn(models: dict):
+    """Batch function: each user's cluster under their tenant's model (none for a tenant without one)."""
     def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from ..features.segments import assign_clusters
         for b in batches:
-            yield pd.DataFrame({"user_id": b["user_id"], "cluster": assign_clusters(model, b)})
+            for tenant, part in b.groupby(b["user_id"].map(tenant_of), sort=True):
+                if tenant in models:
+                    yield pd.DataFrame({"user_id": part["user_id"], "cluster": assign_clusters(models[tenant], part)})
     return fn
 
 
 def clusters(ib, engine: str, cfg: Config, feats, prof, model: dict | None, sample: pd.DataFrame | None):
-    """`prof` with each user's k-means cluster; and the model: fitted here on `sample` (`sample_users`: the same
-    as `huaxiang build --kmeans` when it holds everyone), or `model` (an incremental build keeps the full build's
-    clusters). The model carries each centre in the features' own units."""
+    """`prof` with each user's k-means cluster; and the model, one per tenant ({tenant: model}): fitted here on
+    `sample` (`sample_users`: the same as `huaxiang build --kmeans` when it holds everyone), or `model` (an
+    incremental build keeps the full build's clusters). Each model carries its centres in the features' own
+    units."""
     from ..features.segments import KMEANS_FEATURES, fit_kmeans
     if model is None:
         rows = feats.filter(feats.user_id.isin(user_column(ib, "_kmeans_sample", sample["user_id"])))
-        model = fit_kmeans(rows.select("user_id", *KMEANS_FEATURES).to_pandas().sort_values("user_id"), cfg.kmeans,
-                           cfg.seed)
-        z = np.array(model["centers"]) * np.array(model["scale"]) + np.array(model["mean"])
-        model["centres"] = [dict(zip(KMEANS_FEATURES, np.expm1(c).round(3).tolist())) for c in z]
+        rows = rows.select("user_id", *KMEANS_FEATURES).to_pandas().sort_values("user_id", ignore_index=True)
+        model = {}
+        for tenant, part in rows.groupby(rows["user_id"].map(tenant_of), sort=True):
+            fitted = fit_kmeans(part, cfg.kmeans, cfg.seed)
+            z = np.array(fitted["centers"]) * np.array(fitted["scale"]) + np.array(fitted["mean"])
+            fitted["centres"] = [dict(zip(KMEANS_FEATURES, np.expm1(c).round(3).tolist())) for c in z]
+            model[tenant] = fitted
     out = pa.schema([("user_id", pa.string()), ("cluster", pa.int64())])
     map_batches(ib, engine, feats.select("user_id", *KMEANS_FEATURES), _cluster_fn(model), out, "_clusters")
     labelled = prof.drop("cluster").left_join(ib.table("_clusters"), "user_id")

@@ -1,11 +1,13 @@
 """`huaxiang serve`: the store over HTTP (FastAPI). Every route but /healthz needs an API key
-(`X-API-Key: …` or `Authorization: Bearer …`): 401 without a valid one, 403 when its scope is too small.
+(`X-API-Key: …` or `Authorization: Bearer …`): 401 without a valid one, 403 when its scope is too small, 404 for a
+user of a tenant the key is not bound to, 429 over a rate limit.
 
 The service owns its DuckDB file (DuckDB allows one writing process); each request works on its own cursor.
 
 Where things are: `service.py` (the state the routes share, on `app.state.service`), `deps.py` (what a route takes
-from its request: the service, a cursor, the key check), `api/` (the JSON routes), `ui.py` + `pages.py` (the web
-pages: routes + HTML), `guard.py` + `metrics.py` (body limit and request metrics).
+from its request: the service, a cursor, the key check), `keys.py`, `sessions.py`, `limits.py` (keys, the pages'
+sign-in sessions, rate limits), `api/` (the JSON routes), `ui.py` + `pages.py` (the web pages: routes + HTML),
+`guard.py` + `metrics.py` (body limits, slow clients and request metrics), `reference.py` (the /docs page).
 """
 from __future__ import annotations
 
@@ -19,16 +21,17 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..config import load_config
 from ..errors import HuaxiangError
 from . import ui
-from .api import health, read, write
+from .api import health, keys, read, write
 from .guard import Guard
+from .reference import reference_page
 from .service import ServeSettings, Service
 
 __all__ = ["ServeSettings", "create_app"]
 
 log = logging.getLogger("huaxiang.serve")
+NOT_FOUND = ("unknown user", "unknown tenant", "unknown key")  # errors answered with 404
 
 
 async def http_error(request: Request, exc: StarletteHTTPException):
@@ -40,16 +43,16 @@ async def http_error(request: Request, exc: StarletteHTTPException):
 
 async def user_error(request: Request, exc: HuaxiangError):
     text = str(exc)
-    return JSONResponse({"detail": text}, status_code=404 if text.startswith("unknown user") else 400)
+    return JSONResponse({"detail": text}, status_code=404 if text.startswith(NOT_FOUND) else 400)
 
 
-def consume_forever(con, source, refresh) -> None:
-    """The service's stream consumer: on an error (say, a write conflict with a POST) it says so and starts again;
-    the unacknowledged batch is redelivered and its event ids keep it from being stored twice."""
+def consume_forever(service: Service, source) -> None:
+    """The service's stream consumer: on an error it says so and starts again; the unacknowledged batch is
+    redelivered and its event ids keep it from being stored twice."""
     from ..stream import consume
     while True:
         try:
-            consume(con, load_config(), source, refresh=refresh)
+            consume(service.cursor(), service.cfg, source, refresh=service.refresh, lock=service.write_lock)
         except Exception as exc:  # keep consuming: the service must not go stale silently
             log.error("stream consumer stopped (%s: %s); restarting in 1 s", type(exc).__name__, exc)
             time.sleep(1)
@@ -60,17 +63,21 @@ def create_app(db: str, settings: ServeSettings | None = None, stream=None) -> F
     """The API over the store `db`; with `stream` (a `huaxiang.stream` source) it also consumes that stream."""
     settings = settings or ServeSettings()
     service = Service(db, settings)
-    app = FastAPI(title="huaxiang", version=__version__,
+    app = FastAPI(title="huaxiang", version=__version__, docs_url=None, redoc_url=None,
                   description="Deep user profiles for e-commerce search and recommendation.")
     app.state.service = service
     app.add_middleware(Guard, settings=settings, metrics=service.metrics)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(HuaxiangError, user_error)
     app.add_exception_handler(ui.SignIn, ui.sign_in)
-    for router in (health.router, read.router, write.router(settings), ui.router):
+    for router in (health.router, read.router, write.router(settings), keys.router, ui.router):
         app.include_router(router)
+    app.add_api_route("/docs", lambda: reference_page(app), include_in_schema=False)
 
+    # profiles that a crash between a batch's commit and its refresh left missing
+    threading.Thread(target=service.refresh_missing, name="refresh-missing", daemon=True).start()
+    threading.Thread(target=service.reload_keys_forever, name="key-reload", daemon=True).start()
     if stream is not None:  # events from a Redis stream, consumed in this process (it owns the store)
         threading.Thread(target=consume_forever, name="stream-consumer", daemon=True,
-                         args=(service.con.cursor(), stream, service.refresh)).start()
+                         args=(service, stream)).start()
     return app

@@ -1,47 +1,144 @@
-"""API keys: random tokens shown once, stored only as SHA-256 hashes, each with one scope.
+"""API keys: random tokens shown once, stored only as SHA-256 hashes, each with a public id, one scope, the tenants
+it may see and an optional expiry.
 
-Scopes nest: admin ⊃ write ⊃ read (a write key can read; only admin can delete users)."""
+Scopes nest: admin ⊃ write ⊃ read (a write key can read; only admin can delete users and manage keys). A key bound
+to tenants reads and writes only those tenants' users and items (a user of another tenant is answered as unknown);
+a key with no tenants is the platform's own, for every tenant. A tenant is the text before an id's first ':'
+(`schema.tenant_of`); '' is the tenant of ids without one.
+"""
 from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import duckdb
 
 from ..errors import HuaxiangError
+from ..schema import TENANT_SEPARATOR, tenant_of
 
 SCOPES = ("read", "write", "admin")
 KEYS_DDL = """CREATE TABLE IF NOT EXISTS api_keys (
     key_hash VARCHAR PRIMARY KEY, scope VARCHAR, label VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp,
     revoked BOOLEAN DEFAULT false)"""
+# columns added after the first release: a store made before them gains them on first use
+KEYS_MIGRATION = ("ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS id VARCHAR",
+                  "ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS tenants VARCHAR[]",
+                  "ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS expires_at TIMESTAMP",
+                  "UPDATE api_keys SET id = 'k_' || left(key_hash, 12) WHERE id IS NULL")
 
 
-def _hash(key: str) -> str:
+@dataclass(frozen=True)
+class Key:
+    """What a key may do. `tenants` None: every tenant."""
+    id: str
+    scope: str
+    tenants: frozenset[str] | None = None
+    label: str = ""
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked: bool = False
+
+    def allows(self, need: str) -> bool:
+        return SCOPES.index(self.scope) >= SCOPES.index(need)
+
+    def sees(self, user_or_item_id: str) -> bool:
+        """May this key see the tenant of this user or item id?"""
+        return self.tenants is None or tenant_of(user_or_item_id) in self.tenants
+
+    def covers(self, tenants: frozenset[str] | None) -> bool:
+        """Does this key see every tenant in `tenants` (None: all tenants)?"""
+        return self.tenants is None or (tenants is not None and tenants <= self.tenants)
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and (now or datetime.now()) >= self.expires_at
+
+    def listing(self) -> dict:
+        """The key as `GET /v1/keys` and `huaxiang keys list --json` show it (never the key itself)."""
+        return {"id": self.id, "scope": self.scope, "tenants": sorted(self.tenants) if self.tenants is not None else None,
+                "label": self.label, "created_at": _iso(self.created_at), "expires_at": _iso(self.expires_at),
+                "revoked": self.revoked}
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat(timespec="seconds") if t else None
+
+
+def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def create_key(con: duckdb.DuckDBPyConnection, scope: str, label: str = "") -> str:
-    """A new key of `scope`; only its hash is stored, so this is the one time it can be read."""
+def _ready(con: duckdb.DuckDBPyConnection) -> None:
+    """The key table, made or brought up to date — only when it needs it: a change of the store's catalog makes
+    DuckDB re-plan every prepared statement (the profile refresher's)."""
+    have = {c for (c,) in con.execute("SELECT column_name FROM information_schema.columns "
+                                      "WHERE table_name = 'api_keys'").fetchall()}
+    if not {"id", "tenants", "expires_at"} <= have:
+        con.execute(KEYS_DDL)
+        for sql in KEYS_MIGRATION:
+            con.execute(sql)
+
+
+def check_tenants(tenants: list[str] | None) -> frozenset[str] | None:
+    """A key's tenants as given (None or empty: all tenants); a name holding ':' is an error."""
+    if not tenants:
+        return None
+    for t in tenants:
+        if not isinstance(t, str) or TENANT_SEPARATOR in t or len(t) > 100:
+            raise HuaxiangError(f"tenant {t!r}: a tenant is a name without '{TENANT_SEPARATOR}' (at most 100 "
+                                "characters; '' is the tenant of ids without a namespace)")
+    return frozenset(tenants)
+
+
+def create_key(con: duckdb.DuckDBPyConnection, scope: str, label: str = "", tenants: list[str] | None = None,
+               expires_in: timedelta | None = None) -> tuple[Key, str]:
+    """A new key of `scope` for `tenants` (None: all): (its record, the key). Only the key's hash is stored, so this
+    is the one time the key can be read."""
     if scope not in SCOPES:
         raise HuaxiangError(f"unknown scope {scope!r} (one of: {', '.join(SCOPES)})")
-    con.execute(KEYS_DDL)
-    key = "hx_" + secrets.token_urlsafe(32)
-    con.execute("INSERT INTO api_keys (key_hash, scope, label) VALUES (?, ?, ?)", [_hash(key), scope, label])
-    return key
+    bound = check_tenants(tenants)
+    if expires_in is not None and expires_in.total_seconds() <= 0:
+        raise HuaxiangError("a key's lifetime must be positive")
+    _ready(con)
+    key, key_id = "hx_" + secrets.token_urlsafe(32), "k_" + secrets.token_hex(6)
+    now = datetime.now().replace(microsecond=0)
+    record = Key(key_id, scope, bound, label, now, now + expires_in if expires_in else None)
+    con.execute("INSERT INTO api_keys (key_hash, scope, label, created_at, id, tenants, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", [key_hash(key), scope, label, now, key_id,
+                                                 sorted(bound) if bound is not None else None, record.expires_at])
+    return record, key
 
 
-def load_keys(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    """hash -> scope of every live key (the server reads them once at start and on reload)."""
-    con.execute(KEYS_DDL)
-    return dict(con.execute("SELECT key_hash, scope FROM api_keys WHERE NOT revoked").fetchall())
+def _record(row) -> Key:
+    key_id, scope, tenants, label, created, expires, revoked = row
+    return Key(key_id, scope, frozenset(tenants) if tenants is not None else None, label or "", created, expires,
+               bool(revoked))
 
 
-def scope_of(keys: dict[str, str], key: str | None) -> str | None:
-    return keys.get(_hash(key)) if key else None
+COLUMNS = "id, scope, tenants, label, created_at, expires_at, revoked"
 
 
-def allows(have: str, need: str) -> bool:
-    return SCOPES.index(have) >= SCOPES.index(need)
+def list_keys(con: duckdb.DuckDBPyConnection) -> list[Key]:
+    """Every key, revoked ones too, oldest first."""
+    _ready(con)
+    return [_record(r) for r in con.execute(f"SELECT {COLUMNS} FROM api_keys ORDER BY created_at, id").fetchall()]
+
+
+def load_keys(con: duckdb.DuckDBPyConnection) -> dict[str, Key]:
+    """hash -> record of every key not revoked (expiry is checked on use)."""
+    _ready(con)
+    return {h: _record(r) for h, *r in con.execute(f"SELECT key_hash, {COLUMNS} FROM api_keys WHERE NOT revoked")
+            .fetchall()}
+
+
+def revoke_key(con: duckdb.DuckDBPyConnection, key_id: str) -> Key:
+    """Marks the key revoked; its record. An unknown id is an error."""
+    _ready(con)
+    row = con.execute(f"UPDATE api_keys SET revoked = true WHERE id = ? RETURNING {COLUMNS}", [key_id]).fetchone()
+    if row is None:
+        raise HuaxiangError(f"unknown key id {key_id!r} (`huaxiang keys list` shows them)")
+    return _record(row)
 
 
 def header_key(request) -> str | None:

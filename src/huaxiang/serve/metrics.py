@@ -22,19 +22,28 @@ class Metrics:
             self.hist[route][i] += 1
             self.total[route] += seconds
 
-    def text(self, extra: dict[str, float]) -> str:
-        lines = ["# TYPE huaxiang_requests_total counter"]
-        with self.lock:
-            for (route, status), n in sorted(self.requests.items()):
-                lines.append(f'huaxiang_requests_total{{route="{route}",status="{status}"}} {n}')
-            lines.append("# TYPE huaxiang_request_seconds histogram")
-            for route, counts in sorted(self.hist.items()):
-                cum = 0
-                for b, c in zip([*map(str, self.BUCKETS), "+Inf"], counts):
-                    cum += c
-                    lines.append(f'huaxiang_request_seconds_bucket{{route="{route}",le="{b}"}} {cum}')
-                lines.append(f'huaxiang_request_seconds_sum{{route="{route}"}} {self.total[route]:.6f}')
-                lines.append(f'huaxiang_request_seconds_count{{route="{route}"}} {cum}')
-        for name, value in extra.items():
-            lines += [f"# TYPE huaxiang_{name} gauge", f"huaxiang_{name} {value}"]
+    def text(self, per_tenant: dict[str, dict[str, float]], requests: bool = True) -> str:
+        """The metrics; `per_tenant`: gauge name -> tenant -> value; `requests`: with the request counters."""
+        lines = []
+        if requests:
+            lines.append("# TYPE huaxiang_requests_total counter")
+            with self.lock:
+                for (route, status), n in sorted(self.requests.items()):
+                    lines.append(f'huaxiang_requests_total{{route="{route}",status="{status}"}} {n}')
+                lines.append("# TYPE huaxiang_request_seconds histogram")
+                for route, counts in sorted(self.hist.items()):
+                    cum = 0
+                    for b, c in zip([*map(str, self.BUCKETS), "+Inf"], counts):
+                        cum += c
+                        lines.append(f'huaxiang_request_seconds_bucket{{route="{route}",le="{b}"}} {cum}')
+                    lines.append(f'huaxiang_request_seconds_sum{{route="{route}"}} {self.total[route]:.6f}')
+                    lines.append(f'huaxiang_request_seconds_count{{route="{route}"}} {cum}')
+        for name, values in per_tenant.items():
+            lines.append(f"# TYPE huaxiang_{name} gauge")
+            lines += [f'huaxiang_{name}{{tenant="{_label(t)}"}} {v}' for t, v in sorted(values.items())]
         return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value: backslash, quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

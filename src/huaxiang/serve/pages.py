@@ -14,12 +14,12 @@ from urllib.parse import quote
 from fastapi.responses import HTMLResponse
 
 from ..profile.render import WEEKDAYS, habit_zone
-from ..profile.segment_report import latest_changes
+from ..profile.segment_report import latest_changes, tenant_label
 from . import charts
 
 HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
                                       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-           "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+           "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin", "Cache-Control": "no-store"}
 PSEUDONYM = re.compile(r"(?:.*:)?u_[0-9a-f]{20}")
 
 
@@ -235,6 +235,22 @@ def week_hours(con, user_id: str, offset_hours: float) -> list[list[int]]:
 # ---------------------------------------------------------------------------------------------------- segments page
 
 def segments_html(rep: dict) -> str:
+    """The segments report (`segment_report`): a part per tenant, each with its own thresholds and sizes."""
+    parts = rep["tenants"]
+    if not parts:
+        return "<h1>Segments</h1>" + note("No segments to show: no tenant you can see has been built yet.")
+    toc = ("<p>Tenants: " + " · ".join(f'<a href="#tenant-{i}">{escape(tenant_label(p["tenant"]))}</a>'
+                                        for i, p in enumerate(parts)) + "</p>") if len(parts) > 1 else ""
+    return "".join([
+        "<h1>Segments</h1>",
+        "<p>Every number here is per tenant: a tenant's thresholds, sizes and clusters come from its own users "
+        "only.</p>", toc,
+        *(tenant_segments_html(p, f"tenant-{i}") for i, p in enumerate(parts)),
+    ])
+
+
+def tenant_segments_html(rep: dict, anchor: str) -> str:
+    """One tenant's part of the segments page (an entry of the report's `tenants`)."""
     segs = rep["segments"]
     sizes = charts.hbars([(s["segment"], s["size"]) for s in segs], "Users per segment", "{:,.0f}")
     rules = table(["segment", "users", "share", "definition"],
@@ -255,13 +271,15 @@ def segments_html(rep: dict) -> str:
                           set(range(len(clusters[0])))) if clusters else note("No k-means clusters (build with "
                                                                               "`kmeans` set in the config).")
     return "".join([
-        "<h1>Segments</h1>",
+        f'<div class="tenant" id="{anchor}" data-tenant="{escape(rep["tenant"])}">',
+        f'<h2>Tenant: {escape(tenant_label(rep["tenant"]))}</h2>',
         section("Sizes and definitions", sizes + rules
                 + "<p>A user's segment is the first rule they match, in this order.</p>", "sizes"),
         section("Defining features (means per segment)", means, "features"),
         section("Drift across builds", drift_html(rep.get("drift") or {}), "drift"),
         section("Value tiers × segments", tiers_html, "tiers"),
         section("k-means clusters", clusters_html, "clusters"),
+        "</div>",
     ])
 
 
@@ -281,7 +299,7 @@ def drift_html(d: dict) -> str:
     stayed = sum(m["users"] for m in moves if m["from"] == m["to"])
     rows = [[escape(m["from"] or "(new)"), escape(m["to"] or "(gone)"), f'{m["users"]:,}'] for m in moved[:30]]
     moves_html = (f"<h3>Moves in the latest build</h3><p>{stayed:,} users kept their segment.</p>"
-                  + table(["from", "to", "users"], rows, {2})) if moves else ""
+                  + (table(["from", "to", "users"], rows, {2}) if rows else "")) if moves else ""
     return chart + change_html + moves_html
 
 

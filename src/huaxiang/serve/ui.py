@@ -2,16 +2,18 @@
 static files, the user finder (and its suggestions), a user's profile page with item search, the segments page.
 None of them is in the OpenAPI document.
 
-The pages take the same API keys as the JSON routes (read scope): in a header, or in a cookie that the sign-in
-form sets (HttpOnly, SameSite=Strict, so another site cannot send it). Without a valid key a page answers 401
-with the sign-in form.
+The pages take the same API keys as the JSON routes (read scope), with the same tenants: in a header, or through
+the sign-in form, which checks the key and sets a cookie holding a session token — never the key — that expires
+after `session_hours` (HttpOnly, SameSite=Strict) and ends at sign-out or when the key is revoked. Sign-in and
+sign-out accept only a form posted from these pages (the browser's Origin, or else Referer, must be this host):
+another site cannot sign a browser in or out. Without a valid key a page answers 401 with the sign-in form.
 """
 from __future__ import annotations
 
 import json
 from html import escape
 from importlib.resources import files
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -19,11 +21,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from ..errors import HuaxiangError
 from ..privacy import id_key, pseudonym
 from ..profile.segment_report import segment_report
-from .deps import cursor, service
-from .keys import header_key
+from ..schema import tenant_sql
+from .deps import admit, cursor, service
+from .keys import Key, header_key, key_hash
 from .pages import note, page, profile_html, segments_html, signin_html, table, user_link, week_hours
 
-COOKIE = "huaxiang_key"
+COOKIE = "huaxiang_session"
 STATIC = {"page.css": "text/css; charset=utf-8", "page.js": "text/javascript; charset=utf-8",
           "icon.svg": "image/svg+xml"}
 
@@ -49,16 +52,26 @@ def safe_next(url: str) -> str:
     return url if url.startswith("/ui") and not url.startswith("//") and "\\" not in url else "/ui"
 
 
-def key_of(request: Request) -> str | None:
-    return header_key(request) or request.cookies.get(COOKIE)
+def same_origin(request: Request) -> None:
+    """403 unless the request comes from a page of this host (its Origin header, else its Referer)."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    host = request.headers.get("host", "")
+    if not source or source == "null" or urlsplit(source).netloc != host:
+        raise HTTPException(403, "sign-in and sign-out take forms posted from this site's pages only")
 
 
-def signed_in(request: Request) -> None:
-    if service(request).scope_for(key_of(request)) is None:
+def signed_in(request: Request) -> Key:
+    """The key behind the request: its header's, or its session's; else the sign-in form."""
+    svc, given = service(request), header_key(request)
+    found = admit(request, given, svc.key_for(given)) if given is not None else \
+        admit(request, None, svc.key_by_hash(svc.sessions.key_hash(request.cookies.get(COOKIE))))
+    if found is None:
         path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path  # as asked: still quoted
         target = path + (f"?{request.url.query}" if request.url.query else "")
-        raise SignIn(target, "A valid API key is needed to see this page." if key_of(request) is None
-                     else "That key is not valid (revoked, or mistyped).")
+        raise SignIn(target, "A valid API key is needed to see this page." if given is None and COOKIE not in
+                     request.cookies else "That key is not valid (revoked, expired or mistyped), or the session "
+                     "has ended.")
+    return found
 
 
 @router.get("/ui/static/{name}", include_in_schema=False)
@@ -71,19 +84,23 @@ def static(name: str) -> Response:
 
 @router.post("/ui/signin", include_in_schema=False)
 async def signin(request: Request) -> Response:
-    body = await request.body()
+    same_origin(request)
+    body = await request.body()  # (the guard has counted it: at most max_body_bytes)
     form = parse_qs(body[:4096].decode("utf-8", "replace"))
     key, target = (form.get("key") or [""])[0].strip(), safe_next((form.get("next") or ["/ui"])[0])
-    if service(request).scope_for(key) is None:
-        raise SignIn(target, "That key is not valid (revoked, or mistyped).")
+    svc = service(request)
+    if admit(request, key or None, svc.key_for(key)) is None:
+        raise SignIn(target, "That key is not valid (revoked, expired or mistyped).")
     resp = RedirectResponse(target, 303)
-    resp.set_cookie(COOKIE, key, httponly=True, samesite="strict", secure=request.url.scheme == "https",
-                    path="/ui")
+    resp.set_cookie(COOKIE, svc.sessions.start(key_hash(key)), max_age=int(svc.settings.session_hours * 3600),
+                    httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/ui")
     return resp
 
 
 @router.post("/ui/signout", include_in_schema=False)
-def signout() -> Response:
+def signout(request: Request) -> Response:
+    same_origin(request)
+    service(request).sessions.end(request.cookies.get(COOKIE))
     resp = RedirectResponse("/ui/signin", 303)
     resp.delete_cookie(COOKIE, path="/ui")
     return resp
@@ -106,19 +123,22 @@ def ids_for(q: str) -> list[str]:
     return [q, pseudonym(q, key)] if key else [q]
 
 
-def find_users(request: Request, q: str, limit: int) -> list[tuple]:
+def find_users(request: Request, key: Key, q: str, limit: int) -> list[tuple]:
+    """Users whose id is `q` (or its pseudonym) or contains it, among the tenants the key sees."""
     wanted = ids_for(q)
-    return cursor(request).execute("""SELECT user_id, segment, n_events FROM profiles
-        WHERE user_id IN (SELECT unnest(?)) OR contains(lower(user_id), lower(?))
+    tenants = sorted(key.tenants) if key.tenants is not None else None
+    return cursor(request).execute(f"""SELECT user_id, segment, n_events FROM profiles
+        WHERE (user_id IN (SELECT unnest(?)) OR contains(lower(user_id), lower(?)))
+          AND (? IS NULL OR {tenant_sql('user_id')} IN (SELECT unnest(?)))
         ORDER BY user_id IN (SELECT unnest(?)) DESC, starts_with(lower(user_id), lower(?)) DESC,
-                 n_events DESC, user_id LIMIT ?""", [wanted, q, wanted, q, limit]).fetchall()
+                 n_events DESC, user_id LIMIT ?""", [wanted, q, tenants, tenants, wanted, q, limit]).fetchall()
 
 
 @router.get("/ui/users", include_in_schema=False)
 def users(request: Request, q: str = Query("", max_length=256)) -> Response:
-    signed_in(request)
+    key = signed_in(request)
     q = q.strip()
-    found = find_users(request, q, 50) if q else []
+    found = find_users(request, key, q, 50) if q else []
     if found and found[0][0] in ids_for(q):
         return RedirectResponse(f"/ui/users/{quote(found[0][0], safe='')}", 303)
     rows = [[user_link(u), escape(seg or "–"), f"{n:,}"] for u, seg, n in found]
@@ -129,8 +149,8 @@ def users(request: Request, q: str = Query("", max_length=256)) -> Response:
 
 @router.get("/ui/users.json", include_in_schema=False)
 def suggest(request: Request, q: str = Query("", max_length=256)) -> JSONResponse:
-    signed_in(request)
-    return JSONResponse([u for u, _, _ in find_users(request, q.strip(), 10)] if q.strip() else [])
+    key = signed_in(request)
+    return JSONResponse([u for u, _, _ in find_users(request, key, q.strip(), 10)] if q.strip() else [])
 
 
 def profile_record(request: Request, user_id: str) -> dict | None:
@@ -141,8 +161,8 @@ def profile_record(request: Request, user_id: str) -> dict | None:
 
 @router.get("/ui/users/{user_id:path}", include_in_schema=False)  # (ids may hold a slash)
 def profile_page(request: Request, user_id: str, q: str = Query("", max_length=500)) -> Response:
-    signed_in(request)
-    r = profile_record(request, user_id)
+    key = signed_in(request)
+    r = profile_record(request, user_id) if key.sees(user_id) else None  # another tenant's: as if unknown
     if r is None:
         return page("No such user", f"<h1>No profile for “{escape(user_id)}”</h1>"
                     + note("Ids are case-sensitive; namespaced ids look like taobao:1. Try the finder above."),
@@ -159,12 +179,15 @@ def profile_page(request: Request, user_id: str, q: str = Query("", max_length=5
     found = None
     if q.strip():
         from ..recommend.search import search_store
-        found = search_store(cursor(request), q.strip(), user_id, 10, None, rec)
+        try:
+            found = search_store(cursor(request), q.strip(), user_id, 10, None, rec)
+        except HuaxiangError as exc:
+            rec_note = rec_note or str(exc)
     grid = week_hours(cursor(request), user_id, r.get("habit_utc_offset") or 0)
     return page(f"User {user_id}", profile_html(r, grid, recs, rec_note, q.strip(), found))
 
 
 @router.get("/ui/segments", include_in_schema=False)
 def segments_page(request: Request) -> Response:
-    signed_in(request)
-    return page("Segments", segments_html(segment_report(cursor(request))))
+    key = signed_in(request)
+    return page("Segments", segments_html(segment_report(cursor(request), tenants=key.tenants)))

@@ -3,8 +3,8 @@ user's embedding.
 
 Each interest is a short description in English and Chinese, embedded as an E5 query; a user's
 score for it is the cosine with their embedding (items and reviews they engaged with), minus that
-interest's mean cosine over all users (some descriptions sit near everything — "hubs" — and would
-otherwise win for everyone; skipped below `MIN_POPULATION` users). Scores of one user are then
+interest's mean cosine over the users of the same tenant (some descriptions sit near everything — "hubs" —
+and would otherwise win for everyone; skipped below `MIN_POPULATION` users). Scores of one user are then
 compared with each other (z-score over the interest list), so a tag means "clearly nearer to this
 than to the other interests", not an absolute threshold that shifts with the encoder.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..schema import tenant_of
 from ..store import transaction
 
 MIN_POPULATION = 10
@@ -43,7 +44,15 @@ def write_user_interests(con, encoder, interests: dict[str, str], k: int = 3) ->
     with transaction(con):
         con.execute("DELETE FROM user_interests WHERE model = ?", [encoder.name])
         if rows:
-            tags = nearest_interests(np.asarray([r[1] for r in rows], dtype=np.float32), interest_vecs, names, k)
+            tags: list = [None] * len(rows)
+            by_tenant: dict[str, list[int]] = {}
+            for i, (user, _) in enumerate(rows):
+                by_tenant.setdefault(tenant_of(user), []).append(i)
+            for members in by_tenant.values():  # each tenant centred on its own population
+                found = nearest_interests(np.asarray([rows[i][1] for i in members], dtype=np.float32),
+                                          interest_vecs, names, k)
+                for i, tag in zip(members, found):
+                    tags[i] = tag
             con.register("_interests", pd.DataFrame({"user_id": [r[0] for r in rows], "interests": [t[0] for t in tags],
                                                      "scores": [t[1] for t in tags]}))
             con.execute("INSERT INTO user_interests SELECT user_id, ?, interests, scores FROM _interests",

@@ -36,6 +36,8 @@ class ItemKNN(Recommender):
         return self
 
     def score(self, histories):
+        if len(histories) == 1:  # one user (serving): summed straight from the CSR rows, without building matrices
+            return self._score_one(np.asarray(histories[0], dtype=np.int64))[None, :]
         rows, cols, vals = [], [], []
         for r, h in enumerate(histories):
             w = recency_weights(len(h), self.decay)
@@ -45,6 +47,14 @@ class ItemKNN(Recommender):
         q = sparse.csr_matrix((vals, (rows, cols)), shape=(len(histories), self.sim_.shape[0]), dtype=np.float32)
         return np.asarray((q @ self.sim_).todense(), dtype=np.float32)
 
+    def _score_one(self, h: np.ndarray) -> np.ndarray:
+        n = self.sim_.shape[0]
+        if not len(h):
+            return np.zeros(n, dtype=np.float32)
+        which, entries = row_entries(self.sim_, h)
+        weights = self.sim_.data[entries] * np.asarray(recency_weights(len(h), self.decay))[which]
+        return np.bincount(self.sim_.indices[entries], weights=weights, minlength=n).astype(np.float32)
+
     def save(self, d):
         sparse.save_npz(d / "sim.npz", self.sim_)
 
@@ -53,6 +63,16 @@ class ItemKNN(Recommender):
         m = cls(**params)
         m.sim_ = sparse.load_npz(d / "sim.npz").tocsr()
         return m
+
+
+def row_entries(m: sparse.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pure: (the position in `rows` of each stored entry of those rows, the entry's index into m.data/m.indices),
+    row after row — the rows' entries without building a matrix."""
+    starts, ends = m.indptr[rows], m.indptr[rows + 1]
+    lengths = ends - starts
+    which = np.repeat(np.arange(len(rows)), lengths)
+    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return which, starts[which] + offsets
 
 
 def _top_k_rows(m: sparse.csr_matrix, k: int) -> sparse.csr_matrix:

@@ -1,4 +1,10 @@
-"""The read-scope routes: a user's profile and recommendations, item search, the segment report."""
+"""The read-scope routes: a user's profile and recommendations, item search, the segment report. A key bound to
+tenants sees only their users (another tenant's user is 404, as if unknown) and searches only their items.
+
+What may take long runs in worker threads, `work_threads` at a time, so that it never holds up the event loop
+(profile reads, health checks): search, and a recommendation that reads the store. A recommendation for a user
+whose history the recommender holds in memory is computed on the loop: it reads nothing and its work is bounded
+by the recommender's `history_length` (~1 ms), less than the hand-off to a thread costs under load."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
@@ -7,14 +13,16 @@ from fastapi.responses import JSONResponse, Response
 
 from ...profile.render import no_profile
 from ...profile.segment_report import MAX_EPSILON, MIN_EPSILON, segment_report
-from ..deps import cursor, need, service
+from ..deps import cursor, need, own_user, search_tenant, service
+from ..keys import Key
 
 router = APIRouter()
 
 
-@router.get("/v1/users/{user_id}/profile", dependencies=[need("read")], response_class=Response,
+@router.get("/v1/users/{user_id:path}/profile", response_class=Response,
             responses={200: {"content": {"application/json": {}}, "description": "the user's profile record"}})
-async def profile(request: Request, user_id: str) -> Response:
+async def profile(request: Request, user_id: str, key: Key = need("read")) -> Response:
+    own_user(key, user_id)
     docs = service(request).docs
     doc = docs.get(user_id) or await run_in_threadpool(docs.fetch, user_id)  # (a held one: no hand-off)
     if doc is None:
@@ -22,24 +30,30 @@ async def profile(request: Request, user_id: str) -> Response:
     return Response(doc, media_type="application/json")
 
 
-@router.get("/v1/users/{user_id}/recommendations", dependencies=[need("read")])
-async def recommendations(request: Request, user_id: str, k: int = Query(10, ge=1, le=200),
-                          explain: bool = True) -> JSONResponse:
-    # on the event loop: a warm call is ~0.5 ms of work, less than a hand-off to the thread pool costs
+@router.get("/v1/users/{user_id:path}/recommendations")
+async def recommendations(request: Request, user_id: str, k: int = Query(10, ge=1, le=200), explain: bool = True,
+                          key: Key = need("read")) -> JSONResponse:
     from ...recommend.top_k import recommend
-    return JSONResponse(recommend(cursor(request), service(request).recommender(), user_id, k, explain))
+    own_user(key, user_id)
+    svc = service(request)
+    return JSONResponse(await svc.work(lambda: recommend(svc.cursor(), svc.recommender(), user_id, k, explain)))
 
 
-@router.get("/v1/search", dependencies=[need("read")])
-def search(request: Request, q: str = Query(..., min_length=1, max_length=500),
-           user_id: str | None = Query(None, max_length=256), k: int = Query(10, ge=1, le=200)) -> dict:
+@router.get("/v1/search")
+async def search(request: Request, q: str = Query(..., min_length=1, max_length=500),
+                 user_id: str | None = Query(None, max_length=256), k: int = Query(10, ge=1, le=200),
+                 tenant: str | None = Query(None, max_length=100, description="the tenant whose items to search "
+                                            "(default: the user's, or the key's only tenant)"),
+                 key: Key = need("read")) -> JSONResponse:
     from ...recommend.search import search_store
-    rec = service(request).recommender() if user_id else None
-    return search_store(cursor(request), q, user_id, k, None, rec)
+    svc, tenant = service(request), search_tenant(key, tenant, user_id)
+    return JSONResponse(await svc.work(lambda: search_store(svc.cursor(), q, user_id, k, None,
+                                                            svc.recommender() if user_id else None, tenant=tenant)))
 
 
-@router.get("/v1/segments", dependencies=[need("read")])
+@router.get("/v1/segments")
 def segments(request: Request, epsilon: float | None = Query(None, ge=MIN_EPSILON, le=MAX_EPSILON,
                                                              description="differential-privacy budget"),
-             clv_cap: float = Query(1_000.0, gt=0, description="with epsilon: per-user CLV bound")) -> dict:
-    return segment_report(cursor(request), epsilon, clv_cap)
+             clv_cap: float = Query(1_000.0, gt=0, description="with epsilon: per-user CLV bound"),
+             key: Key = need("read")) -> dict:
+    return segment_report(cursor(request), epsilon, clv_cap, tenants=key.tenants)

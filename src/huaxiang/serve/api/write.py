@@ -1,43 +1,49 @@
 """The routes that change the store: DELETE /v1/users/{user_id} forgets a person (admin scope); POST /v1/events
-stores a batch of events and refreshes its users' profiles (write scope)."""
+stores a batch of events and refreshes its users' profiles (write scope). Both run under the service's write lock.
+
+A key bound to tenants writes only their users: an event of another tenant's user is refused (named in
+`rejected`, stored nowhere). No key writes an event that joins a user of one tenant to an item of another."""
 from __future__ import annotations
 
 import json
 import time
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from ...ingest import ingest_records
-from ..deps import cursor, need, service
-from ..guard import too_large
+from ...schema import tenant_of
+from ..deps import cursor, need, own_user, service
+from ..keys import Key
 from ..service import Service, ServeSettings
 
 
 def router(settings: ServeSettings) -> APIRouter:
     """These routes, with the events body documented under `settings`' limits."""
     routes = APIRouter()
-    routes.add_api_route("/v1/users/{user_id}", forget, methods=["DELETE"], dependencies=[need("admin")])
-    routes.add_api_route("/v1/events", events, methods=["POST"], dependencies=[need("write")],
-                         openapi_extra=events_body_schema(settings))
+    routes.add_api_route("/v1/users/{user_id:path}", forget, methods=["DELETE"])
+    routes.add_api_route("/v1/events", events, methods=["POST"], openapi_extra=events_body_schema(settings))
     return routes
 
 
-def forget(request: Request, user_id: str) -> dict:
+def forget(request: Request, user_id: str, suppress: bool = Query(True, description=(
+        "keep refusing this user's events afterwards (false: they may come back)")),
+           key: Key = need("admin")) -> dict:
     from ...forget import forget_user
+    own_user(key, user_id)
     svc = service(request)
-    removed = forget_user(cursor(request), svc.db, user_id)  # an unknown user: HuaxiangError, answered with 404
-    svc.docs.drop([user_id])
-    svc.rec = None  # the serving snapshot changed on disk: reload it on the next request
-    return {"user_id": user_id, "removed": removed}
+    with svc.write_lock:
+        removed = forget_user(cursor(request), svc.db, user_id, suppress=suppress)  # unknown: 404
+        svc.docs.drop([user_id])
+        if svc.rec is not None:
+            svc.rec.forget_user(user_id)  # the serving snapshot keeps serving, without them
+    return {"user_id": user_id, "removed": removed, "suppressed": suppress}
 
 
-async def events(request: Request) -> dict:
+async def events(request: Request, key: Key = need("write")) -> dict:
     svc = service(request)
     settings = svc.settings
-    body = await request.body()
-    if len(body) > settings.max_body_bytes:  # a chunked body has no Content-Length to check up front
-        raise HTTPException(413, too_large(f"{len(body):,}", settings))
+    body = await request.body()  # (the guard has counted it: at most max_body_bytes)
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -47,19 +53,39 @@ async def events(request: Request) -> dict:
         raise HTTPException(422, 'expected {"events": [ {...}, … ]}')
     if len(batch) > settings.max_batch_events:
         raise HTTPException(413, f"{len(batch):,} events in one batch; the limit is {settings.max_batch_events:,}")
-    return await run_in_threadpool(store_events, svc, batch)
+    return await run_in_threadpool(store_events, svc, key, batch)
 
 
-def store_events(svc: Service, batch: list) -> dict:
-    """Validated, stored (one transaction) and the batch's users' profiles refreshed, off the event loop."""
-    label = f"api:{time.time_ns()}"
-    report = ingest_records(svc.cursor(), batch, label)
-    refreshed = svc.refresh(report.users if report.added.get("events") else [])
-    rejected = svc.cursor().execute("SELECT line, field, reason FROM quarantine WHERE source = ? ORDER BY line",
-                                    [label]).fetchall()
+def refusal(key: Key, event) -> tuple[str, str] | None:
+    """(field, reason) when this key may not write this event; None when it may (or when validation will refuse
+    it anyway: a missing or mistyped id)."""
+    if not isinstance(event, dict) or not isinstance(event.get("user_id"), str):
+        return None
+    user, item = event["user_id"], event.get("item_id")
+    if not key.sees(user):
+        return "user_id", f"tenant {tenant_of(user)!r} is not one of this key's tenants"
+    if isinstance(item, str) and item.strip() and tenant_of(item) != tenant_of(user):
+        return "item_id", (f"item of tenant {tenant_of(item)!r} for a user of tenant {tenant_of(user)!r} "
+                           "(tenants never mix)")
+    return None
+
+
+def store_events(svc: Service, key: Key, batch: list) -> dict:
+    """Validated, stored (one transaction) and the batch's users' profiles refreshed, off the event loop. The
+    refresh runs even when every event was a duplicate: a batch re-sent after a crash between its commit and its
+    refresh still gets its profiles."""
+    refused = {i: why for i, e in enumerate(batch) if (why := refusal(key, e)) is not None}
+    kept = [i for i in range(len(batch)) if i not in refused]
+    with svc.write_lock:
+        report = ingest_records(svc.cursor(), [batch[i] for i in kept], f"api:{time.time_ns()}",
+                                future_tolerance_s=svc.cfg.future_tolerance_seconds)
+        refreshed = svc.refresh(report.users)
+    found = [{"index": kept[line - 1], "field": field, "reason": reason} for line, field, reason in report.rejected]
+    found += [{"index": i, "field": field, "reason": reason} for i, (field, reason) in refused.items()]
     return {"received": len(batch), "added": report.added.get("events", 0), "profiles_refreshed": refreshed,
             "duplicates": report.duplicates.get("events", 0), "quarantined": report.quarantined,
-            "rejected": [{"index": line - 1, "field": field, "reason": reason} for line, field, reason in rejected]}
+            "conflicts": report.conflicts, "suppressed": report.suppressed, "refused": len(refused),
+            "rejected": sorted(found, key=lambda r: r["index"])}
 
 
 def events_body_schema(settings: ServeSettings) -> dict:
