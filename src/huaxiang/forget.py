@@ -13,6 +13,7 @@ from .recommend.store_model import drop_user
 from .store import has_table, transaction
 
 SUPPRESSION = "suppression list"  # the place name, in what forget_user returns, of a lifted suppression
+SUPPRESS = "INSERT OR IGNORE INTO forgotten_users (id_hash) VALUES (?)"
 
 
 def _tables_with(con, column: str) -> list[str]:
@@ -71,7 +72,7 @@ def forget_user(con, db: str, user_id: str, suppress: bool = True) -> dict[str, 
             delete(table, f"DELETE FROM {table} WHERE user_id = ?", [user_id])
         if suppress:
             if removed:  # only someone who was there: an unknown id stays an error, and records nothing
-                con.execute("INSERT OR IGNORE INTO forgotten_users (id_hash) VALUES (?)", [digest])
+                con.execute(SUPPRESS, [digest])
         else:
             delete(SUPPRESSION, "DELETE FROM forgotten_users WHERE id_hash = ?", [digest])
     hits = drop_user(db, user_id)
@@ -79,7 +80,7 @@ def forget_user(con, db: str, user_id: str, suppress: bool = True) -> dict[str, 
         removed["recommender snapshot"] = hits
         if suppress:
             with transaction(con):
-                con.execute("INSERT OR IGNORE INTO forgotten_users (id_hash) VALUES (?)", [digest])
+                con.execute(SUPPRESS, [digest])
     if not removed:
         raise HuaxiangError(f"unknown user {user_id!r}: nothing of them is in the store")
     return removed

@@ -34,6 +34,12 @@ def tenant_sql(column: str) -> str:
     return f"regexp_extract({column}, '{TENANT_PATTERN}', 1)"
 
 
+def is_tenant_name(name: object) -> bool:
+    """Can `name` be a tenant one asks for (a key's, a search's)? A string of at most 100 characters without ':'
+    or NUL; '' is the tenant of ids without a namespace."""
+    return isinstance(name, str) and TENANT_SEPARATOR not in name and "\x00" not in name and len(name) <= 100
+
+
 def tenant_is_sql(column: str, tenant: str) -> str:
     """SQL (DuckDB): `column` holds an id of `tenant` — the same rule as a prefix test, which needs no regular
     expression (for '': no separator at all, or a leading one). `tenant` must hold no ':' nor NUL."""

@@ -24,7 +24,7 @@ from scipy import sparse
 
 from ..errors import HuaxiangError
 from ..features.text import tokens
-from ..schema import TENANT_SEPARATOR, tenant_is_sql, tenant_of, tenant_sql
+from ..schema import TENANT_SEPARATOR, is_tenant_name, tenant_is_sql, tenant_of, tenant_sql
 from ..store import has_table
 
 
@@ -150,7 +150,7 @@ def catalogue_tenants(con) -> list[str]:
 def search_tenant(con, user_id: str | None, tenant: str | None) -> str:
     """The one tenant a search runs in: the user's (`tenant`, when also given, must be the same), else `tenant`,
     else the only tenant with titled items; HuaxiangError when that leaves a choice."""
-    if tenant is not None and (TENANT_SEPARATOR in tenant or "\x00" in tenant or len(tenant) > 100):
+    if tenant is not None and not is_tenant_name(tenant):
         raise HuaxiangError(f"a tenant name holds no {TENANT_SEPARATOR!r} nor NUL and has at most 100 characters: "
                             f"{tenant[:100]!r}")
     if user_id:

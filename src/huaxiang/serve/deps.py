@@ -73,7 +73,7 @@ def own_user(key: Key, user_id: str) -> None:
         raise no_profile(user_id)
 
 
-def search_tenant(key: Key, tenant: str | None, user_id: str | None) -> str | None:
+def key_search_tenant(key: Key, tenant: str | None, user_id: str | None) -> str | None:
     """The one tenant a search runs in, as far as the key decides it: the user's, else `tenant`, else the key's only
     tenant (None: left to the search, which takes the catalogue's only tenant or asks for one)."""
     if user_id is not None:

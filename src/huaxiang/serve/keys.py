@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 import duckdb
 
 from ..errors import HuaxiangError
-from ..schema import TENANT_SEPARATOR, tenant_of
+from ..schema import TENANT_SEPARATOR, is_tenant_name, tenant_of
 
 SCOPES = ("read", "write", "admin")
 KEYS_DDL = """CREATE TABLE IF NOT EXISTS api_keys (
@@ -85,9 +85,9 @@ def check_tenants(tenants: list[str] | None) -> frozenset[str] | None:
     if not tenants:
         return None
     for t in tenants:
-        if not isinstance(t, str) or TENANT_SEPARATOR in t or len(t) > 100:
-            raise HuaxiangError(f"tenant {t!r}: a tenant is a name without '{TENANT_SEPARATOR}' (at most 100 "
-                                "characters; '' is the tenant of ids without a namespace)")
+        if not is_tenant_name(t):
+            raise HuaxiangError(f"tenant {t!r}: a tenant is a name without '{TENANT_SEPARATOR}' nor NUL (at most "
+                                "100 characters; '' is the tenant of ids without a namespace)")
     return frozenset(tenants)
 
 

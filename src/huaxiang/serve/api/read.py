@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ...profile.render import no_profile
 from ...profile.segment_report import MAX_EPSILON, MIN_EPSILON, segment_report
-from ..deps import cursor, need, own_user, search_tenant, service
+from ..deps import cursor, key_search_tenant, need, own_user, service
 from ..keys import Key
 
 router = APIRouter()
@@ -46,7 +46,7 @@ async def search(request: Request, q: str = Query(..., min_length=1, max_length=
                                             "(default: the user's, or the key's only tenant)"),
                  key: Key = need("read")) -> JSONResponse:
     from ...recommend.search import search_store
-    svc, tenant = service(request), search_tenant(key, tenant, user_id)
+    svc, tenant = service(request), key_search_tenant(key, tenant, user_id)
     return JSONResponse(await svc.work(lambda: search_store(svc.cursor(), q, user_id, k, None,
                                                             svc.recommender() if user_id else None, tenant=tenant)))
 
