@@ -5,9 +5,10 @@ at once with the heaviest user's recommendations hammered (`--route mixed`).
 
 Builds a store from the Taobao slice (814 users) plus one taobao shopper with 75,000 views (taobao:999999999,
 heavier than anyone in the slice), trains item-KNN, creates read keys, starts `huaxiang serve` (uvicorn, one
-process) and drives it with an open-loop load generator in this process: requests are *scheduled* at `--rate` per
-second over keep-alive connections, whatever the server's speed, and each latency counts from the scheduled time
-(so a slow server cannot hide queueing). Users are drawn at random (seeded) from the slice's users.
+process) and drives it with the open-loop load generator of benchmarks/loadgen.py, in this process: requests are
+*scheduled* at `--rate` per second over keep-alive connections, whatever the server's speed, and each latency
+counts from the scheduled time (so a slow server cannot hide queueing). Users are drawn at random (seeded) from
+the slice's users.
 
 The server runs with its default per-key rate limit (2,000 requests/s per key, `--key-rate` to change it): the
 offered rates here stay under it, so the figures are the service as shipped, limiter included, and never the
@@ -32,14 +33,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import uvloop
 
+import loadgen
 from machine import latency_result, save_latency, stamp
 from served import create_key, serving
 
@@ -60,85 +60,28 @@ def write_heavy(path: Path) -> None:
         f"999999999,{items[n % len(items)]},1,pv,{start + n * 9}\n" for n in range(HEAVY_EVENTS)))
 
 
-async def one(reader, writer, path: str, host: str, key: str) -> int:
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\n\r\n".encode())
-    await writer.drain()
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                   if line.lower().startswith(b"content-length:")), 0)
-    await reader.readexactly(length)
-    return status
-
-
-async def drive(port: int, key: str, paths: list[str], rate: float, seconds: float, connections: int):
-    """Open loop: `rate` requests a second for `seconds`; (latencies in ms from the scheduled time, statuses
-    (0: failed), wall seconds)."""
-    pool: asyncio.Queue = asyncio.Queue()
-    for _ in range(connections):
-        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
-    lat, statuses = [], Counter()
-    start = time.perf_counter()
-    n = int(rate * seconds)
-
-    async def request(i: int, due: float):
-        conn = await pool.get()
-        try:
-            statuses[await one(*conn, paths[i % len(paths)], f"127.0.0.1:{port}", key)] += 1
-        except (OSError, asyncio.IncompleteReadError, ValueError):
-            statuses[0] += 1
-            conn = await asyncio.open_connection("127.0.0.1", port)
-        finally:
-            pool.put_nowait(conn)
-        lat.append((time.perf_counter() - due) * 1000)
-
-    tasks = []
-    for i in range(n):
-        due = start + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(request(i, due)))
-    await asyncio.gather(*tasks)
-    while not pool.empty():
-        pool.get_nowait()[1].close()
-    return np.array(lat), statuses, time.perf_counter() - start
-
-
-async def hammer(port: int, key: str, path: str, clients: int, stop: asyncio.Event):
-    """Closed loop: `clients` connections, each sending its next request as soon as its answer is in, until
-    `stop`; (latencies in ms, statuses (0: failed), wall seconds)."""
-    lat, statuses = [], Counter()
-    start = time.perf_counter()
-
-    async def client():
-        conn = await asyncio.open_connection("127.0.0.1", port)
-        while not stop.is_set():
-            t = time.perf_counter()
-            try:
-                statuses[await one(*conn, path, f"127.0.0.1:{port}", key)] += 1
-            except (OSError, asyncio.IncompleteReadError, ValueError):
-                statuses[0] += 1
-                conn = await asyncio.open_connection("127.0.0.1", port)
-            lat.append((time.perf_counter() - t) * 1000)
-        conn[1].close()
-
-    await asyncio.gather(*(client() for _ in range(clients)))
-    return np.array(lat), statuses, time.perf_counter() - start
-
-
 async def mixed(port: int, key: str, heavy_key: str, paths: list[str], rate: float, seconds: float,
                 connections: int, clients: int):
     """The profile load at `rate` while `clients` hammer the heavy shopper's recommendations (started first)."""
     stop = asyncio.Event()
-    hammering = asyncio.create_task(hammer(port, heavy_key, f"/v1/users/{HEAVY}{RECOMMEND}", clients, stop))
+    heavy = loadgen.get(f"/v1/users/{HEAVY}{RECOMMEND}", f"127.0.0.1:{port}", {"X-API-Key": heavy_key})
+    hammering = asyncio.create_task(loadgen.hammer(port, heavy, clients, stop))
     await asyncio.sleep(1.0)  # the hammering is at full speed before the profile load starts
     profile = await drive(port, key, paths, rate, seconds, connections)
     stop.set()
     return profile, await hammering
 
 
-def errors(statuses: Counter) -> int:
+async def drive(port: int, key: str, paths: list[str], rate: float, seconds: float, connections: int):
+    """Open loop (benchmarks/loadgen.py): GET each of `paths` in turn with the key, `rate` a second for `seconds`;
+    (latencies in ms from the scheduled time, statuses (0: failed), wall seconds)."""
+    host = f"127.0.0.1:{port}"
+    run = await loadgen.drive(port, [loadgen.get(p, host, {"X-API-Key": key}) for p in paths], rate, seconds,
+                              connections)
+    return run.latencies_ms, run.statuses, run.wall_s
+
+
+def errors(statuses) -> int:
     return sum(n for status, n in statuses.items() if status != 200)
 
 
@@ -181,8 +124,9 @@ def main() -> None:
             uvloop.run(drive(port, key, paths, min(args.rate, 200), 2, args.connections))  # warm-up
             if args.route == "mixed":
                 uvloop.run(drive(port, heavy_key, [f"/v1/users/{HEAVY}{RECOMMEND}"], 5, 1, 1))  # warm-up
-                (lat, statuses, wall), (heavy, heavy_statuses, heavy_wall) = uvloop.run(mixed(
+                (lat, statuses, wall), hammered = uvloop.run(mixed(
                     port, key, heavy_key, paths, args.rate, args.seconds, args.connections, args.hammers))
+                heavy, heavy_statuses, heavy_wall = hammered.latencies_ms, hammered.statuses, hammered.wall_s
             else:
                 lat, statuses, wall = uvloop.run(drive(port, key, paths, args.rate, args.seconds, args.connections))
     what = f"GET {args.route}, {args.rate:g}/s offered for {args.seconds:g} s (from the scheduled time)"

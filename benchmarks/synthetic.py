@@ -1,6 +1,6 @@
 """Synthetic e-commerce behaviour logs with realistic skew, for ingest and profile benchmarks.
 
-    python benchmarks/synthetic.py 1000000 --out /tmp/synth
+    python benchmarks/synthetic.py 1000000 --out /tmp/synth [--users 10000]
 
 writes `events.csv` (user_id,item_id,category_id,type,ts,price,quantity,query,session_id) and
 `items.csv` (item_id,title,brand,category,price). Shape of the data:
@@ -8,7 +8,9 @@ writes `events.csv` (user_id,item_id,category_id,type,ts,price,quantity,query,se
 - items: ~N/10 (1M items for 10M events), popularity Zipf(1.0); categories Zipf over up to 5,000
   categories, brands Zipf over ~N/5,000 brands, prices lognormal around a per-category level;
   titles are 3-6 English words, ~10% are Chinese.
-- users: ~N/100, activity lognormal(sigma 1.5) — most users do little, a few do a lot.
+- users: ~N/100, activity lognormal(sigma 1.5) — most users do little, a few do a lot (some draw no event).
+  `--users U` sets exactly U distinct users instead, each with at least one event and the other N − U events
+  spread by the same lognormal activity (10M events with `--users 1000000`: 1M users, 10 events each on average).
 - sessions: ~8 events on average, started at a random day of a 30-day window (June 2024, UTC) and
   an hour drawn from a daily pattern (quiet at night, peaks at lunch and in the evening); events
   a few tens of seconds apart. Most events of a session stay in the category of its first item.
@@ -186,8 +188,11 @@ def make_events(rng, w: World, users: np.ndarray, counts: np.ndarray, first_sess
     ], schema=EVENTS_SCHEMA)
 
 
-def generate(n_events: int, out_dir: str, seed: int = 0) -> tuple[str, str]:
-    """Writes `events.csv` (about n_events rows) and `items.csv` under out_dir; returns their paths."""
+def generate(n_events: int, out_dir: str, seed: int = 0, n_users: int | None = None) -> tuple[str, str]:
+    """Writes `events.csv` (n_events rows) and `items.csv` under out_dir; returns their paths. `n_users`: exactly
+    that many distinct users, each with at least one event (default: ~n_events / 100 users, some with none)."""
+    if n_users is not None and not 1 <= n_users <= n_events:
+        raise ValueError(f"--users must be between 1 and the number of events ({n_events:,}), not {n_users:,}")
     rng = np.random.default_rng(seed)
     os.makedirs(out_dir, exist_ok=True)
     events_path, items_path = os.path.join(out_dir, "events.csv"), os.path.join(out_dir, "items.csv")
@@ -195,9 +200,13 @@ def generate(n_events: int, out_dir: str, seed: int = 0) -> tuple[str, str]:
     pacsv.write_csv(items, items_path)
     del items
 
-    n_users = max(10, n_events // 100)
-    activity = rng.lognormal(0.0, 1.5, n_users)
-    counts = rng.multinomial(n_events, activity / activity.sum())
+    if n_users is None:
+        n_users = max(10, n_events // 100)
+        activity = rng.lognormal(0.0, 1.5, n_users)
+        counts = rng.multinomial(n_events, activity / activity.sum())
+    else:
+        activity = rng.lognormal(0.0, 1.5, n_users)
+        counts = 1 + rng.multinomial(n_events - n_users, activity / activity.sum())
     users = rng.permutation(n_users)[counts > 0]  # user ids carry no hint of activity
     counts = counts[counts > 0]
     ends = np.cumsum(counts)
@@ -217,9 +226,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("n_events", type=lambda s: int(float(s)), help="number of events, e.g. 1000000 or 1e7")
     ap.add_argument("--out", default="benchmarks/out/synthetic", help="output folder (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--users", type=lambda s: int(float(s)), default=None,
+                    help="exactly this many distinct users, each with ≥ 1 event (default: ~n_events / 100)")
     args = ap.parse_args(argv)
     t = time.perf_counter()
-    events, items = generate(args.n_events, args.out, args.seed)
+    try:
+        events, items = generate(args.n_events, args.out, args.seed, args.users)
+    except ValueError as e:
+        ap.error(str(e))
     mb = (os.path.getsize(events) + os.path.getsize(items)) / 2**20
     print(f"wrote {events} and {items} ({mb:,.0f} MiB) in {time.perf_counter() - t:.1f} s")
 

@@ -28,6 +28,12 @@ def cli(*args):
     return proc.stdout
 
 
+def write_events(path: Path, rows) -> str:
+    """A CSV of events (user_id, item_id, type, ts, query) at `path`; returns its path."""
+    path.write_text("user_id,item_id,type,ts,query\n" + "".join(",".join(r) + "\n" for r in rows))
+    return str(path)
+
+
 def png_size(path: Path) -> tuple[int, int]:
     """A PNG file's (width, height); fails when the file is not a PNG."""
     data = path.read_bytes()
@@ -57,13 +63,14 @@ SERVED: dict[str, tuple[subprocess.Popen, Path]] = {}  # base URL -> (the server
 
 
 @contextmanager
-def start_server(db: str, *args: str):
-    """`huaxiang serve --db db *args` on a free port until the block ends; yields its base URL (its process and
-    stderr file are in SERVED meanwhile)."""
+def start_server(db: str, *args: str, online: str | None = None):
+    """`huaxiang serve --db db *args` (with `online`: `huaxiang serve --online URL *args`, its log beside `db`) on a
+    free port until the block ends; yields its base URL (its process and stderr file are in SERVED meanwhile)."""
     port = free_port()
     log = Path(db).with_name(f"serve-{port}.log")
+    source = ["--online", online] if online else ["--db", db]
     with open(log, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "huaxiang.cli", "serve", "--db", db, "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "huaxiang.cli", "serve", *source, "--port", str(port),
                                  *args], stdout=subprocess.DEVNULL, stderr=err, env={**os.environ})
     base = f"http://127.0.0.1:{port}"
     try:

@@ -19,7 +19,7 @@ LAYERS = [
     ("models",),
     ("profile",),
     ("recommend",),
-    ("scale", "stream", "forget"),
+    ("scale", "stream", "forget", "online"),
     ("serve", "evaluate"),
     ("jobs", "demo"),
     ("cli", "submit"),

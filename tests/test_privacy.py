@@ -16,7 +16,7 @@ from huaxiang.forget import forget_user
 from huaxiang.ingest import ingest_file, ingest_records
 from huaxiang.privacy import KEY_ENV, pseudonym
 from huaxiang.profile.scores import value_tiers
-from huaxiang.profile.segment_report import _private
+from huaxiang.profile.segment_report import _private, clipped_tiers, tier_values
 
 
 def test_count_noise_is_unbiased_with_the_scale_epsilon_sets():
@@ -41,6 +41,10 @@ def test_clv_is_clipped_before_it_is_summed():
     assert value_tiers(con, clv_cap=100.0)[0]["mean_clv"] == pytest.approx(52.5)
     cells = [_private([], value_tiers(con, 100.0), 10.0, 100.0, seed)["value_tiers"][0] for seed in range(100)]
     assert np.median([c["mean_clv"] for c in cells]) < 200  # the 1e9 outlier cannot leak through the mean
+    # the online store keeps each cell's CLVs (tier_values) and clips them per request: the same cells
+    for cap in (None, 100.0, 1e12):
+        rows = [{k: v for k, v in t.items() if k != "tenant"} for t in value_tiers(con, cap)]
+        assert clipped_tiers(tier_values(con, ""), cap if cap else np.inf) == rows
 
 
 def test_a_private_report_says_so_and_withholds_rule_text():

@@ -135,6 +135,38 @@ def test_spark_and_duckdb_agree_on_the_bundled_real_data(demo_store, tmp_path):
     clusters = con.execute("SELECT user_id, cluster FROM profiles ORDER BY user_id").df()
     assert duck.cluster.nunique() == 4 and list(duck.cluster) == list(clusters.cluster)
     con.close()
+    assert_published_and_served(tmp_path)
+
+
+def assert_published_and_served(tmp_path: Path) -> None:
+    """Both engines' outputs published (`huaxiang publish --input`): the same documents for every sampled user;
+    the Spark-built one served by an online worker."""
+    import urllib.parse
+
+    from conftest import call, cli, start_server
+    from huaxiang.online import layout
+    from huaxiang.stream import local_redis
+    with local_redis(str(tmp_path)) as url:
+        docs = {}
+        for n, engine in enumerate(scale.ENGINES):
+            cli("publish", "--to", url[:-1] + str(n), "--input", str(tmp_path / engine))
+            r = layout.connect(url[:-1] + str(n))
+            versions = layout.current(r)
+            assert set(versions) >= {"taobao", "beauty", "amazon"}
+            users = sorted(u.decode() for u in r.zrange(layout.ids_key("taobao", versions["taobao"]), 0, 40))
+            docs[engine] = {u: json.loads(r.hget(layout.user_key("taobao", versions["taobao"], u), "doc"))
+                            for u in users}
+        assert len(docs["spark"]) == 41 and docs["spark"].keys() == docs["duckdb"].keys()
+        assert all(_same(docs["spark"][u], docs["duckdb"][u]) for u in docs["spark"])
+        spark_url = url[:-1] + str(scale.ENGINES.index("spark"))
+        again = json.loads(cli("publish", "--to", spark_url, "--input", str(tmp_path / "spark"), "--json"))
+        assert all(t["unchanged"] for t in again["tenants"].values())  # the same build again: nothing written
+        key = cli("keys", "create", "--scope", "read", "--online", spark_url).strip().splitlines()[-1]
+        with start_server(str(tmp_path / "served.duckdb"), online=spark_url) as base:
+            user = next(iter(docs["spark"]))
+            status, got = call(base, "GET", f"/v1/users/{urllib.parse.quote(user, safe='')}/profile", key)
+            assert status == 200 and _same(got, docs["spark"][user])
+            assert call(base, "GET", "/v1/segments", key)[0] == 200
 
 
 def test_spark_and_duckdb_agree_on_a_synthetic_log_with_embeddings(tmp_path):

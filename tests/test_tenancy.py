@@ -16,16 +16,11 @@ from huaxiang.recommend.user_view import user_view
 from huaxiang.schema import tenant_of
 from huaxiang.store import connect
 
-from conftest import DEMO, cli
+from conftest import DEMO, cli, write_events
 
 BEAUTY = DEMO / "Beauty_head2000.txt.gz"  # its items file (with titles) beside it is read too
 RETAIL = DEMO / "online_retail_ii_10countries.csv.gz"
 HEAVY = 3_000  # events of the heavy user (far over HISTORY_LENGTH)
-
-
-def write_events(path, rows):
-    path.write_text("user_id,item_id,type,ts,query\n" + "".join(",".join(r) + "\n" for r in rows))
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,24 @@
 A message carries one event as JSON in its field `event` (Redis) or its value (Kafka). An event without an
 `event_id` gets the message's own id (`redis:<stream>:<entry id>`, `kafka:<topic>:<partition>:<offset>`), so a
 message delivered twice is stored once. The consumer stores a batch in one transaction, refreshes the
-profiles of the users in it, and only then acknowledges it: killed at any point, it loses nothing (unacknowledged
-messages are read again) and counts nothing twice (event ids).
+profiles of the users in it, writes them to the online store (with a writer, `huaxiang.online.writer`), and only
+then acknowledges it: killed at any point, it loses nothing (unacknowledged messages are read again) and counts
+nothing twice (event ids).
+
+A Redis entry may instead carry a deletion in its field `forget`: JSON {"user_id": …, "suppress": true|false}, as
+the online API queues for DELETE /v1/users/{id}. It is executed in stream order: the events before it are stored
+first, those after it later (a suppressed user's later events are refused).
+
+For tests of that claim, env HUAXIANG_CRASH_AT=after_commit|after_refresh|after_online makes the consumer kill
+itself with SIGKILL at that point of a batch, once (env HUAXIANG_CRASH_MARKER names a file made when it fires).
 """
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+import signal
 import subprocess
 import time
 from contextlib import contextmanager, nullcontext
@@ -19,11 +30,14 @@ from typing import Callable, Iterator, Protocol
 from .errors import HuaxiangError
 from .ports import free_port
 
+log = logging.getLogger("huaxiang.stream")
+
 
 @dataclass
 class Message:
     id: str  # the source's own id (Redis entry id; Kafka partition:offset)
     payload: bytes | str | None
+    kind: str = "event"  # or "forget": a deletion to execute in stream order
 
 
 class Source(Protocol):
@@ -53,10 +67,10 @@ class RedisSource:
             got = self.r.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=max_messages)
             entries = got[0][1] if got else []
             if entries:
-                return [Message(_text(i), f.get(b"event")) for i, f in entries]
+                return [_entry(i, f) for i, f in entries]
             self.pending = False
         got = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=max_messages, block=block_ms)
-        return [Message(_text(i), f.get(b"event")) for i, f in (got[0][1] if got else [])]
+        return [_entry(i, f) for i, f in (got[0][1] if got else [])]
 
     def ack(self, messages: list[Message]) -> None:
         if messages:
@@ -106,6 +120,13 @@ class KafkaSource:
         return f"kafka:{self.topic}:{message.id}"
 
 
+def _entry(entry_id, fields: dict | None) -> Message:
+    fields = fields or {}  # (an entry trimmed from the stream while pending comes back without fields)
+    if b"forget" in fields:
+        return Message(_text(entry_id), fields[b"forget"], "forget")
+    return Message(_text(entry_id), fields.get(b"event"))
+
+
 def _text(v) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
@@ -135,44 +156,131 @@ class ConsumeReport:
     quarantined: int = 0
     refreshed: int = 0
     batches: int = 0
+    forgotten: int = 0  # deletions executed
+    online: int = 0  # users written to the online store
+
+
+def crash_point(name: str) -> None:
+    """Kills this process with SIGKILL when env HUAXIANG_CRASH_AT is `name`, once: the file named by env
+    HUAXIANG_CRASH_MARKER is made when it fires, and its existence stops it firing again (for crash tests)."""
+    if os.environ.get("HUAXIANG_CRASH_AT") != name:
+        return
+    marker = os.environ.get("HUAXIANG_CRASH_MARKER")
+    if marker:
+        if os.path.exists(marker):
+            return
+        with open(marker, "w") as f:
+            f.write(name)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def forget_order(message: Message) -> tuple[str, bool] | None:
+    """(user id, suppress) of a `forget` entry; None when it is unreadable."""
+    try:
+        obj = json.loads(message.payload) if message.payload is not None else None
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        obj = None
+    if not isinstance(obj, dict) or not isinstance(obj.get("user_id"), str) \
+            or not isinstance(obj.get("suppress", True), bool):
+        return None
+    return obj["user_id"], obj.get("suppress", True)
+
+
+def _runs(messages: list[Message]) -> list[list[Message]]:
+    """The messages cut before and after each deletion: runs of events, and each deletion alone, in order."""
+    runs: list[list[Message]] = []
+    for m in messages:
+        if m.kind == "forget" or not runs or runs[-1][0].kind == "forget":
+            runs.append([m])
+        else:
+            runs[-1].append(m)
+    return runs
+
+
+def store_path(con) -> str:
+    """The file of the store behind a DuckDB connection."""
+    return con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()[0]
 
 
 def consume(con, cfg, source: Source, batch: int = 500, block_ms: int = 200, idle_exit_s: float | None = None,
             max_messages: int | None = None,
             on_batch: Callable[[ConsumeReport, list[Message]], None] | None = None,
-            refresh: Callable[[list[str]], int] | None = None, lock=None) -> ConsumeReport:
-    """Read → store (one transaction) → refresh those users' profiles → acknowledge, until idle for
-    `idle_exit_s` seconds or `max_messages` read. `refresh(user_ids)` updates profiles (default: a
+            refresh: Callable[[list[str]], int] | None = None, lock=None, writer=None,
+            forget: Callable[[str, bool], object] | None = None) -> ConsumeReport:
+    """Read → store (one transaction) → refresh those users' profiles → write them online → acknowledge, until
+    idle for `idle_exit_s` seconds or `max_messages` read. `refresh(user_ids)` updates profiles (default: a
     `ProfileRefresher`; the service passes its own, which also renews its profile documents) — also when the
     batch was all duplicates, as a batch redelivered after a crash between its commit and its refresh is.
-    `lock`: held around each batch's store and refresh (the service's write lock).
-    `on_batch(report, messages)` runs after each acknowledgement."""
+    `writer`: an `online.writer.OnlineWriter` (None: no online store). A `forget` entry splits the batch and is
+    executed in its place by `forget(user_id, suppress)` (default: `forget.forget_user` on this store), then
+    removed online. `lock`: held around each batch's store, refresh and online write, and each deletion (the
+    service's write lock). `on_batch(report, messages)` runs after each acknowledgement."""
     from .ingest import ingest_records
     from .profile.build import ProfileRefresher
     report, idle_since = ConsumeReport(), time.monotonic()
     refresh = refresh or ProfileRefresher(con, cfg).refresh
+    if writer is not None and writer.con is None:
+        writer.con = con  # it renders what this consumer stored
+    if forget is None:
+        from .forget import forget_user
+        db = store_path(con)
+
+        def forget(user_id: str, suppress: bool):
+            return forget_user(con, db, user_id, suppress=suppress)
     while max_messages is None or report.messages < max_messages:
         messages = source.read(batch, block_ms)
         if not messages:
+            if writer is not None:
+                with lock or nullcontext():
+                    writer.idle()  # segment entries that came due
             if idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
                 break
             continue
-        records = decode(source, messages)
-        with lock or nullcontext():
-            r = ingest_records(con, records, f"stream:{messages[0].id}",
-                               future_tolerance_s=cfg.future_tolerance_seconds)
-            if r.users:
-                report.refreshed += refresh(r.users)
-        source.ack(messages)
-        report.messages += len(messages)
-        report.added += r.added.get("events", 0)
-        report.duplicates += r.duplicates.get("events", 0)
-        report.quarantined += r.quarantined
-        report.batches += 1
+        for run in _runs(messages):
+            if run[0].kind == "forget":
+                _forget(run[0], forget, writer, lock, report)
+            else:
+                records = decode(source, run)
+                with lock or nullcontext():
+                    r = ingest_records(con, records, f"stream:{run[0].id}",
+                                       future_tolerance_s=cfg.future_tolerance_seconds)
+                    crash_point("after_commit")
+                    if r.users:
+                        report.refreshed += refresh(r.users)
+                    crash_point("after_refresh")
+                    if writer is not None and r.users:
+                        report.online += writer.write(r.users)
+                report.added += r.added.get("events", 0)
+                report.duplicates += r.duplicates.get("events", 0)
+                report.quarantined += r.quarantined
+            crash_point("after_online")
+            source.ack(run)
+            report.messages += len(run)
+            report.batches += 1
+            if on_batch:
+                on_batch(report, run)
         idle_since = time.monotonic()
-        if on_batch:
-            on_batch(report, messages)
     return report
+
+
+def _forget(message: Message, forget, writer, lock, report: ConsumeReport) -> None:
+    """One deletion: the store's (an unknown user — e.g. the entry redelivered after it ran — is only logged),
+    then the online store's."""
+    order = forget_order(message)
+    if order is None:
+        log.warning("stream entry %s: not a deletion order (expected {\"user_id\": …, \"suppress\": …}): %s",
+                    message.id, _text(message.payload)[:200])
+        return
+    user_id, suppress = order
+    with lock or nullcontext():
+        try:
+            forget(user_id, suppress)
+            report.forgotten += 1
+        except HuaxiangError as exc:
+            log.warning("stream entry %s: %s", message.id, exc)
+        crash_point("after_commit")
+        if writer is not None:
+            writer.forgotten([user_id])
 
 
 @contextmanager

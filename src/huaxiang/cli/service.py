@@ -12,6 +12,9 @@ from ..errors import HuaxiangError
 from ..store import connect
 from .options import CONFIG, DB, json_option, out, spinner
 
+ONLINE_KEYS = typer.Option(None, "--online", help="The key table of this online store (redis://HOST:PORT/DB) "
+                           "instead of the store file's: what `huaxiang serve --online` workers read.")
+
 
 def serve(
     db: str = DB,
@@ -31,20 +34,51 @@ def serve(
                                             "(the service owns the store, so it runs the consumer itself)."),
     stream: str = typer.Option("huaxiang:events", "--stream", help="With --redis: the stream of events."),
     group: str = typer.Option("huaxiang", "--group", help="With --redis: the consumer group."),
+    publish: Optional[str] = typer.Option(None, "--publish", help="With --redis: also write the consumed users "
+                                          "to this online store (a Redis URL; may be the --redis one)."),
+    online: Optional[str] = typer.Option(None, "--online", help="Serve from this online store (redis://HOST:PORT/DB, "
+                                         "filled by `huaxiang publish`) instead of a store file: a stateless "
+                                         "worker; events and deletions are queued for the one writer."),
+    workers: int = typer.Option(1, "--workers", min=1, help="With --online: worker processes on this host."),
 ):
     """Serve profiles, recommendations, search and segments over HTTP (API reference at /docs and /openapi.json)."""
     import uvicorn
 
     from ..serve.app import ServeSettings, create_app
-    from ..serve.guard import protocol
     from ..stream import RedisSource
     source = RedisSource(redis_url, stream, group, "serve") if redis_url else None
     settings = ServeSettings(max_body_bytes=max_body_bytes, key_rate=key_rate, failed_keys=failed_keys,
                              session_hours=session_hours, header_seconds=client_timeout, body_seconds=client_timeout)
+    if online:
+        if redis_url or publish:
+            raise HuaxiangError("--online serves the online store; the writer (--redis, --publish) runs with --db")
+        return serve_online(online, workers, host, port, settings)
+    if workers > 1:
+        raise HuaxiangError("--workers needs --online: a store file has one writing process (publish it to an "
+                            "online store and serve that)")
     import sys
     sys.setswitchinterval(0.0005)  # the event loop waits less for the GIL while a worker thread computes
-    uvicorn.run(create_app(db, settings, source), host=host, port=port, http=protocol(settings),
-                log_level="warning", access_log=False)
+    if publish and not redis_url:
+        raise HuaxiangError("--publish needs --redis (the writer is the stream's consumer)")
+    from ..online.writer import OnlineWriter
+    writer = OnlineWriter(publish) if publish else None  # (it renders from the service's store connection)
+    uvicorn.run(create_app(db, settings, source, writer), host=host, port=port,
+                http="huaxiang.serve.guard:SlowHeaders", log_level="warning", access_log=False)
+
+
+def serve_online(url: str, workers: int, host: str, port: int, settings) -> None:
+    """`workers` uvicorn worker processes of `serve.app:online_app` on one socket (uvicorn restarts one that dies)."""
+    import dataclasses
+    import os
+
+    import uvicorn
+
+    from ..online.layout import connect
+    from ..serve.app import ONLINE_ENV
+    connect(url)  # (a wrong URL: one line now, not a traceback per worker)
+    os.environ[ONLINE_ENV] = json.dumps({"url": url, "settings": dataclasses.asdict(settings)})
+    uvicorn.run("huaxiang.serve.app:online_app", factory=True, workers=workers, host=host, port=port,
+                http="huaxiang.serve.guard:SlowHeaders", log_level="warning", access_log=False)
 
 
 def consume(
@@ -55,21 +89,31 @@ def consume(
     consumer_name: str = typer.Option("consumer-1", "--consumer", help="This consumer's name in the group."),
     batch: int = typer.Option(500, "--batch", min=1, help="Events per store transaction."),
     idle_exit: Optional[float] = typer.Option(None, "--idle-exit", help="Stop after this many idle seconds."),
+    publish: Optional[str] = typer.Option(None, "--publish", help="Also write each batch's users to this online "
+                                          "store (a Redis URL, may equal --redis) before acknowledging it: the one "
+                                          "writer of `huaxiang serve --online`."),
     config: Optional[str] = CONFIG,
 ):
-    """Keep profiles fresh from a Redis stream: store each batch, refresh its users' profiles, then acknowledge."""
+    """Keep profiles fresh from a Redis stream: store each batch, refresh its users' profiles (and write them to
+    the online store with --publish), then acknowledge. Deletions queued on the stream run in stream order."""
+    from ..online.writer import OnlineWriter
     from ..stream import RedisSource
     from ..stream import consume as run_consume
     source = RedisSource(redis_url, stream, group, consumer_name)
+    con = connect(db)
+    writer = OnlineWriter(publish, con) if publish else None
     with spinner() as bar:
         task = bar.add_task(f"waiting for events on {stream}", total=None)
-        report = run_consume(connect(db), load_config(config), source, batch, idle_exit_s=idle_exit,
+        report = run_consume(con, load_config(config), source, batch, idle_exit_s=idle_exit, writer=writer,
                              on_batch=lambda r, _: bar.update(task, description=(
                                  f"{r.messages:,} messages: {r.added:,} added, {r.duplicates:,} duplicates, "
-                                 f"{r.quarantined:,} quarantined, {r.refreshed:,} profiles refreshed")))
+                                 f"{r.quarantined:,} quarantined, {r.refreshed:,} profiles refreshed, "
+                                 f"{r.forgotten:,} users forgotten" + (f", {r.online:,} written online"
+                                                                       if writer else ""))))
     out.print(f"{report.messages:,} messages in {report.batches:,} batches: {report.added:,} events added, "
               f"{report.duplicates:,} duplicates, {report.quarantined:,} quarantined, "
-              f"{report.refreshed:,} profiles refreshed")
+              f"{report.refreshed:,} profiles refreshed, {report.forgotten:,} users forgotten"
+              + (f", {report.online:,} written online" if writer else ""))
 
 
 def create_key(
@@ -79,16 +123,25 @@ def create_key(
     expires_in: Optional[str] = typer.Option(None, "--expires-in", help="A lifetime: 90d, 12h, 30m or seconds."),
     db: str = DB,
     label: str = typer.Option("", "--label", help="A note on who holds the key."),
+    online: Optional[str] = ONLINE_KEYS,
 ):
     """Create an API key; it is printed once, as the last line (only its hash is stored). To make keys while
     `huaxiang serve` holds the store, use its admin route POST /v1/keys."""
-    from ..serve.keys import create_key as create
-    made, key = create(connect(db), scope, label, tenant or None, duration(expires_in) if expires_in else None)
+    made, key = key_table(db, online).create(scope, label, tenant or None, duration(expires_in) if expires_in else None)
     whose = f"tenants {', '.join(sorted(made.tenants))}" if made.tenants is not None else "every tenant"
     out.print(f"created {made.id}, a {scope} key for {whose}{' (' + label + ')' if label else ''}"
               f"{', expiring ' + str(made.expires_at) if made.expires_at else ''}; store it now, it is not shown again:",
               markup=False, highlight=False)
     print(key)
+
+
+def key_table(db: str, online: str | None):
+    """The key table to work on: the online store's (`RedisKeys`) or the store file's (`StoreKeys`)."""
+    from ..serve.keys import RedisKeys, StoreKeys
+    if online:
+        from ..online.layout import connect as reach
+        return RedisKeys(reach(online))
+    return StoreKeys(connect(db))
 
 
 def duration(text: str) -> timedelta:
@@ -104,10 +157,10 @@ def duration(text: str) -> timedelta:
 def list_keys(
     db: str = DB,
     as_json: bool = json_option("Print the keys as JSON (the list GET /v1/keys gives)."),
+    online: Optional[str] = ONLINE_KEYS,
 ):
     """List the API keys: id, scope, tenants, label, created, expiry, revoked (never the keys themselves)."""
-    from ..serve.keys import list_keys as listing
-    keys = [k.listing() for k in listing(connect(db))]
+    keys = [k.listing() for k in key_table(db, online).list()]
     if as_json:
         print(json.dumps(keys, ensure_ascii=False))
         return
@@ -121,10 +174,10 @@ def list_keys(
 def revoke_key(
     key_id: str = typer.Argument(..., help="The key's id, as `huaxiang keys list` shows it (k_…)."),
     db: str = DB,
+    online: Optional[str] = ONLINE_KEYS,
 ):
     """Revoke an API key (by its id). While `huaxiang serve` holds the store, use DELETE /v1/keys/{id} instead."""
-    from ..serve.keys import revoke_key as revoke
-    revoke(connect(db), key_id)
+    key_table(db, online).revoke(key_id)
     out.print(f"revoked {key_id}", markup=False, highlight=False)
 
 

@@ -9,7 +9,7 @@ from datetime import date, datetime
 import duckdb
 
 from ..errors import HuaxiangError
-from .scores import user_scores
+from .scores import scores_where
 from .summary import summarize
 
 WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
@@ -31,29 +31,56 @@ def _plain(value):
 def profile_records(con: duckdb.DuckDBPyConnection, user_ids: list[str], recent: int = 10) -> dict[str, dict]:
     """{user_id: profile record} for those of `user_ids` with a profile: the profile row, their `recent` latest
     events (with item titles) and their scores — three queries however many users."""
+    return records_where(con, "user_id IN (SELECT unnest(?))", [list(user_ids)], recent)
+
+
+def records_where(con: duckdb.DuckDBPyConnection, where: str, params: list, recent: int = 10) -> dict[str, dict]:
+    """`profile_records` of the users with a profile whose `user_id` meets `where` (SQL, with `params` for its
+    placeholders): e.g. a range of ids, so that a publish reads a batch of users without a list of them."""
     try:
-        cur = con.execute("SELECT * FROM profiles WHERE user_id IN (SELECT unnest(?))", [list(user_ids)])
+        cur = con.execute(f"SELECT * FROM profiles WHERE {where}", params)
     except duckdb.CatalogException as exc:
         raise HuaxiangError("no profiles in this store yet: run `huaxiang build` first") from exc
     names = [d[0] for d in cur.description]
-    records = {row[0]: {k: _plain(v) for k, v in zip(names, row)} for row in cur.fetchall()}
+    plain = [_converter(str(d[1])) for d in cur.description]
+    records = {row[0]: {k: (v if f is None or v is None else f(v)) for k, f, v in zip(names, plain, row)}
+               for row in cur.fetchall()}
     if not records:
         return {}
-    ids = list(records)
-    ev = con.execute("""SELECT e.user_id, e.ts, e.type, e.item_id, i.title, e.category_id, e.price, e.query
-        FROM events e LEFT JOIN items i USING (item_id) WHERE e.user_id IN (SELECT unnest(?))
-        QUALIFY row_number() OVER (PARTITION BY e.user_id ORDER BY e.ts DESC, e.event_id) <= ?
-        ORDER BY e.user_id, e.ts DESC, e.event_id""", [ids, recent])
+    ev = con.execute(f"""SELECT e.user_id, e.ts, e.type, e.item_id, i.title, e.category_id, e.price, e.query
+        FROM events e LEFT JOIN items i USING (item_id) WHERE {where}
+        QUALIFY row_number() OVER (PARTITION BY e.user_id ORDER BY e.ts DESC, e.event_id) <= {int(recent)}
+        ORDER BY e.user_id, e.ts DESC, e.event_id""", params)
     names = [d[0] for d in ev.description][1:]
+    plain = [_converter(str(d[1])) for d in ev.description][1:]
     for r in records.values():
         r["recent_events"] = []
     for user, *row in ev.fetchall():
-        records[user]["recent_events"].append({k: _plain(v) for k, v in zip(names, row) if v is not None})
-    scores = user_scores(con, ids)
+        if user in records:
+            records[user]["recent_events"].append({k: (v if f is None else f(v))
+                                                   for k, f, v in zip(names, plain, row) if v is not None})
+    scores = scores_where(con, where, params)
     for user, r in records.items():
         r["scores"] = scores.get(user, {})
         r["summary"] = summarize(r)
     return records
+
+
+_AS_IS = {"VARCHAR", "BIGINT", "INTEGER", "SMALLINT", "TINYINT", "UBIGINT", "UINTEGER", "HUGEINT", "BOOLEAN"}
+
+
+def _float(v):
+    return None if math.isnan(v) or math.isinf(v) else v
+
+
+def _converter(sql_type: str):
+    """What `_plain` does to a value of a column of this type (None: nothing), chosen once per column: most
+    columns of a profile need nothing, and walking every value costs more than the rest of a record."""
+    if sql_type in _AS_IS or (sql_type.endswith("[]") and sql_type[:-2] in _AS_IS):
+        return None
+    if sql_type in ("DOUBLE", "FLOAT"):
+        return _float
+    return _plain
 
 
 def profile_record(con: duckdb.DuckDBPyConnection, user_id: str, recent: int = 10) -> dict:
@@ -155,3 +182,13 @@ def render_text(r: dict) -> str:
             what = e.get("title") or e.get("query") or e.get("item_id", "")
             lines.append(f"    {e['ts'][:16]}  {e['type']:<6} {what[:70]}")
     return "\n".join(lines)
+
+
+def week_hours(con, user_id: str, offset_hours: float) -> list[list[int]]:
+    """The user's interactions by weekday (Monday first) × hour of day, in local time (UTC + offset)."""
+    grid = [[0] * 24 for _ in WEEKDAYS]
+    shift = int(round(offset_hours * 3600))
+    for dow, hour, n in con.execute("""SELECT (dayofweek(t) + 6) % 7, hour(t), count(*) FROM
+            (SELECT ts + to_seconds(?) AS t FROM events WHERE user_id = ?) GROUP BY ALL""", [shift, user_id]).fetchall():
+        grid[dow][hour] = n
+    return grid

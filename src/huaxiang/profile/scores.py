@@ -258,9 +258,16 @@ def write_scores(con: duckdb.DuckDBPyConnection, cfg: Config, kinds, note: Calla
 
 def user_scores(con: duckdb.DuckDBPyConnection, user_ids: list[str]) -> dict[str, dict]:
     """{user_id: {kind: {score, ...detail}}} for `user_ids`; {} before `huaxiang score` has run."""
+    return scores_where(con, "user_id IN (SELECT unnest(?))", [list(user_ids)])
+
+
+def scores_where(con: duckdb.DuckDBPyConnection, where: str, params: list) -> dict[str, dict]:
+    """`user_scores` of the users whose `user_id` meets `where` (SQL, with `params`); each user's kinds in the
+    order of KINDS, whatever order the rows were written in."""
     try:
-        rows = con.execute("SELECT user_id, kind, score, detail FROM scores WHERE user_id IN (SELECT unnest(?))",
-                           [list(user_ids)]).fetchall()
+        rows = con.execute(f"""SELECT user_id, kind, score, detail FROM scores WHERE {where}
+            ORDER BY user_id, coalesce(list_position({list(KINDS)}, kind), {len(KINDS) + 1}), kind""",
+                           params).fetchall()
     except duckdb.CatalogException:
         return {}
     out: dict[str, dict] = {}

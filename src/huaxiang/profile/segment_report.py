@@ -55,12 +55,7 @@ def segment_report(con: duckdb.DuckDBPyConnection, epsilon: float | None = None,
         rules = {t: rows for t, rows in rules.items() if t in wanted}
     if epsilon is not None:
         _check(epsilon, clv_cap)
-        tiers = _by_tenant(value_tiers(con, clv_cap))
-        rng = np.random.default_rng(seed)
-        parts = [{"tenant": t, **{k: v for k, v in _private(rows, tiers.get(t, []), epsilon, clv_cap,
-                                                              int(rng.integers(2**31))).items() if k != "privacy"}}
-                 for t, rows in rules.items()]
-        return {"tenants": parts, "privacy": _privacy(epsilon, clv_cap)}
+        return private_report(rules, _by_tenant(value_tiers(con, clv_cap)), epsilon, clv_cap, seed)
     feats, tiers, clusters = segment_features(con), _by_tenant(value_tiers(con)), segment_clusters(con)
     parts = []
     for t, rows in rules.items():
@@ -70,6 +65,39 @@ def segment_report(con: duckdb.DuckDBPyConnection, epsilon: float | None = None,
                       "features": feats.get(t, []), "value_tiers": tiers.get(t, []), "clusters": clusters.get(t, []),
                       "drift": segment_drift(con, t)})
     return {"tenants": parts}
+
+
+def private_report(rules: dict[str, list], tiers: dict[str, list[dict]], epsilon: float, clv_cap: float,
+                   seed: int | None = None) -> dict:
+    """The private report from each tenant's rules (`segment_rules`) and value-tier cells with CLVs clipped to
+    `clv_cap` (`value_tiers`, or `clipped_tiers` of the values the online store keeps)."""
+    _check(epsilon, clv_cap)
+    rng = np.random.default_rng(seed)
+    parts = [{"tenant": t, **{k: v for k, v in _private(rows, tiers.get(t, []), epsilon, clv_cap,
+                                                          int(rng.integers(2**31))).items() if k != "privacy"}}
+             for t, rows in rules.items()]
+    return {"tenants": parts, "privacy": _privacy(epsilon, clv_cap)}
+
+
+def tier_values(con: duckdb.DuckDBPyConnection, tenant: str) -> list[tuple[str, str, np.ndarray]]:
+    """(value tier, segment, every user's CLV) of one tenant's cells — what a private report with any `clv_cap`
+    is computed from (`clipped_tiers`); [] before `huaxiang score clv`."""
+    try:
+        rows = con.execute(f"""SELECT json_extract_string(s.detail, '$.value_tier') AS tier, p.segment,
+                list(s.score ORDER BY s.score) FROM scores s JOIN profiles p USING (user_id)
+            WHERE s.kind = 'clv' AND {tenant_sql('s.user_id')} = ? GROUP BY 1, 2""", [tenant]).fetchall()
+    except duckdb.CatalogException:
+        return []
+    return [(t, g, np.asarray(v, dtype=np.float64)) for t, g, v in rows]
+
+
+def clipped_tiers(cells: list[tuple[str, str, np.ndarray]], clv_cap: float) -> list[dict]:
+    """`value_tiers` of one tenant (in its order) from `tier_values`' cells, each CLV clipped to [0, clv_cap]."""
+    order = ["top", "high", "medium", "low"]
+    rows = [{"value_tier": t, "segment": g, "users": len(v), "mean_clv": float(np.clip(v, 0, clv_cap).mean())}
+            for t, g, v in cells if len(v)]
+    return sorted(rows, key=lambda r: (order.index(r["value_tier"]) if r["value_tier"] in order else len(order),
+                                       -r["users"], r["segment"] or ""))
 
 
 def tenant_label(tenant: str) -> str:

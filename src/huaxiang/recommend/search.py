@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy import sparse
@@ -134,6 +135,32 @@ def title_catalogue(con, tenant: str) -> tuple[list, dict[str, str], TitleIndex]
     return built
 
 
+def pack_catalogue(catalogue: tuple) -> dict[str, bytes]:
+    """A title catalogue (`title_catalogue`) as named byte strings — JSON and NumPy arrays, nothing that executes
+    when read back (the online store keeps it for the API workers)."""
+    import io
+    import json
+    ids, titles, index = catalogue
+    m, buf = index.matrix_, io.BytesIO()
+    np.savez(buf, data=m.data, indices=m.indices, indptr=m.indptr, shape=np.array(m.shape))
+    return {"ids.json": json.dumps(ids, ensure_ascii=False).encode(),
+            "titles.json": json.dumps(titles, ensure_ascii=False).encode(),
+            "vocab.json": json.dumps(index.vocab_, ensure_ascii=False).encode(),
+            "bm25.json": json.dumps({"k1": index.k1, "b": index.b}).encode(), "index.npz": buf.getvalue()}
+
+
+def unpack_catalogue(files: dict[str, bytes]) -> tuple:
+    """The catalogue `pack_catalogue` packed."""
+    import io
+    import json
+    arrays = np.load(io.BytesIO(files["index.npz"]), allow_pickle=False)
+    index = TitleIndex(**json.loads(files["bm25.json"]))
+    index.matrix_ = sparse.csc_matrix((arrays["data"], arrays["indices"], arrays["indptr"]),
+                                      shape=tuple(int(x) for x in arrays["shape"]))
+    index.vocab_ = json.loads(files["vocab.json"])
+    return json.loads(files["ids.json"]), json.loads(files["titles.json"]), index
+
+
 def catalogue_tenants(con) -> list[str]:
     """The tenants that have titled items, sorted ('' first when un-namespaced items have titles)."""
     key = con.execute("SELECT count(*), sum(hash(item_id, title)) FROM items WHERE title IS NOT NULL").fetchone()
@@ -147,9 +174,9 @@ def catalogue_tenants(con) -> list[str]:
     return found
 
 
-def search_tenant(con, user_id: str | None, tenant: str | None) -> str:
+def search_tenant(user_id: str | None, tenant: str | None, known: Callable[[], list[str]]) -> str:
     """The one tenant a search runs in: the user's (`tenant`, when also given, must be the same), else `tenant`,
-    else the only tenant with titled items; HuaxiangError when that leaves a choice."""
+    else the only tenant with titled items (`known()`, sorted); HuaxiangError when that leaves a choice."""
     if tenant is not None and not is_tenant_name(tenant):
         raise HuaxiangError(f"a tenant name holds no {TENANT_SEPARATOR!r} nor NUL and has at most 100 characters: "
                             f"{tenant[:100]!r}")
@@ -160,7 +187,7 @@ def search_tenant(con, user_id: str | None, tenant: str | None) -> str:
         return own
     if tenant is not None:
         return tenant
-    found = catalogue_tenants(con)
+    found = known()
     if len(found) <= 1:
         return found[0] if found else ""
     names = ", ".join(repr(t) for t in found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
@@ -175,8 +202,8 @@ def search_store(con, query: str, user_id: str | None, k: int, encoder=None, rec
     vectors."""
     from .user_view import user_view
     settings = settings or SearchSettings()
-    tenant = search_tenant(con, user_id, tenant)
-    ids, titles, index = title_catalogue(con, tenant)
+    tenant = search_tenant(user_id, tenant, lambda: catalogue_tenants(con))
+    ids = title_catalogue(con, tenant)[0]
     vectors = qv = None
     if encoder is not None and len(ids) > 1:
         found = dict(con.execute(f"""SELECT key, vector FROM embeddings WHERE kind = 'item' AND model = ?
@@ -187,14 +214,24 @@ def search_store(con, query: str, user_id: str | None, k: int, encoder=None, rec
                 if item in found:
                     vectors[i] = found[item]
             qv = encoder.encode([query], "query")[0]
-    items, rel = text_relevance(index, query, qv, vectors, build_faiss(vectors), settings)
+    history = [i for i, _ in user_view(con, rec, user_id).history] if user_id and rec is not None else []
+    return search_in(title_catalogue(con, tenant), tenant, query, user_id, k, rec, history, settings, qv, vectors)
+
+
+def search_in(catalogue: tuple, tenant: str, query: str, user_id: str | None, k: int, rec=None,
+              history: list[int] = (), settings: SearchSettings | None = None, query_vector=None,
+              item_vectors=None) -> dict:
+    """Search one tenant's title catalogue (`title_catalogue`), re-ranked by the recommender's scores for
+    `history` (the user's latest item indices) when there is one — what `search_store` and the online API workers
+    share."""
+    settings = settings or SearchSettings()
+    ids, titles, index = catalogue
+    items, rel = text_relevance(index, query, query_vector, item_vectors, build_faiss(item_vectors), settings)
     personal = None
-    if user_id and rec is not None and len(items):
-        history = [i for i, _ in user_view(con, rec, user_id).history]
-        if history:
-            scores = rec.model.score([history])[0]
-            cand = np.array([scores[rec.index[ids[i]]] if ids[i] in rec.index else np.nan for i in items])
-            personal = np.where(np.isnan(cand), np.nanmean(cand) if np.isfinite(cand).any() else 0.0, cand)
+    if history and rec is not None and len(items):
+        scores = rec.model.score([list(history)])[0]
+        cand = np.array([scores[rec.index[ids[i]]] if ids[i] in rec.index else np.nan for i in items])
+        personal = np.where(np.isnan(cand), np.nanmean(cand) if np.isfinite(cand).any() else 0.0, cand)
     final = personalise(rel, personal, settings.user_weight)
     order = np.argsort(-final, kind="stable")[:k]
     return {"query": query, "user_id": user_id, "tenant": tenant, "personalised": personal is not None,

@@ -263,12 +263,40 @@ class StoreRecommender:
         return sum(self.snapshot[part].pop(user_id, None) is not None for part in USER_PARTS)
 
 
-def load_store_recommender(db: str, history_length: int = HISTORY_LENGTH) -> StoreRecommender:
+def recommender_files(db: str) -> dict[str, bytes] | None:
+    """The saved recommender of the store `db` as {path under its folder: bytes} (None: none trained), with the
+    per-user parts of its snapshot left out (the online store keeps each user's context beside their profile)."""
     d = model_dir(db)
-    if history_length < 1:
-        raise HuaxiangError(f"history_length must be at least 1 (got {history_length})")
+    if not has_model(db):
+        return None
+    files = {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+    snap = json.loads(files["snapshot.json"])
+    files["snapshot.json"] = json.dumps({**snap, **{part: {} for part in USER_PARTS}}, ensure_ascii=False).encode()
+    return files
+
+
+def load_recommender_files(files: dict[str, bytes], history_length: int = HISTORY_LENGTH) -> StoreRecommender:
+    """A recommender from `recommender_files`' output (written to a temporary folder and loaded from there)."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="huaxiang-model-") as tmp:
+        for name, data in files.items():
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise HuaxiangError(f"model file {name!r} is outside its folder")
+            path = Path(tmp, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        return load_recommender_dir(Path(tmp), history_length)
+
+
+def load_store_recommender(db: str, history_length: int = HISTORY_LENGTH) -> StoreRecommender:
     if not has_model(db):
         raise HuaxiangError(f"no recommender for {db} yet: run `huaxiang train recommender --db {db}` first")
+    return load_recommender_dir(model_dir(db), history_length)
+
+
+def load_recommender_dir(d: Path, history_length: int = HISTORY_LENGTH) -> StoreRecommender:
+    if history_length < 1:
+        raise HuaxiangError(f"history_length must be at least 1 (got {history_length})")
     meta = json.loads((d / "recommender.json").read_text())
     vectors = np.load(d / "item_vectors.npy") if (d / "item_vectors.npy").exists() else None
     rec = StoreRecommender(load_model(str(d / "model")), load_model(str(d / "knn")), meta["items"],

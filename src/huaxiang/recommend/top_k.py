@@ -20,6 +20,8 @@ for a user who arrived after training; either way only their latest `rec.history
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from ..models.seqrec.itemknn import row_entries
@@ -48,9 +50,16 @@ def top_indices(scores: np.ndarray, k: int, exclude: set[int]) -> list[int]:
 def recommend(con, rec: StoreRecommender, user_id: str, k: int = 10, explain: bool = True) -> dict:
     """The user's top-k items of their own tenant: {"user_id", "source", "k", "items": [{"item_id", "score",
     "title", "reason"}]}; source is history, searches, segment, popularity or no-tenant-items."""
+    return recommend_view(rec, user_view(con, rec, user_id), user_id, k, explain,
+                          lambda q, tenant: search_store(con, q, None, k, tenant=tenant)["items"])
+
+
+def recommend_view(rec: StoreRecommender, user: UserView, user_id: str, k: int, explain: bool,
+                   search: Callable[[str, str], list[dict]]) -> dict:
+    """`recommend` for a user known by their `UserView` (only items of their tenant); `search(query, tenant)` gives
+    a query's best title matches in the tenant (the cold start from searches)."""
     tenant = tenant_of(user_id)
     mask = rec.tenant_mask(tenant)  # None: every item is the tenant's
-    user = user_view(con, rec, user_id)  # (only items of the tenant)
     bought = {i for i, t in user.history if t in ("buy", "review")}  # a review means the user has it
     scores, source = None, "history"
     if user.history:
@@ -58,7 +67,7 @@ def recommend(con, rec: StoreRecommender, user_id: str, k: int = 10, explain: bo
         if np.ptp(scores[1:] if mask is None else scores[mask]) == 0:  # the model knows nothing about these items
             scores = None
     if scores is None:
-        found = _from_searches(con, user.queries, k, tenant, {rec.items[i - 1] for i in bought})
+        found = _from_searches(search, user.queries, k, tenant, {rec.items[i - 1] for i in bought})
         if found:
             return {"user_id": user_id, "source": "searches", "k": k, "items": found}
         if not len(rec.tenant_items(tenant)):
@@ -75,11 +84,11 @@ def recommend(con, rec: StoreRecommender, user_id: str, k: int = 10, explain: bo
                        "reason": why} for i, why in zip(chosen, reasons)]}
 
 
-def _from_searches(con, queries: list[str], k: int, tenant: str, exclude: set[str]) -> list[dict]:
+def _from_searches(search, queries: list[str], k: int, tenant: str, exclude: set[str]) -> list[dict]:
     """Cold start from the user's latest searches: the best title matches (BM25) of each, in the tenant."""
     out = []
     for q in queries:
-        for item in search_store(con, q, None, k, tenant=tenant)["items"]:
+        for item in search(q, tenant):
             if item["item_id"] not in exclude and all(x["item_id"] != item["item_id"] for x in out):
                 out.append({"item_id": item["item_id"], "score": item["score"], "title": item["title"],
                             "reason": f"matches your search “{q[:60]}”"})

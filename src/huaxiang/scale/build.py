@@ -142,6 +142,7 @@ def build(engine: str, input_dir: str, output_dir: str, cfg: Config, master: str
         write(ib, engine, derive.derive_scores(ib, engine, cfg, scores, feats, cuts, only, sample, note),
                dst / "scores" / f"built={stamp}")
     entry = {"built": stamp, "engine": engine, "incremental": incremental,
+             "input": input_dir if is_uri(input_dir) else str(Path(input_dir).resolve()),  # (for `publish`)
              "users": int(feats.count().to_pyarrow().as_py()),
              "price_cuts": {t: [float(c) for c in v] for t, v in cuts.items()},
              "thresholds": {t: {k: float(x) for k, x in v.items()} for t, v in th.items()},

@@ -12,6 +12,7 @@ sign-in sessions, rate limits), `api/` (the JSON routes), `ui.py` + `pages.py` (
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -24,7 +25,7 @@ from .. import __version__
 from ..errors import HuaxiangError
 from . import ui
 from .api import health, keys, read, write
-from .guard import Guard
+from .guard import Guard, SlowHeaders
 from .reference import reference_page
 from .service import ServeSettings, Service
 
@@ -46,26 +47,67 @@ async def user_error(request: Request, exc: HuaxiangError):
     return JSONResponse({"detail": text}, status_code=404 if text.startswith(NOT_FOUND) else 400)
 
 
-def consume_forever(service: Service, source) -> None:
+def consume_forever(service: Service, source, writer=None) -> None:
     """The service's stream consumer: on an error it says so and starts again; the unacknowledged batch is
-    redelivered and its event ids keep it from being stored twice."""
+    redelivered and its event ids keep it from being stored twice. `writer`: an online.writer.OnlineWriter."""
     from ..stream import consume
     while True:
         try:
-            consume(service.cursor(), service.cfg, source, refresh=service.refresh, lock=service.write_lock)
+            consume(service.cursor(), service.cfg, source, refresh=service.refresh, lock=service.write_lock,
+                    writer=writer, forget=service.forget)
         except Exception as exc:  # keep consuming: the service must not go stale silently
             log.error("stream consumer stopped (%s: %s); restarting in 1 s", type(exc).__name__, exc)
             time.sleep(1)
             source.rewind()
 
 
-def create_app(db: str, settings: ServeSettings | None = None, stream=None) -> FastAPI:
-    """The API over the store `db`; with `stream` (a `huaxiang.stream` source) it also consumes that stream."""
+def create_app(db: str, settings: ServeSettings | None = None, stream=None, writer=None) -> FastAPI:
+    """The API over the store `db`; with `stream` (a `huaxiang.stream` source) it also consumes that stream, and with
+    `writer` (an `online.writer.OnlineWriter`) it writes what it consumes to the online store as well."""
     settings = settings or ServeSettings()
     service = Service(db, settings)
+    if writer is not None:  # what the routes write goes online too, rendered from the service's store
+        writer.con = writer.con or service.con
+        service.writer = writer
+    app = assemble(service, settings)
+    # profiles that a crash between a batch's commit and its refresh left missing
+    threading.Thread(target=service.refresh_missing, name="refresh-missing", daemon=True).start()
+    threading.Thread(target=service.reload_keys_forever, name="key-reload", daemon=True).start()
+    if stream is not None:  # events from a Redis stream, consumed in this process (it owns the store)
+        threading.Thread(target=consume_forever, name="stream-consumer", daemon=True,
+                         args=(service, stream, writer)).start()
+    return app
+
+
+def create_online_app(url: str, settings: ServeSettings | None = None) -> FastAPI:
+    """A stateless API worker over the online store at `url` (serve/online.py)."""
+    from .online import OnlineService
+    settings = settings or ServeSettings()
+    service = OnlineService(url, settings)
+    app = assemble(service, settings)
+    threading.Thread(target=service.watch_forever, name="online-watch", daemon=True).start()
+    return app
+
+
+ONLINE_ENV = "HUAXIANG_ONLINE"  # how `huaxiang serve --online --workers N` tells its worker processes what to serve
+
+
+def online_app() -> FastAPI:
+    """The app factory each worker process of `huaxiang serve --online … --workers N` calls (uvicorn imports it by
+    name in every worker): the URL and settings come from the environment variable `ONLINE_ENV`."""
+    import json
+    import sys
+    given = json.loads(os.environ[ONLINE_ENV])
+    sys.setswitchinterval(0.0005)  # the event loop waits less for the GIL while a worker thread computes
+    return create_online_app(given["url"], ServeSettings(**given["settings"]))
+
+
+def assemble(service, settings: ServeSettings) -> FastAPI:
+    """The app of either kind of service: middleware, error handlers, routes, the reference page."""
     app = FastAPI(title="huaxiang", version=__version__, docs_url=None, redoc_url=None,
                   description="Deep user profiles for e-commerce search and recommendation.")
     app.state.service = service
+    SlowHeaders.header_seconds = settings.header_seconds  # (the connections' protocol, one per process)
     app.add_middleware(Guard, settings=settings, metrics=service.metrics)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(HuaxiangError, user_error)
@@ -73,11 +115,4 @@ def create_app(db: str, settings: ServeSettings | None = None, stream=None) -> F
     for router in (health.router, read.router, write.router(settings), keys.router, ui.router):
         app.include_router(router)
     app.add_api_route("/docs", lambda: reference_page(app), include_in_schema=False)
-
-    # profiles that a crash between a batch's commit and its refresh left missing
-    threading.Thread(target=service.refresh_missing, name="refresh-missing", daemon=True).start()
-    threading.Thread(target=service.reload_keys_forever, name="key-reload", daemon=True).start()
-    if stream is not None:  # events from a Redis stream, consumed in this process (it owns the store)
-        threading.Thread(target=consume_forever, name="stream-consumer", daemon=True,
-                         args=(service, stream)).start()
     return app

@@ -116,7 +116,3 @@ class SlowHeaders(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
-
-def protocol(settings: ServeSettings) -> type[SlowHeaders]:
-    """The protocol class for uvicorn (`http=`), with this app's header deadline."""
-    return type("SlowHeaders", (SlowHeaders,), {"header_seconds": settings.header_seconds})

@@ -9,14 +9,17 @@ a key with no tenants is the platform's own, for every tenant. A tenant is the t
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import duckdb
 
 from ..errors import HuaxiangError
+from ..online.layout import KEYS, KEYS_REV
 from ..schema import TENANT_SEPARATOR, is_tenant_name, tenant_of
+from ..store import has_table
 
 SCOPES = ("read", "write", "admin")
 KEYS_DDL = """CREATE TABLE IF NOT EXISTS api_keys (
@@ -78,6 +81,10 @@ def _ready(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(KEYS_DDL)
         for sql in KEYS_MIGRATION:
             con.execute(sql)
+        try:  # (DuckDB 1.4.4 cannot replay this DDL from its write-ahead log: a server stopped before its next
+            con.execute("CHECKPOINT")  # checkpoint left a store that would not open again)
+        except duckdb.Error:
+            pass  # another transaction is running: DuckDB checkpoints later by itself
 
 
 def check_tenants(tenants: list[str] | None) -> frozenset[str] | None:
@@ -95,19 +102,26 @@ def create_key(con: duckdb.DuckDBPyConnection, scope: str, label: str = "", tena
                expires_in: timedelta | None = None) -> tuple[Key, str]:
     """A new key of `scope` for `tenants` (None: all): (its record, the key). Only the key's hash is stored, so this
     is the one time the key can be read."""
+    record, key = new_key(scope, label, tenants, expires_in)
+    _ready(con)
+    con.execute("INSERT INTO api_keys (key_hash, scope, label, created_at, id, tenants, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", [key_hash(key), scope, label, record.created_at, record.id,
+                                                 sorted(record.tenants) if record.tenants is not None else None,
+                                                 record.expires_at])
+    return record, key
+
+
+def new_key(scope: str, label: str = "", tenants: list[str] | None = None,
+            expires_in: timedelta | None = None) -> tuple[Key, str]:
+    """A new key's record and the key itself, checked, not yet stored anywhere."""
     if scope not in SCOPES:
         raise HuaxiangError(f"unknown scope {scope!r} (one of: {', '.join(SCOPES)})")
     bound = check_tenants(tenants)
     if expires_in is not None and expires_in.total_seconds() <= 0:
         raise HuaxiangError("a key's lifetime must be positive")
-    _ready(con)
     key, key_id = "hx_" + secrets.token_urlsafe(32), "k_" + secrets.token_hex(6)
     now = datetime.now().replace(microsecond=0)
-    record = Key(key_id, scope, bound, label, now, now + expires_in if expires_in else None)
-    con.execute("INSERT INTO api_keys (key_hash, scope, label, created_at, id, tenants, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)", [key_hash(key), scope, label, now, key_id,
-                                                 sorted(bound) if bound is not None else None, record.expires_at])
-    return record, key
+    return Key(key_id, scope, bound, label, now, now + expires_in if expires_in else None), key
 
 
 def _record(row) -> Key:
@@ -148,3 +162,82 @@ def header_key(request) -> str | None:
     if key is None and auth.lower().startswith("bearer "):
         key = auth[7:].strip()
     return key
+
+
+class StoreKeys:
+    """The key table of a store file, with the methods of `RedisKeys`."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+
+    def create(self, scope: str, label: str = "", tenants: list[str] | None = None,
+               expires_in: timedelta | None = None) -> tuple[Key, str]:
+        return create_key(self.con, scope, label, tenants, expires_in)
+
+    def list(self) -> list[Key]:
+        return list_keys(self.con)
+
+    def revoke(self, key_id: str) -> Key:
+        return revoke_key(self.con, key_id)
+
+
+class RedisKeys:
+    """The key table of the online store (`huaxiang serve --online`): hash `hx:keys` (key hash -> the record as
+    JSON), and a counter `hx:keys:rev` raised by every change, which each API worker polls to re-read the table."""
+
+    def __init__(self, r):
+        self.r = r
+
+    def _put(self, hashed: str, record: Key) -> None:
+        with self.r.pipeline(transaction=True) as p:
+            p.hset(KEYS, hashed, json.dumps(record.listing(), ensure_ascii=False))
+            p.incr(KEYS_REV)
+            p.execute()
+
+    def create(self, scope: str, label: str = "", tenants: list[str] | None = None,
+               expires_in: timedelta | None = None) -> tuple[Key, str]:
+        record, key = new_key(scope, label, tenants, expires_in)
+        self._put(key_hash(key), record)
+        return record, key
+
+    def _all(self) -> dict[str, Key]:
+        return {h.decode(): _from_listing(json.loads(v)) for h, v in self.r.hgetall(KEYS).items()}
+
+    def list(self) -> list[Key]:
+        return sorted(self._all().values(), key=lambda k: (k.created_at or datetime.min, k.id))
+
+    def load(self) -> dict[str, Key]:
+        return {h: k for h, k in self._all().items() if not k.revoked}
+
+    def revision(self) -> int:
+        return int(self.r.get(KEYS_REV) or 0)
+
+    def revoke(self, key_id: str) -> Key:
+        for hashed, k in self._all().items():
+            if k.id == key_id:
+                done = replace(k, revoked=True)
+                self._put(hashed, done)
+                return done
+        raise HuaxiangError(f"unknown key id {key_id!r} (`huaxiang keys list --online URL` shows them)")
+
+    def copy_from(self, con: duckdb.DuckDBPyConnection) -> int:
+        """A store's keys added to this table: those it does not hold, and the store's revocations (a key revoked
+        in either place stays revoked); returns how many changed."""
+        if not has_table(con, "api_keys"):
+            return 0
+        _ready(con)
+        held = self._all()
+        changed = {h: _record(r) for h, *r in con.execute(f"SELECT key_hash, {COLUMNS} FROM api_keys").fetchall()
+                   if h not in held or (r[-1] and not held[h].revoked)}
+        if changed:
+            with self.r.pipeline(transaction=True) as p:
+                p.hset(KEYS, mapping={h: json.dumps(k.listing(), ensure_ascii=False) for h, k in changed.items()})
+                p.incr(KEYS_REV)
+                p.execute()
+        return len(changed)
+
+
+def _from_listing(d: dict) -> Key:
+    when = lambda t: datetime.fromisoformat(t) if t else None  # noqa: E731
+    return Key(d["id"], d["scope"], frozenset(d["tenants"]) if d["tenants"] is not None else None, d["label"] or "",
+               when(d["created_at"]), when(d["expires_at"]), bool(d["revoked"]))

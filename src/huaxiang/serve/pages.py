@@ -222,16 +222,6 @@ def profile_html(r: dict, grid: list[list[int]], recs: dict | None, rec_note: st
     ])
 
 
-def week_hours(con, user_id: str, offset_hours: float) -> list[list[int]]:
-    """The user's interactions by weekday (Monday first) × hour of day, in local time (UTC + offset)."""
-    grid = [[0] * 24 for _ in WEEKDAYS]
-    shift = int(round(offset_hours * 3600))
-    for dow, hour, n in con.execute("""SELECT (dayofweek(t) + 6) % 7, hour(t), count(*) FROM
-            (SELECT ts + to_seconds(?) AS t FROM events WHERE user_id = ?) GROUP BY ALL""", [shift, user_id]).fetchall():
-        grid[dow][hour] = n
-    return grid
-
-
 # ---------------------------------------------------------------------------------------------------- segments page
 
 def segments_html(rep: dict) -> str:

@@ -16,9 +16,10 @@ import duckdb
 from fastapi import HTTPException
 
 from ..config import load_config
+from ..schema import tenant_sql
 from ..store import connect, has_table
 from .docs import ProfileDocs
-from .keys import Key, key_hash, load_keys
+from .keys import Key, create_key, key_hash, list_keys, load_keys, revoke_key
 from .limits import FailedAttempts, KeyRate
 from .metrics import Metrics
 from .sessions import Sessions
@@ -42,30 +43,17 @@ class ServeSettings:
     # the GIL a second thread for this CPU-bound work lost ~12% of the throughput here)
 
 
-class Service:
-    """The store's connection, the settings, the API keys, sessions and limits, the profile documents, the
-    recommender (loaded on first use), the profile refresher and the request metrics."""
+class Base:
+    """What both kinds of service hold: the settings, the API keys (hash -> record), sign-in sessions, rate limits
+    and request metrics; `work` runs CPU-bound requests off the event loop."""
 
-    def __init__(self, db: str, settings: ServeSettings):
-        self.db, self.settings = db, settings
-        self.cfg = load_config()
-        self.con = connect(db)
-        self.keys: dict[str, Key] = load_keys(self.con.cursor())
-        self.sessions = Sessions(settings.session_hours * 3600)
+    def __init__(self, settings: ServeSettings, keys: dict[str, Key], sessions):
+        self.settings, self.keys, self.sessions = settings, keys, sessions
         self.key_rate = KeyRate(settings.key_rate, settings.key_burst)
         self.failures = FailedAttempts(settings.failed_keys)
-        self.rec = None  # the trained recommender, once a request needed it
         self.limiter = None  # how many `work` calls run at once
-        self.refresher = None  # the profile refresher, made on the first refresh
         self.metrics = Metrics()
-        self.lock = threading.Lock()  # the profile refresher (one at a time)
-        self.rec_lock = threading.Lock()  # loading the recommender (once)
-        self.write_lock = threading.RLock()  # every write to the store (see the module's docstring)
-        self.docs = ProfileDocs(self.con, settings.profile_docs)
-        self.docs.warm()
-
-    def cursor(self) -> duckdb.DuckDBPyConnection:
-        return self.con.cursor()
+        self.write_lock = threading.RLock()  # every write (see the module's docstring)
 
     async def work(self, fn, *args):
         """`fn(*args)` in a worker thread, at most `work_threads` at once (the event loop keeps answering)."""
@@ -75,7 +63,7 @@ class Service:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
     def reload_keys(self) -> None:
-        self.keys = load_keys(self.con.cursor())
+        raise NotImplementedError
 
     def reload_keys_forever(self) -> None:
         """Re-reads the key table every `key_reload_seconds` (a thread started by `create_app`), so that a key
@@ -91,12 +79,123 @@ class Service:
         """The record of a valid key (None: unknown, revoked or expired)."""
         if not key:
             return None
-        found = self.keys.get(key_hash(key))
-        return None if found is None or found.expired() else found
+        return self.key_by_hash(key_hash(key))
 
     def key_by_hash(self, hashed: str | None) -> Key | None:
         found = self.keys.get(hashed) if hashed else None
         return None if found is None or found.expired() else found
+
+
+class Service(Base):
+    """The embedded service: the store's connection, the profile documents, the recommender (loaded on first use)
+    and the profile refresher, besides what `Base` holds. The methods the routes call (`profile_doc`, `recommend`,
+    `search`, `segments`, … `write_events`, `forget`) are the same on the online service (online.py)."""
+
+    def __init__(self, db: str, settings: ServeSettings):
+        self.db, self.cfg = db, load_config()
+        self.con = connect(db)
+        super().__init__(settings, load_keys(self.con.cursor()), Sessions(settings.session_hours * 3600))
+        self.rec = None  # the trained recommender, once a request needed it
+        self.writer = None  # an online.writer.OnlineWriter when this server also writes the online store
+        self.refresher = None  # the profile refresher, made on the first refresh
+        self.lock = threading.Lock()  # the profile refresher (one at a time)
+        self.rec_lock = threading.Lock()  # loading the recommender (once)
+        self.docs = ProfileDocs(self.con, settings.profile_docs)
+        self.docs.warm()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        return self.con.cursor()
+
+    def reload_keys(self) -> None:
+        self.keys = load_keys(self.con.cursor())
+
+    # what the read routes ask for
+    async def profile_doc(self, user_id: str) -> bytes | None:
+        from fastapi.concurrency import run_in_threadpool
+        return self.docs.get(user_id) or await run_in_threadpool(self.docs.fetch, user_id)  # (held: no hand-off)
+
+    def fetch_doc(self, user_id: str) -> bytes | None:
+        return self.docs.fetch(user_id)
+
+    def recommend(self, user_id: str, k: int, explain: bool) -> dict:
+        from ..recommend.top_k import recommend
+        return recommend(self.cursor(), self.recommender(), user_id, k, explain)
+
+    def search(self, q: str, user_id: str | None, k: int, tenant: str | None) -> dict:
+        from ..recommend.search import search_store
+        return search_store(self.cursor(), q, user_id, k, None, self.recommender() if user_id else None,
+                            tenant=tenant)
+
+    def segments(self, epsilon: float | None, clv_cap: float, tenants) -> dict:
+        from ..profile.segment_report import segment_report
+        return segment_report(self.cursor(), epsilon, clv_cap, tenants=tenants)
+
+    def find_users(self, q: str, wanted: list[str], tenants, limit: int) -> list[tuple]:
+        """(user, segment, events) of users whose id is one of `wanted` or contains `q`, in `tenants` (None: all)."""
+        tenants = sorted(tenants) if tenants is not None else None
+        return self.cursor().execute(f"""SELECT user_id, segment, n_events FROM profiles
+            WHERE (user_id IN (SELECT unnest(?)) OR contains(lower(user_id), lower(?)))
+              AND (? IS NULL OR {tenant_sql('user_id')} IN (SELECT unnest(?)))
+            ORDER BY user_id IN (SELECT unnest(?)) DESC, starts_with(lower(user_id), lower(?)) DESC,
+                     n_events DESC, user_id LIMIT ?""", [wanted, q, tenants, tenants, wanted, q, limit]).fetchall()
+
+    def week(self, user_id: str, offset_hours: float) -> list[list[int]]:
+        from ..profile.render import week_hours
+        return week_hours(self.cursor(), user_id, offset_hours)
+
+    def profile_counts(self) -> dict[str, int]:
+        c = self.cursor()
+        return dict(c.execute(f"SELECT {tenant_sql('user_id')}, count(*) FROM profiles GROUP BY 1").fetchall()) \
+            if has_table(c, "profiles") else {}
+
+    def ping(self) -> dict:
+        self.cursor().execute("SELECT 1").fetchone()
+        return {}
+
+    # what the key routes ask for
+    def make_key(self, scope: str, label: str, tenants, expires_in) -> tuple[Key, str]:
+        with self.write_lock:
+            made = create_key(self.cursor(), scope, label, tenants, expires_in)
+            self.reload_keys()
+        return made
+
+    def all_keys(self) -> list[Key]:
+        return list_keys(self.cursor())
+
+    def revoke_key(self, key_id: str) -> Key:
+        with self.write_lock:
+            done = revoke_key(self.cursor(), key_id)
+            self.reload_keys()
+        return done
+
+    # what the write routes ask for
+    def write_events(self, batch: list) -> tuple[int, dict]:
+        """Validated, stored (one transaction) and the batch's users' profiles refreshed: (200, the counts). The
+        refresh runs even when every event was a duplicate: a batch re-sent after a crash between its commit and
+        its refresh still gets its profiles."""
+        from ..ingest import ingest_records
+        with self.write_lock:
+            report = ingest_records(self.cursor(), batch, f"api:{time.time_ns()}",
+                                    future_tolerance_s=self.cfg.future_tolerance_seconds)
+            refreshed = self.refresh(report.users)
+            if self.writer is not None:
+                self.writer.write(report.users)
+        return 200, {"added": report.added.get("events", 0), "profiles_refreshed": refreshed,
+                     "duplicates": report.duplicates.get("events", 0), "quarantined": report.quarantined,
+                     "conflicts": report.conflicts, "suppressed": report.suppressed,
+                     "rejected": [{"index": line - 1, "field": field, "reason": reason}
+                                  for line, field, reason in report.rejected]}
+
+    def forget(self, user_id: str, suppress: bool) -> tuple[int, dict]:
+        from ..forget import forget_user
+        with self.write_lock:
+            removed = forget_user(self.cursor(), self.db, user_id, suppress=suppress)  # unknown: 404
+            self.docs.drop([user_id])
+            if self.rec is not None:
+                self.rec.forget_user(user_id)  # the serving snapshot keeps serving, without them
+            if self.writer is not None:
+                self.writer.forgotten([user_id])
+        return 200, {"user_id": user_id, "removed": removed, "suppressed": suppress}
 
     def recommender(self):
         """The trained recommender; HTTPException 409 when there is none."""

@@ -1,12 +1,15 @@
 """Sign-in sessions of the web pages: the cookie holds a random token (never the API key) that names the key it
 was made with and expires. A session ends at sign-out, at its expiry, or when its key is revoked or expires.
-Held in the serving process: a restart signs everyone out."""
+`Sessions` are held in the serving process (a restart signs everyone out); `RedisSessions`, in online mode, in the
+online store, so that every API worker knows them."""
 from __future__ import annotations
 
 import hashlib
 import secrets
 import threading
 import time
+
+from ..online.layout import session_key
 
 
 class Sessions:
@@ -48,3 +51,23 @@ class Sessions:
         if token:
             with self.lock:
                 self.held.pop(self._hash(token), None)
+
+
+class RedisSessions:
+    """`Sessions` kept in Redis (`hx:sess:<sha256 of the token>` -> the key's hash, expiring with the session)."""
+
+    def __init__(self, r, lifetime_s: float = 8 * 3600):
+        self.r, self.lifetime = r, lifetime_s
+
+    def start(self, key_hash: str) -> str:
+        token = "hxs_" + secrets.token_urlsafe(32)
+        self.r.set(session_key(Sessions._hash(token)), key_hash, px=max(1, int(self.lifetime * 1000)))
+        return token
+
+    def key_hash(self, token: str | None) -> str | None:
+        found = self.r.get(session_key(Sessions._hash(token))) if token else None
+        return found.decode() if found is not None else None
+
+    def end(self, token: str | None) -> None:
+        if token:
+            self.r.delete(session_key(Sessions._hash(token)))

@@ -20,11 +20,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from ..errors import HuaxiangError
 from ..privacy import id_key, pseudonym
-from ..profile.segment_report import segment_report
-from ..schema import tenant_sql
-from .deps import admit, cursor, service
+from .deps import admit, service
 from .keys import Key, header_key, key_hash
-from .pages import note, page, profile_html, segments_html, signin_html, table, user_link, week_hours
+from .pages import note, page, profile_html, segments_html, signin_html, table, user_link
 
 COOKIE = "huaxiang_session"
 STATIC = {"page.css": "text/css; charset=utf-8", "page.js": "text/javascript; charset=utf-8",
@@ -125,13 +123,7 @@ def ids_for(q: str) -> list[str]:
 
 def find_users(request: Request, key: Key, q: str, limit: int) -> list[tuple]:
     """Users whose id is `q` (or its pseudonym) or contains it, among the tenants the key sees."""
-    wanted = ids_for(q)
-    tenants = sorted(key.tenants) if key.tenants is not None else None
-    return cursor(request).execute(f"""SELECT user_id, segment, n_events FROM profiles
-        WHERE (user_id IN (SELECT unnest(?)) OR contains(lower(user_id), lower(?)))
-          AND (? IS NULL OR {tenant_sql('user_id')} IN (SELECT unnest(?)))
-        ORDER BY user_id IN (SELECT unnest(?)) DESC, starts_with(lower(user_id), lower(?)) DESC,
-                 n_events DESC, user_id LIMIT ?""", [wanted, q, tenants, tenants, wanted, q, limit]).fetchall()
+    return service(request).find_users(q, ids_for(q), key.tenants, limit)
 
 
 @router.get("/ui/users", include_in_schema=False)
@@ -155,7 +147,7 @@ def suggest(request: Request, q: str = Query("", max_length=256)) -> JSONRespons
 
 def profile_record(request: Request, user_id: str) -> dict | None:
     """A user's profile record (None: no such user)."""
-    doc = service(request).docs.fetch(user_id)
+    doc = service(request).fetch_doc(user_id)
     return json.loads(doc) if doc is not None else None
 
 
@@ -167,27 +159,24 @@ def profile_page(request: Request, user_id: str, q: str = Query("", max_length=5
         return page("No such user", f"<h1>No profile for “{escape(user_id)}”</h1>"
                     + note("Ids are case-sensitive; namespaced ids look like taobao:1. Try the finder above."),
                     status=404)
-    recs, rec_note, rec = None, "", None
+    svc, recs, rec_note = service(request), None, ""
     try:
-        from ..recommend.top_k import recommend
-        rec = service(request).recommender()
-        recs = recommend(cursor(request), rec, user_id, 10, True)
+        recs = svc.recommend(user_id, 10, True)
     except HTTPException as exc:
         rec_note = str(exc.detail)
     except HuaxiangError as exc:
         rec_note = str(exc)
     found = None
     if q.strip():
-        from ..recommend.search import search_store
         try:
-            found = search_store(cursor(request), q.strip(), user_id, 10, None, rec)
-        except HuaxiangError as exc:
-            rec_note = rec_note or str(exc)
-    grid = week_hours(cursor(request), user_id, r.get("habit_utc_offset") or 0)
+            found = svc.search(q.strip(), user_id, 10, None)
+        except (HTTPException, HuaxiangError) as exc:
+            rec_note = rec_note or str(getattr(exc, "detail", exc))
+    grid = svc.week(user_id, r.get("habit_utc_offset") or 0)
     return page(f"User {user_id}", profile_html(r, grid, recs, rec_note, q.strip(), found))
 
 
 @router.get("/ui/segments", include_in_schema=False)
 def segments_page(request: Request) -> Response:
     key = signed_in(request)
-    return page("Segments", segments_html(segment_report(cursor(request), tenants=key.tenants)))
+    return page("Segments", segments_html(service(request).segments(None, 1_000.0, key.tenants)))

@@ -2,13 +2,13 @@
 their profile counts; the request counters and latencies (the platform's own traffic) only keys for every tenant."""
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from ... import __version__
-from ...schema import tenant_sql
-from ...store import has_table
-from ..deps import cursor, need, service
+from ..deps import need, service
 from ..keys import Key
 
 router = APIRouter()
@@ -16,15 +16,12 @@ router = APIRouter()
 
 @router.get("/healthz")
 def healthz(request: Request) -> dict:
-    cursor(request).execute("SELECT 1").fetchone()
-    return {"status": "ok", "version": __version__}
+    return {"status": "ok", "version": __version__, "pid": os.getpid(), **service(request).ping()}
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
 def prometheus(request: Request, key: Key = need("read")) -> str:
-    c = cursor(request)
-    counts = dict(c.execute(f"SELECT {tenant_sql('user_id')}, count(*) FROM profiles GROUP BY 1").fetchall()) \
-        if has_table(c, "profiles") else {}
+    counts = service(request).profile_counts()
     if key.tenants is not None:
         counts = {t: counts.get(t, 0) for t in sorted(key.tenants)}
     return service(request).metrics.text({"profiles": counts}, requests=key.tenants is None)

@@ -9,8 +9,8 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from ...errors import HuaxiangError
-from ..deps import cursor, need, service
-from ..keys import SCOPES, Key, check_tenants, create_key, list_keys, revoke_key
+from ..deps import need, service
+from ..keys import SCOPES, Key, check_tenants
 
 router = APIRouter()
 
@@ -27,26 +27,20 @@ def make(request: Request, new: NewKey, key: Key = need("admin")) -> dict:
     tenants = check_tenants(new.tenants)
     if not key.covers(tenants):
         raise HTTPException(403, "a key bound to tenants makes keys for some of its own tenants only")
-    svc = service(request)
-    with svc.write_lock:
-        made, secret = create_key(cursor(request), new.scope, new.label, sorted(tenants) if tenants else None,
-                                  timedelta(seconds=new.expires_in_s) if new.expires_in_s else None)
-        svc.reload_keys()
+    made, secret = service(request).make_key(new.scope, new.label, sorted(tenants) if tenants else None,
+                                             timedelta(seconds=new.expires_in_s) if new.expires_in_s else None)
     return {**made.listing(), "key": secret}
 
 
 @router.get("/v1/keys")
 def listing(request: Request, key: Key = need("admin")) -> list[dict]:
-    return [k.listing() for k in list_keys(cursor(request)) if key.covers(k.tenants)]
+    return [k.listing() for k in service(request).all_keys() if key.covers(k.tenants)]
 
 
 @router.delete("/v1/keys/{key_id}")
 def revoke(request: Request, key_id: str, key: Key = need("admin")) -> dict:
     svc = service(request)
-    known = {k.id: k for k in list_keys(cursor(request))}
+    known = {k.id: k for k in svc.all_keys()}
     if key_id not in known or not key.covers(known[key_id].tenants):
         raise HuaxiangError(f"unknown key id {key_id!r}")
-    with svc.write_lock:
-        revoked = revoke_key(cursor(request), key_id)
-        svc.reload_keys()
-    return revoked.listing()
+    return svc.revoke_key(key_id).listing()

@@ -8,12 +8,11 @@ by the recommender's `history_length` (~1 ms), less than the hand-off to a threa
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from ...profile.render import no_profile
-from ...profile.segment_report import MAX_EPSILON, MIN_EPSILON, segment_report
-from ..deps import cursor, key_search_tenant, need, own_user, service
+from ...profile.segment_report import MAX_EPSILON, MIN_EPSILON
+from ..deps import key_search_tenant, need, own_user, service
 from ..keys import Key
 
 router = APIRouter()
@@ -23,8 +22,7 @@ router = APIRouter()
             responses={200: {"content": {"application/json": {}}, "description": "the user's profile record"}})
 async def profile(request: Request, user_id: str, key: Key = need("read")) -> Response:
     own_user(key, user_id)
-    docs = service(request).docs
-    doc = docs.get(user_id) or await run_in_threadpool(docs.fetch, user_id)  # (a held one: no hand-off)
+    doc = await service(request).profile_doc(user_id)
     if doc is None:
         raise no_profile(user_id)
     return Response(doc, media_type="application/json")
@@ -33,10 +31,9 @@ async def profile(request: Request, user_id: str, key: Key = need("read")) -> Re
 @router.get("/v1/users/{user_id:path}/recommendations")
 async def recommendations(request: Request, user_id: str, k: int = Query(10, ge=1, le=200), explain: bool = True,
                           key: Key = need("read")) -> JSONResponse:
-    from ...recommend.top_k import recommend
     own_user(key, user_id)
     svc = service(request)
-    return JSONResponse(await svc.work(lambda: recommend(svc.cursor(), svc.recommender(), user_id, k, explain)))
+    return JSONResponse(await svc.work(svc.recommend, user_id, k, explain))
 
 
 @router.get("/v1/search")
@@ -45,10 +42,8 @@ async def search(request: Request, q: str = Query(..., min_length=1, max_length=
                  tenant: str | None = Query(None, max_length=100, description="the tenant whose items to search "
                                             "(default: the user's, or the key's only tenant)"),
                  key: Key = need("read")) -> JSONResponse:
-    from ...recommend.search import search_store
     svc, tenant = service(request), key_search_tenant(key, tenant, user_id)
-    return JSONResponse(await svc.work(lambda: search_store(svc.cursor(), q, user_id, k, None,
-                                                            svc.recommender() if user_id else None, tenant=tenant)))
+    return JSONResponse(await svc.work(svc.search, q, user_id, k, tenant))
 
 
 @router.get("/v1/segments")
@@ -56,4 +51,4 @@ def segments(request: Request, epsilon: float | None = Query(None, ge=MIN_EPSILO
                                                              description="differential-privacy budget"),
              clv_cap: float = Query(1_000.0, gt=0, description="with epsilon: per-user CLV bound"),
              key: Key = need("read")) -> dict:
-    return segment_report(cursor(request), epsilon, clv_cap, tenants=key.tenants)
+    return service(request).segments(epsilon, clv_cap, key.tenants)

@@ -1,21 +1,21 @@
 """The routes that change the store: DELETE /v1/users/{user_id} forgets a person (admin scope); POST /v1/events
-stores a batch of events and refreshes its users' profiles (write scope). Both run under the service's write lock.
+stores a batch of events and refreshes its users' profiles (write scope). Embedded, both run under the service's
+write lock and answer 200 when done; online, both are queued on the stream for the one writer and answer 202.
 
 A key bound to tenants writes only their users: an event of another tenant's user is refused (named in
 `rejected`, stored nowhere). No key writes an event that joins a user of one tenant to an item of another."""
 from __future__ import annotations
 
 import json
-import time
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 
-from ...ingest import ingest_records
 from ...schema import tenant_of
-from ..deps import cursor, need, own_user, service
+from ..deps import need, own_user, service
 from ..keys import Key
-from ..service import Service, ServeSettings
+from ..service import ServeSettings
 
 
 def router(settings: ServeSettings) -> APIRouter:
@@ -28,19 +28,13 @@ def router(settings: ServeSettings) -> APIRouter:
 
 def forget(request: Request, user_id: str, suppress: bool = Query(True, description=(
         "keep refusing this user's events afterwards (false: they may come back)")),
-           key: Key = need("admin")) -> dict:
-    from ...forget import forget_user
+           key: Key = need("admin")) -> JSONResponse:
     own_user(key, user_id)
-    svc = service(request)
-    with svc.write_lock:
-        removed = forget_user(cursor(request), svc.db, user_id, suppress=suppress)  # unknown: 404
-        svc.docs.drop([user_id])
-        if svc.rec is not None:
-            svc.rec.forget_user(user_id)  # the serving snapshot keeps serving, without them
-    return {"user_id": user_id, "removed": removed, "suppressed": suppress}
+    status, answer = service(request).forget(user_id, suppress)
+    return JSONResponse(answer, status_code=status)
 
 
-async def events(request: Request, key: Key = need("write")) -> dict:
+async def events(request: Request, key: Key = need("write")) -> JSONResponse:
     svc = service(request)
     settings = svc.settings
     body = await request.body()  # (the guard has counted it: at most max_body_bytes)
@@ -70,22 +64,16 @@ def refusal(key: Key, event) -> tuple[str, str] | None:
     return None
 
 
-def store_events(svc: Service, key: Key, batch: list) -> dict:
-    """Validated, stored (one transaction) and the batch's users' profiles refreshed, off the event loop. The
-    refresh runs even when every event was a duplicate: a batch re-sent after a crash between its commit and its
-    refresh still gets its profiles."""
+def store_events(svc, key: Key, batch: list) -> JSONResponse:
+    """The events this key may write handed to the service (stored, or queued for the writer in online mode), off
+    the event loop; those it may not are refused by position."""
     refused = {i: why for i, e in enumerate(batch) if (why := refusal(key, e)) is not None}
     kept = [i for i in range(len(batch)) if i not in refused]
-    with svc.write_lock:
-        report = ingest_records(svc.cursor(), [batch[i] for i in kept], f"api:{time.time_ns()}",
-                                future_tolerance_s=svc.cfg.future_tolerance_seconds)
-        refreshed = svc.refresh(report.users)
-    found = [{"index": kept[line - 1], "field": field, "reason": reason} for line, field, reason in report.rejected]
+    status, answer = svc.write_events([batch[i] for i in kept])
+    found = [{**r, "index": kept[r["index"]]} for r in answer.pop("rejected")]
     found += [{"index": i, "field": field, "reason": reason} for i, (field, reason) in refused.items()]
-    return {"received": len(batch), "added": report.added.get("events", 0), "profiles_refreshed": refreshed,
-            "duplicates": report.duplicates.get("events", 0), "quarantined": report.quarantined,
-            "conflicts": report.conflicts, "suppressed": report.suppressed, "refused": len(refused),
-            "rejected": sorted(found, key=lambda r: r["index"])}
+    return JSONResponse({"received": len(batch), **answer, "refused": len(refused),
+                         "rejected": sorted(found, key=lambda r: r["index"])}, status_code=status)
 
 
 def events_body_schema(settings: ServeSettings) -> dict:
