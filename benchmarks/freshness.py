@@ -15,8 +15,9 @@ redis-server (`huaxiang publish`), two online servers in their own processes (`h
 /v1/events at `--rate` per second (A appends them to the stream and answers 202); every `--probe-every`-th one is a
 probe, for a user that only probes touch, and B's GET /v1/users/{id}/profile is polled every `--poll-ms` from the
 probe's 202 on until the user's `n_events` counts it. A probe's freshness = the answer that shows it minus the moment
-its POST was sent (so it includes the POST, the writer's ingest, refresh and online write, and up to one poll
-interval). Only probes are polled (the polling is load on B and the machine). Writes
+its POST was sent (so it includes the POST, the writer's ingest and live patch — `n_events` is a live field, see
+docs/deployment.md — and up to one poll interval; the writer's refresh rounds run beside it, every
+`--refresh-every` seconds). Only probes are polled (the polling is load on B and the machine). Writes
 benchmarks/out/latency/freshness_online.json, with the in-process figures of the same run beside it.
 
 Target: p99 ≤ 100 ms; the online path must not be slower than the in-process one.
@@ -188,7 +189,7 @@ def online(args) -> tuple[dict, int]:
         logs = Path(tmp)
         with online_server(url, 1, log=logs / "a.log") as (port_a, _), \
                 online_server(url, 1, log=logs / "b.log") as (port_b, _), \
-                writer(db, url, log=logs / "writer.log"):
+                writer(db, url, "--refresh-every", str(args.refresh_every), log=logs / "writer.log"):
             try:
                 figures = uvloop.run(drive_online(port_a, port_b, write_key, read_key, users, args))
             except RuntimeError:
@@ -206,6 +207,7 @@ def main() -> None:
     ap.add_argument("--probe-every", type=int, default=5, help="--online: every Nth event is a polled probe")
     ap.add_argument("--poll-ms", type=float, default=10.0, help="--online: poll interval of a probe's profile")
     ap.add_argument("--timeout", type=float, default=30.0, help="--online: a probe not visible after this is lost")
+    ap.add_argument("--refresh-every", type=float, default=0.5, help="--online: the writer's refresh rounds (s)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"),
                     help="results folder (default: benchmarks/out; a debug run can write elsewhere)")
     args = ap.parse_args()
@@ -220,13 +222,13 @@ def main() -> None:
     if not f["lags"]:
         raise SystemExit(f"no probe became visible ({f['failed']})")
     what = (f"freshness, online: POST /v1/events on worker A (202) to GET profile on worker B showing it, "
-            f"{args.rate:g} events/s, every {args.probe_every}th polled every {args.poll_ms:g} ms, store of "
-            f"{n_users} users")
+            f"{args.rate:g} events/s, every {args.probe_every}th polled every {args.poll_ms:g} ms, writer's refresh "
+            f"rounds every {args.refresh_every:g} s, store of {n_users} users")
     post = np.asarray(f["post_ms"])
     result = latency_result(
         "freshness_online", what, f["lags"], rate_per_s=args.rate, achieved_per_s=f["sent"] / f["send_wall_s"],
         errors=sum(f["failed"].values()), failed=f["failed"], events=f["sent"], probes=f["probes"], polls=f["polls"],
-        poll_ms=args.poll_ms, post_p50_ms=float(np.percentile(post, 50)), post_p99_ms=float(np.percentile(post, 99)),
+        poll_ms=args.poll_ms, refresh_every_s=args.refresh_every, post_p50_ms=float(np.percentile(post, 50)), post_p99_ms=float(np.percentile(post, 99)),
         in_process={k: base[k] for k in ("samples", "p50_ms", "p90_ms", "p99_ms", "max_ms", "machine")},
         p99_ratio_to_in_process=float(np.percentile(f["lags"], 99)) / base["p99_ms"])
     print(f"{what}; {f['sent']:,} events, {len(f['lags']):,} probes visible, {f['failed']} failed; "

@@ -3,6 +3,7 @@ published and served.
 
     .venv/bin/python benchmarks/publish.py [--events 3e5] [--users 3e4] [--parts store,spark] [--train]
     .venv/bin/python benchmarks/publish.py --events 1e7 --users 1e6 --parts store --name publish_1m
+    .venv/bin/python benchmarks/publish.py --events 1e7 --users 1e6 --parts store --publish-workers 2 --name publish_1m_w2
     .venv/bin/python benchmarks/publish.py --events 1e7 --users 1e6 --parts spark --name publish_1m_spark
 
 Synthetic logs (`synthetic.py`, exactly `--users` distinct users) are ingested into a store and built (DuckDB), once

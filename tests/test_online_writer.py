@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import duckdb
 import pytest
@@ -120,6 +121,7 @@ def assert_consistent(db, r, touched):
         assert ids == {u for u in everyone if u.startswith(t + ":")}
     assert r.xpending(layout.STREAM, "huaxiang")["pending"] == 0
     assert r.scard(layout.FORGET_PENDING) == 0
+    assert r.hlen(layout.LIVE_DIRTY) == 0  # (every user the live path patched was refreshed)
 
 
 def event(user, item, minute, event_id=None):
@@ -138,7 +140,7 @@ def test_writer_killed_anywhere_leaves_online_equal_to_store(built, tmp_path, re
     before_events = rows(db, "SELECT count(*) FROM events")[0][0]
     before_docs = {u: r.hget(layout.user_key(u.split(":")[0], 1, u), "doc") for u in old}
     # the first batch (the one the writer dies in) holds the old users, and no later batch does: only its
-    # redelivery can bring their online documents up to date
+    # redelivery, or the refresh marks the live path left, can bring their online documents up to date
     entries = [event(u, f"{u.split(':')[0]}:2268318", i) for i, u in enumerate(old)]
     entries += [event(u, f"{u.split(':')[0]}:2333346", 10 + i) for i, u in enumerate(new * 3)]
     entries += [event(new[0], "taobao:1", 59, event_id="w-dup")] * 2  # stored once
@@ -147,7 +149,10 @@ def test_writer_killed_anywhere_leaves_online_equal_to_store(built, tmp_path, re
     marker = tmp_path / "crashed"
     killed = consume(db, url, crash_at, marker, batch=len(old))
     assert killed.returncode == -9 and marker.read_text() == crash_at, killed.stderr[-2000:]
-    assert r.xpending(layout.STREAM, "huaxiang")["pending"] > 0  # the batch it died in: never acknowledged
+    if crash_at == "after_refresh":  # in a refresh round, after the batches' acknowledgements: the marks remain
+        assert r.hlen(layout.LIVE_DIRTY) > 0
+    else:
+        assert r.xpending(layout.STREAM, "huaxiang")["pending"] > 0  # the batch it died in: never acknowledged
     done = consume(db, url, batch=len(old))
     assert done.returncode == 0, done.stderr[-2000:]
 
@@ -218,3 +223,94 @@ def test_writer_reaches_a_version_switched_mid_write_and_skips_parquet_tenants(b
         assert writer.write([user]) == 0  # unchanged: nothing written again
     finally:
         con.close()
+
+
+LIVE_FIELDS = ("n_events", "n_view", "n_cart", "n_fav", "n_buy", "n_search", "n_review", "first_ts", "last_ts",
+               "hour_hist", "dow_hist", "recent_events")
+
+
+def test_live_path_patches_online_at_once_and_the_refresh_agrees(built, tmp_path, redis_server):
+    """An event is in its user's online document right after the writer's commit — its live fields only, the rest
+    still the last refresh's — and the refresh round that follows changes none of those live fields: the patch
+    computed them exactly as the SQL does. A duplicate of it is counted once."""
+    db, url, r = fresh(built, tmp_path, redis_server, 6)
+    user, key = "taobao:1000001", layout.user_key("taobao", 1, "taobao:1000001")
+    before = json.loads(r.hget(key, "doc"))
+    week_before = layout.decode_week(r.hget(key, "week"))
+    proc = subprocess.Popen([sys.executable, "-m", "huaxiang.cli", "consume", "--db", db, "--redis", url,
+                             "--publish", url, "--batch", "3", "--idle-exit", "3", "--refresh-every", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        batch = [("event", {"user_id": user, "item_id": "taobao:2268318", "type": "view", "event_id": "live-1",
+                            "ts": "2017-12-03T18:59:00"}),  # a Sunday
+                 ("event", {"user_id": user, "item_id": "taobao:2333346", "type": "cart", "event_id": "live-2",
+                            "ts": "2017-12-03T07:30:00"}),
+                 ("event", {"user_id": user, "type": "search", "query": "red dress", "event_id": "live-3",
+                            "ts": "2017-12-02T23:10:00"})]
+        push(r, batch)
+        deadline = time.monotonic() + 60
+        while json.loads(r.hget(key, "doc"))["n_events"] == before["n_events"]:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()[-2000:] if proc.poll() else ""
+            time.sleep(0.05)
+        push(r, batch[:1])  # the same event again: stored once
+        time.sleep(1.0)
+        patched = json.loads(r.hget(key, "doc"))
+        assert r.hget(key, "seq") is not None and r.hexists(layout.LIVE_DIRTY, user)  # marked for the refresh
+        week_patched = layout.decode_week(r.hget(key, "week"))
+    finally:
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert patched["n_events"] == before["n_events"] + 3
+    assert [patched[f"n_{t}"] - before[f"n_{t}"] for t in ("view", "cart", "search", "buy")] == [1, 1, 1, 0]
+    assert patched["last_ts"] == max(before["last_ts"], "2017-12-03T18:59:00")
+    for hour, day in ((18, 6), (7, 6), (23, 5)):
+        assert week_patched[day][hour] == week_before[day][hour] + 1
+    assert [patched["hour_hist"][h] - before["hour_hist"][h] for h in (18, 7, 23)] == [1, 1, 1]
+    assert [patched["dow_hist"][d] - before["dow_hist"][d] for d in (5, 6)] == [1, 2]
+    assert patched["recent_events"][0] == {"ts": "2017-12-03T18:59:00", "type": "view", "item_id": "taobao:2268318"}
+    assert {k: v for k, v in patched.items() if k not in LIVE_FIELDS} == \
+        {k: v for k, v in before.items() if k not in LIVE_FIELDS}  # the rest waits for the refresh round
+    final = json.loads(r.hget(key, "doc"))  # written by the round the writer ran before exiting
+    assert {k: patched[k] for k in LIVE_FIELDS} == {k: final[k] for k in LIVE_FIELDS}
+    assert layout.decode_week(r.hget(key, "week")) == week_patched
+    assert_consistent(db, r, [user])
+
+
+def test_live_patches_and_refresh_rounds_interleaved_count_every_event_once(built, tmp_path, redis_server):
+    """Many small batches while refresh rounds run back to back (in-process, one round every 10 ms), each patch
+    held back 0.3 s after its commit so that rounds overtake it: once the writer is done, every document equals a
+    fresh render — a patch applied over a round that already held its events would count them twice in a user
+    no longer marked for refresh."""
+    import threading
+    from huaxiang.config import load_config
+    from huaxiang.online.live import LivePath
+    from huaxiang.online.writer import OnlineWriter
+    from huaxiang.store import connect
+    from huaxiang.stream import RedisSource, consume as run_consume
+    db, url, r = fresh(built, tmp_path, redis_server, 7)
+    users = [f"{t}:{u}" for t in TENANTS for u in ("1000001", "1000027", "1000040", "1001305")]
+
+    def produce():
+        for i in range(48):
+            u = users[i % len(users)]
+            push(r, [event(u, f"{u.split(':')[0]}:2268318", i % 60, event_id=f"mix-{i}")])
+            time.sleep(0.005)
+    con = connect(db)
+    try:
+        writer = OnlineWriter(url, con)
+        live = LivePath(writer, con, load_config(), every=0.01)
+        real_patch = writer.patch
+
+        def late_patch(*args):
+            time.sleep(0.3)  # (longer than a round)
+            return real_patch(*args)
+        writer.patch = late_patch
+        producer = threading.Thread(target=produce)
+        producer.start()
+        report = run_consume(con, load_config(), RedisSource(url, layout.STREAM), batch=2, block_ms=50,
+                             idle_exit_s=1.0, writer=writer, live=live)
+        producer.join()
+    finally:
+        con.close()
+    assert report.added == 48 and report.online > 0 and report.refreshed > 0
+    assert_consistent(db, r, users)

@@ -5,7 +5,8 @@ A message carries one event as JSON in its field `event` (Redis) or its value (K
 message delivered twice is stored once. The consumer stores a batch in one transaction, refreshes the
 profiles of the users in it, writes them to the online store (with a writer, `huaxiang.online.writer`), and only
 then acknowledges it: killed at any point, it loses nothing (unacknowledged messages are read again) and counts
-nothing twice (event ids).
+nothing twice (event ids). With the online writer's live path (`huaxiang.online.live`), a batch is patched online
+right after its commit and acknowledged, and its users' profiles are refreshed in rounds beside it.
 
 A Redis entry may instead carry a deletion in its field `forget`: JSON {"user_id": …, "suppress": true|false}, as
 the online API queues for DELETE /v1/users/{id}. It is executed in stream order: the events before it are stored
@@ -206,7 +207,7 @@ def consume(con, cfg, source: Source, batch: int = 500, block_ms: int = 200, idl
             max_messages: int | None = None,
             on_batch: Callable[[ConsumeReport, list[Message]], None] | None = None,
             refresh: Callable[[list[str]], int] | None = None, lock=None, writer=None,
-            forget: Callable[[str, bool], object] | None = None) -> ConsumeReport:
+            forget: Callable[[str, bool], object] | None = None, live=None) -> ConsumeReport:
     """Read → store (one transaction) → refresh those users' profiles → write them online → acknowledge, until
     idle for `idle_exit_s` seconds or `max_messages` read. `refresh(user_ids)` updates profiles (default: a
     `ProfileRefresher`; the service passes its own, which also renews its profile documents) — also when the
@@ -214,11 +215,14 @@ def consume(con, cfg, source: Source, batch: int = 500, block_ms: int = 200, idl
     `writer`: an `online.writer.OnlineWriter` (None: no online store). A `forget` entry splits the batch and is
     executed in its place by `forget(user_id, suppress)` (default: `forget.forget_user` on this store), then
     removed online. `lock`: held around each batch's store, refresh and online write, and each deletion (the
-    service's write lock). `on_batch(report, messages)` runs after each acknowledgement."""
+    service's write lock). `on_batch(report, messages)` runs after each acknowledgement. `live`: an
+    `online.live.LivePath` (with `writer`, and without `refresh` or `lock`): each batch is patched online right
+    after its commit and acknowledged, and refreshed in the live path's rounds (all done before this returns)."""
     from .ingest import ingest_records
     from .profile.build import ProfileRefresher
     report, idle_since = ConsumeReport(), time.monotonic()
-    refresh = refresh or ProfileRefresher(con, cfg).refresh
+    if live is None:
+        refresh = refresh or ProfileRefresher(con, cfg).refresh
     if writer is not None and writer.con is None:
         writer.con = con  # it renders what this consumer stored
     if forget is None:
@@ -238,18 +242,25 @@ def consume(con, cfg, source: Source, batch: int = 500, block_ms: int = 200, idl
             continue
         for run in _runs(messages):
             if run[0].kind == "forget":
-                _forget(run[0], forget, writer, lock, report)
+                _forget(run[0], forget, writer, lock, report, live)
             else:
                 records = decode(source, run)
-                with lock or nullcontext():
-                    r = ingest_records(con, records, f"stream:{run[0].id}",
-                                       future_tolerance_s=cfg.future_tolerance_seconds)
-                    crash_point("after_commit")
-                    if r.users:
-                        report.refreshed += refresh(r.users)
-                    crash_point("after_refresh")
-                    if writer is not None and r.users:
-                        report.online += writer.write(r.users)
+
+                def store(records=records, label=f"stream:{run[0].id}"):
+                    return ingest_records(con, records, label, future_tolerance_s=cfg.future_tolerance_seconds)
+                if live is not None:
+                    r, patched = live.store(run[-1].id, store)
+                    report.online += patched
+                    report.refreshed = live.refreshed
+                else:
+                    with lock or nullcontext():
+                        r = store()
+                        crash_point("after_commit")
+                        if r.users:
+                            report.refreshed += refresh(r.users)
+                        crash_point("after_refresh")
+                        if writer is not None and r.users:
+                            report.online += writer.write(r.users)
                 report.added += r.added.get("events", 0)
                 report.duplicates += r.duplicates.get("events", 0)
                 report.quarantined += r.quarantined
@@ -260,10 +271,14 @@ def consume(con, cfg, source: Source, batch: int = 500, block_ms: int = 200, idl
             if on_batch:
                 on_batch(report, run)
         idle_since = time.monotonic()
+    if live is not None:
+        live.close()
+        report.online += live.written
+        report.refreshed = live.refreshed
     return report
 
 
-def _forget(message: Message, forget, writer, lock, report: ConsumeReport) -> None:
+def _forget(message: Message, forget, writer, lock, report: ConsumeReport, live=None) -> None:
     """One deletion: the store's (an unknown user — e.g. the entry redelivered after it ran — is only logged),
     then the online store's."""
     order = forget_order(message)
@@ -272,7 +287,7 @@ def _forget(message: Message, forget, writer, lock, report: ConsumeReport) -> No
                     message.id, _text(message.payload)[:200])
         return
     user_id, suppress = order
-    with lock or nullcontext():
+    with live.exclusive(user_id) if live is not None else lock or nullcontext():
         try:
             forget(user_id, suppress)
             report.forgotten += 1

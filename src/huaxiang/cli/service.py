@@ -92,19 +92,26 @@ def consume(
     publish: Optional[str] = typer.Option(None, "--publish", help="Also write each batch's users to this online "
                                           "store (a Redis URL, may equal --redis) before acknowledging it: the one "
                                           "writer of `huaxiang serve --online`."),
+    refresh_every: float = typer.Option(0.5, "--refresh-every", min=0.01, help="With --publish: each batch's "
+                                        "events are patched online at once (counts, last seen, histograms, latest "
+                                        "events) and its users' whole profiles refreshed this often, off the "
+                                        "batch's path (seconds)."),
     config: Optional[str] = CONFIG,
 ):
     """Keep profiles fresh from a Redis stream: store each batch, refresh its users' profiles (and write them to
     the online store with --publish), then acknowledge. Deletions queued on the stream run in stream order."""
+    from ..online.live import LivePath
     from ..online.writer import OnlineWriter
     from ..stream import RedisSource
     from ..stream import consume as run_consume
     source = RedisSource(redis_url, stream, group, consumer_name)
     con = connect(db)
+    cfg = load_config(config)
     writer = OnlineWriter(publish, con) if publish else None
+    live = LivePath(writer, con, cfg, refresh_every) if writer else None
     with spinner() as bar:
         task = bar.add_task(f"waiting for events on {stream}", total=None)
-        report = run_consume(con, load_config(config), source, batch, idle_exit_s=idle_exit, writer=writer,
+        report = run_consume(con, cfg, source, batch, idle_exit_s=idle_exit, writer=writer, live=live,
                              on_batch=lambda r, _: bar.update(task, description=(
                                  f"{r.messages:,} messages: {r.added:,} added, {r.duplicates:,} duplicates, "
                                  f"{r.quarantined:,} quarantined, {r.refreshed:,} profiles refreshed, "

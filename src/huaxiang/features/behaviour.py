@@ -52,6 +52,29 @@ def with_reference(table, refs):
     return t.left_join(refs.rename(_tenant="tenant"), "_tenant").drop("_tenant", "_tenant_right")
 
 
+# Features one event changes by itself, declared once: the SQL below aggregates them, and `features.live` applies
+# them to a profile event by event (the online writer's live path, between its refreshes).
+EVENT_COUNTS = {"n_events": None, **{f"n_{t}": t for t in ("view", "cart", "fav", "buy", "search", "review")}}
+"""Count name -> the event type it counts (None: every event)."""
+SEEN = {"first_ts": "min", "last_ts": "max"}
+"""Timestamp name -> how a user's event times fold into it."""
+
+
+def local_hour(epoch, offset_hours, floor):
+    """The hour of the day (0-23) of a time in seconds since 1970, at UTC + `offset_hours`. Written for both
+    executions: `epoch` an Ibis column (floor: Ibis's) or a number (floor: `math.floor`)."""
+    return floor(((epoch + offset_hours * 3600) % DAY) / 3600)
+
+
+def local_weekday(epoch, offset_hours, floor):
+    """The day of the week (Monday = 0) of a time in seconds since 1970, at UTC + `offset_hours`."""
+    return (floor((epoch + offset_hours * 3600) / DAY) + 3) % 7  # 1970-01-01 was a Thursday
+
+
+def _count(t):
+    return _.count() if t is None else (_.type == t).sum()
+
+
 def activity(events, session_gap_minutes: float = 30.0):
     """Counts per event type, active days and sessions.
 
@@ -65,8 +88,7 @@ def activity(events, session_gap_minutes: float = 30.0):
     starts = events.mutate(_start=events.session_id.isnull() & (gap.isnull() | (gap > session_gap_minutes * 60)))
     starts = starts.group_by("user_id").aggregate(_starts=_._start.sum())
     counts = events.mutate(_day=events.ts.date()).group_by("user_id").aggregate(
-        n_events=_.count(),
-        **{f"n_{t}": (_.type == t).sum() for t in ("view", "cart", "fav", "buy", "search", "review")},
+        **{name: _count(t) for name, t in EVENT_COUNTS.items()},
         active_days=_._day.nunique(),
         _sessions=_.session_id.nunique(),
         n_items=_.item_id.nunique(),
@@ -74,7 +96,7 @@ def activity(events, session_gap_minutes: float = 30.0):
     )
     out = counts.join(starts, "user_id")
     out = out.mutate(n_sessions=out._sessions + out._starts)
-    return out.select("user_id", "n_events", *[f"n_{t}" for t in ("view", "cart", "fav", "buy", "search", "review")],
+    return out.select("user_id", *EVENT_COUNTS,
                       "active_days", "n_sessions", "n_items", "n_categories",
                       events_per_session=out.n_events.cast("float64") / out.n_sessions)
 
@@ -82,7 +104,8 @@ def activity(events, session_gap_minutes: float = 30.0):
 def lifetime(events, orders):
     """First and last time a user was seen (any event or order), tenure and idle days."""
     seen = events.select("user_id", "ts", "as_of").union(orders.select("user_id", "ts", "as_of"))
-    g = seen.group_by("user_id").aggregate(first_ts=_.ts.min(), last_ts=_.ts.max(), _as_of=_.as_of.max())
+    g = seen.group_by("user_id").aggregate(**{name: getattr(_.ts, how)() for name, how in SEEN.items()},
+                                           _as_of=_.as_of.max())
     return g.mutate(tenure_days=(_epoch(g._as_of) - _epoch(g.first_ts)) / DAY,
                     idle_days=(_epoch(g._as_of) - _epoch(g.last_ts)) / DAY).drop("_as_of")
 
@@ -214,12 +237,16 @@ def price_band(priced, cuts):
         (g.median_price >= g._cut_high, "high"), else_="mid"))
 
 
+def _floor(x):
+    return x.floor().cast("int64")
+
+
 def time_habits(events, utc_offset_hours: float = 0.0):
     """Hour-of-day and day-of-week histograms (local time = UTC + offset), peaks, night and
     weekend shares, and the preferred part of the day."""
-    local = _epoch(events.ts) + utc_offset_hours * 3600
-    e = events.mutate(_hour=((local % DAY) / 3600).floor().cast("int64"),
-                      _dow=(((local / DAY).floor() + 3) % 7).cast("int64"))  # 1970-01-01 was a Thursday; Monday = 0
+    epoch = _epoch(events.ts)
+    e = events.mutate(_hour=local_hour(epoch, utc_offset_hours, _floor),
+                      _dow=local_weekday(epoch, utc_offset_hours, _floor))
     # count per (user, hour) and (user, weekday) first: the histograms then read small tables
     hours = e.group_by(["user_id", "_hour"]).aggregate(n=_.count())
     dows = e.group_by(["user_id", "_dow"]).aggregate(n=_.count())

@@ -44,6 +44,8 @@ class IngestReport:
     # in-memory batches: (position from 1, field or None, reason) of every quarantined row, by position — also
     # of those not added again because the quarantine already holds them
     rejected: list[tuple[int, str | None, str]] = field(default_factory=list)
+    # in-memory batches: the events stored by this call (not those stored before), as stored, one dict each
+    new_events: list[dict] = field(default_factory=list)
 
 
 def _stage_name(table: str) -> str:
@@ -153,7 +155,8 @@ def _merge_items(con, report: IngestReport) -> None:
     _add(report.duplicates, "items", distinct - added)
 
 
-def _merge_keyed(con, table: schema.Table, path: str, report: IngestReport, sink: str) -> None:
+def _merge_keyed(con, table: schema.Table, path: str, report: IngestReport, sink: str,
+                 returning: bool = False) -> None:
     """Good rows get their final key: the source's, or content hash + '-' + occurrence number.
     A key the source gave twice in one file keeps its first row; the others are quarantined. A key the source
     gave that is already stored with other content is a conflict: quarantined, the stored row kept."""
@@ -191,7 +194,13 @@ def _merge_keyed(con, table: schema.Table, path: str, report: IngestReport, sink
                                 [path]).fetchone()[0]
     new = "SELECT * FROM _keyed" if empty else \
         f"SELECT * FROM _keyed k WHERE NOT EXISTS (SELECT 1 FROM {table.name} t WHERE t.{key} = k.{key})"
-    added = con.execute(f"INSERT INTO {table.name} SELECT {', '.join(table.names)} FROM ({new})").fetchone()[0]
+    insert = f"INSERT INTO {table.name} SELECT {', '.join(table.names)} FROM ({new})"
+    if returning:  # (an in-memory batch of events: small; what it stored, for the online writer's live path)
+        rows = con.execute(f"{insert} RETURNING {', '.join(table.names)}").fetchall()
+        report.new_events = [dict(zip(table.names, row)) for row in rows]
+        added = len(rows)
+    else:
+        added = con.execute(insert).fetchone()[0]
     good = con.execute(f"SELECT count(*) FROM {stage} WHERE _field IS NULL").fetchone()[0]
     con.execute("DROP VIEW _keyed")
     con.execute("DROP TABLE _repeats")
@@ -265,7 +274,8 @@ def _ingest_sources(con, sources: list[Source], label: str, fmt: str, namespace,
                 if name == "items":
                     _merge_items(con, report)
                 else:
-                    _merge_keyed(con, schema.TABLES[name], source.path, report, sink)
+                    _merge_keyed(con, schema.TABLES[name], source.path, report, sink,
+                                 returning=records and name == "events")
                 if name == "events" and records:  # (namespaced and pseudonymised, as stored)
                     report.users = [u for (u,) in con.execute(
                         "SELECT DISTINCT user_id FROM _stage_events WHERE _field IS NULL ORDER BY 1").fetchall()]

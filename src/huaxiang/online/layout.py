@@ -10,7 +10,8 @@ builds; the old version is removed after a grace period (readers re-read the poi
   hx:T:seq                   string INCR gives the tenant's next version
   hx:T:vN:meta               hash   state, source, fingerprint, users, bytes, model and search blob ids, created_at
   hx:T:vN:u:<user id>        hash   doc (the exact bytes of GET /v1/users/{id}/profile), ctx (what the recommender
-                                    needs, `encode_ctx`), week (7×24 event counts, `encode_week`), h (content hash)
+                                    needs, `encode_ctx`), week (7×24 event counts, `encode_week`), h (content hash),
+                                    seq (the writer's: the stream entry its doc is up to, `live.py`)
   hx:T:vN:ids                zset   every user id (score 0): the pages' finder reads it by prefix
   hx:T:vN:seg                string the tenant's entry of the segment report (JSON)
   hx:T:vN:dp                 hash   what a private segment report is computed from (`encode_private`)
@@ -19,6 +20,7 @@ builds; the old version is removed after a grace period (readers re-read the poi
   hx:keys                    hash   key hash -> the key's record (JSON); hx:keys:rev counts changes
   hx:sess:<sha256 of token>  string the hash of the key behind a pages session (expires with it)
   hx:forget:pending          set    users whose deletion is queued for the writer
+  hx:live:dirty              hash   user -> the stream entry of their latest event not yet refreshed (`live.py`)
   hx:publish:lock            string held by the one publish running (expires a minute after its last batch)
   huaxiang:events            stream events (`event`) and deletions (`forget`) for the one writer
 
@@ -40,6 +42,7 @@ PENDING = b"hx:pending"
 KEYS = b"hx:keys"  # (serve/keys.py RedisKeys keeps the key table)
 KEYS_REV = b"hx:keys:rev"
 FORGET_PENDING = b"hx:forget:pending"
+LIVE_DIRTY = b"hx:live:dirty"
 PUBLISH_LOCK = b"hx:publish:lock"
 STREAM = "huaxiang:events"
 POINTER_SECONDS = 0.5  # how often a reader re-reads hx:current and hx:keys:rev
@@ -101,19 +104,19 @@ def session_key(token_hash: str) -> bytes:
 
 def content_hash(*parts: bytes) -> bytes:
     """A short hash of a user's fields: a publish or writer that would write the same bytes writes nothing."""
-    h = hashlib.blake2b(digest_size=12)
-    for p in parts:
-        h.update(len(p).to_bytes(8, "little"))
-        h.update(p)
-    return h.hexdigest().encode()
+    return hashlib.blake2b(b"".join(len(p).to_bytes(8, "little") + p for p in parts), digest_size=12
+                           ).hexdigest().encode()
 
 
 def encode_ctx(history: list[tuple[str, str]], liked: list[str], queries: list[str], segment: str | None,
                top_category: str | None) -> bytes:
     """What the recommender and search need of a user (item ids, not indices, so that a new model does not
     invalidate it): history [(item id, event type)] oldest first, items reviewed well, latest searches first."""
-    return json.dumps({"h": [list(x) for x in history], "l": liked, "q": queries, "s": segment, "c": top_category},
-                      ensure_ascii=False, separators=(",", ":")).encode()
+    return _CTX_JSON.encode({"h": [list(x) for x in history], "l": list(liked), "q": list(queries), "s": segment,
+                             "c": top_category}).encode()
+
+
+_CTX_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 
 
 def decode_ctx(raw: bytes | None) -> dict:

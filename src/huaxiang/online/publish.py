@@ -8,11 +8,11 @@ queries (the writer calls it for a batch's users after each refresh).
 tenants at once and removes the versions they replace after a grace period. A tenant whose inputs did not change
 since the version served (its fingerprint: counts and summed hashes of its rows, the model's and search index's
 content addresses) is skipped: a re-run with nothing changed writes nothing. A tenant's users are read a slice
-at a time (its rows copied sorted by user id: see `_slice_cursor`), rendered in batches of consecutive ids (a
-range, not a list) and written one pipeline per batch; no more than a batch of documents is held at once. With
-`workers`, processes render and write slices side by side. A publish that fails removes the versions it began; one
-that was killed leaves them pending, and the next publish removes them first. One publish at a time per Redis
-(a lock, `layout.PUBLISH_LOCK`, that lapses a minute after a killed publish's last batch).
+at a time (its rows copied sorted by user id: see `_slice_cursor`), rendered in chunks of consecutive ids (a
+range, not a list: `RENDER_USERS`) and written one round trip per batch; no more than a chunk of documents is held
+at once. With `workers`, processes render and write slices side by side. A publish that fails removes the versions
+it began; one that was killed leaves them pending, and the next publish removes them first. One publish at a time
+per Redis (a lock, `layout.PUBLISH_LOCK`, that lapses a minute after a killed publish's last batch).
 """
 from __future__ import annotations
 
@@ -54,61 +54,60 @@ def render_where(con: duckdb.DuckDBPyConnection, where: str, params: list) -> di
     if not records:
         return {}
     history, liked, queries = contexts(con, where, params)
-    weeks = week_grids(con, where, params)
+    weeks = week_codes(con, where, params)
     out = {}
+    doc_json, ctx, empty, hashed = _DOC_JSON.encode, layout.encode_ctx, EMPTY_WEEK, layout.content_hash
     for user, record in records.items():
-        doc = json.dumps(record, ensure_ascii=False).encode()
-        ctx = layout.encode_ctx(history.get(user, []), liked.get(user, []), queries.get(user, []),
-                                record.get("segment"), record.get("top_category"))
-        week = layout.encode_week(weeks[user]) if user in weeks else EMPTY_WEEK
-        out[user] = {"doc": doc, "ctx": ctx, "week": week, "h": layout.content_hash(doc, ctx, week)}
+        doc = doc_json(record).encode()
+        c = ctx(history.get(user, ()), liked.get(user, ()), queries.get(user, ()), record.get("segment"),
+                record.get("top_category"))
+        week = weeks.get(user, empty)
+        out[user] = {"doc": doc, "ctx": c, "week": week, "h": hashed(doc, c, week)}
     return out
 
 
+# json.dumps(…, ensure_ascii=False), made once (a record holds no cycle to look for: the same bytes, sooner)
+_DOC_JSON = json.JSONEncoder(ensure_ascii=False, check_circular=False)
 EMPTY_WEEK = layout.encode_week([[0] * 24 for _ in range(7)])
 
 
 def contexts(con, where: str, params: list, n: int = HISTORY_LENGTH):
     """What `user_view` reads from the store for one user, for every user `where` selects, in three queries:
-    ({user: [(item id, type)] oldest first}, {user: [item id reviewed well] oldest first},
-    {user: [query] latest first}); only items of the user's own tenant are kept (after the latest n are taken)."""
-    history: dict[str, list] = {}
-    for user, item, kind in con.execute(f"""SELECT user_id, item_id, type FROM (
-            SELECT user_id, item_id, type, ts, event_id FROM (
+    ({user: [[item id, type]] oldest first}, {user: [item id reviewed well] oldest first},
+    {user: [query] latest first}); only items of the user's own tenant are kept (after the latest n are taken).
+    DuckDB gathers each user's list."""
+    history = dict(con.execute(f"""SELECT user_id, list_filter(list_slice(h, -{int(n)}, -1),
+                lambda x: {tenant_sql('x[1]')} = {tenant_sql('user_id')}) FROM (
+            SELECT user_id, list([item_id, type] ORDER BY ts, event_id) AS h FROM (
                 SELECT user_id, item_id, type, ts, event_id,
                        lag(item_id) OVER (PARTITION BY user_id ORDER BY ts, event_id) AS before
                 FROM events WHERE {where} AND item_id IS NOT NULL AND type IN ({_ITEM_TYPES}))
-            WHERE before IS DISTINCT FROM item_id
-            QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY ts DESC, event_id DESC) <= {int(n)})
-        WHERE {_SAME_TENANT} ORDER BY user_id, ts, event_id""", params).fetchall():
-        history.setdefault(user, []).append((item, kind))
-    liked: dict[str, list] = {}
+            WHERE before IS DISTINCT FROM item_id GROUP BY user_id)""", params).fetchall())
+    liked = {}
     if has_table(con, "reviews"):
-        for user, item in con.execute(f"""SELECT user_id, item_id FROM (
+        liked = dict(con.execute(f"""SELECT user_id, list(item_id ORDER BY ts, review_id) FROM (
                 SELECT user_id, item_id, ts, review_id FROM reviews WHERE {where} AND (rating >= 4 OR label = 1)
                 QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY ts DESC, review_id DESC) <= {int(n)})
-            WHERE {_SAME_TENANT} ORDER BY user_id, ts, review_id""", params).fetchall():
-            liked.setdefault(user, []).append(item)
-    queries: dict[str, list] = {}
-    for user, query in con.execute(f"""SELECT user_id, query FROM events
-            WHERE {where} AND type = 'search' AND query IS NOT NULL
-            QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY ts DESC, event_id DESC) <= {QUERIES_KEPT}
-            ORDER BY user_id, ts DESC, event_id DESC""", params).fetchall():
-        queries.setdefault(user, []).append(query)
+            WHERE {_SAME_TENANT} GROUP BY user_id""", params).fetchall())
+    queries = dict(con.execute(f"""SELECT user_id, list(query ORDER BY ts DESC, event_id DESC) FROM (
+            SELECT user_id, query, ts, event_id FROM events WHERE {where} AND type = 'search' AND query IS NOT NULL
+            QUALIFY row_number() OVER (PARTITION BY user_id ORDER BY ts DESC, event_id DESC) <= {QUERIES_KEPT})
+        GROUP BY user_id""", params).fetchall())
     return history, liked, queries
 
 
-def week_grids(con, where: str, params: list) -> dict[str, list[list[int]]]:
-    """`render.week_hours` of every user with a profile that `where` selects, in their profile's UTC offset."""
-    grids: dict[str, list[list[int]]] = {}
-    for user, dow, hour, n in con.execute(f"""SELECT user_id, (dayofweek(t) + 6) % 7, hour(t), count(*) FROM (
-            SELECT user_id, ts + to_seconds(CAST(round(coalesce(p.habit_utc_offset, 0) * 3600) AS BIGINT)) AS t
-            FROM events JOIN profiles p USING (user_id) WHERE {where}) GROUP BY ALL""", params).fetchall():
-        grid = grids.get(user)
-        if grid is None:
-            grid = grids[user] = [[0] * 24 for _ in range(7)]
-        grid[dow][hour] = n
-    return grids
+def week_codes(con, where: str, params: list) -> dict[str, bytes]:
+    """`layout.encode_week` of `render.week_hours` of every user with a profile and events that `where` selects (in
+    their profile's UTC offset), the 168 numbers of each joined by DuckDB."""
+    return {user: code.encode() for user, code in con.execute(f"""SELECT user_id, array_to_string(list_transform(
+                range(168), lambda i: coalesce(list_extract(ns, list_position(cells, i)), 0)), ',') FROM (
+            SELECT user_id, list(cell) AS cells, list(n) AS ns FROM (
+                SELECT user_id, (dayofweek(t) + 6) % 7 * 24 + hour(t) AS cell, count(*) AS n FROM (
+                    SELECT user_id,
+                           ts + to_seconds(CAST(round(coalesce(p.habit_utc_offset, 0) * 3600) AS BIGINT)) AS t
+                    FROM events JOIN profiles p USING (user_id) WHERE {where})
+                GROUP BY ALL)
+            GROUP BY user_id)""", params).fetchall()}
 
 
 def _range(tenant: str, lo: str, hi: str) -> str:
@@ -246,8 +245,13 @@ def _used_memory(r) -> int:
 # A publish reads a tenant's users a slice at a time: a private cursor in which `profiles`, `events`, `scores` and
 # `reviews` are temporary copies of the slice's rows sorted by user id, so that each batch of it is a cheap range
 # scan (the store's own tables are in arrival order: a batch's users are spread over all of them), and `items` is
-# the items its events name.
-SLICE_USERS = 50_000
+# the items its events name. Each copy reads the whole of the store's tables, so a slice is as large as memory
+# allows: about SLICE_EVENTS events (from the profiles' event counts), at most SLICE_USERS users. Users are
+# rendered RENDER_USERS at a time (a few set-based queries each: fewer, larger queries cost less per user) and
+# written `batch` per pipeline.
+SLICE_EVENTS = 2_000_000
+SLICE_USERS = 1_000_000
+RENDER_USERS = 5_000
 SLICED = ("profiles", "events", "scores", "reviews")
 
 
@@ -264,34 +268,91 @@ def _slice_cursor(con, tenant: str, lo: str, hi: str):
     return cur
 
 
+def slice_users(con, tenant: str, users: list[str]) -> int:
+    """How many of `users` (consecutive ids of `tenant`) a slice takes: about SLICE_EVENTS events' worth."""
+    try:
+        (events,) = con.execute(f"SELECT coalesce(sum(n_events), 0) FROM profiles "
+                                f"WHERE {_range(tenant, users[0], users[-1])}").fetchone()
+    except duckdb.Error:  # (profiles without event counts: a slice of a fixed size)
+        events = 0
+    per_user = max(1.0, events / len(users)) if events else 10.0
+    return max(RENDER_USERS, min(SLICE_USERS, int(SLICE_EVENTS / per_user)))
+
+
 def write_users(con, r, tenant: str, version: int, users: list[str], batch: int,
                 step: Callable[[int], None] | None = None) -> tuple[int, int]:
     """Renders `users` (consecutive ids of `tenant`, in order) and writes them into `version`: one pipeline of
     HSETs and a ZADD per batch. Returns (users written, bytes of their doc, ctx and week)."""
     written = size = 0
-    for i in range(0, len(users), SLICE_USERS):
-        piece = users[i:i + SLICE_USERS]
+    if not users:
+        return written, size
+    per_slice = slice_users(con, tenant, users)
+    chunk = max(batch, RENDER_USERS)
+    for i in range(0, len(users), per_slice):
+        piece = users[i:i + per_slice]
         cur = _slice_cursor(con, tenant, piece[0], piece[-1])
         try:
-            for j in range(0, len(piece), batch):
-                part = piece[j:j + batch]
+            for j in range(0, len(piece), chunk):
+                part = piece[j:j + chunk]
                 with _no_cycle_collection():
                     rendered = render_where(cur, _range(tenant, part[0], part[-1]), [])
-                    with r.pipeline(transaction=False) as p:
-                        for user in part:
-                            fields = rendered.get(user)
-                            if fields is not None:
-                                p.hset(layout.user_key(tenant, version, user), mapping=fields)
-                                size += len(fields["doc"]) + len(fields["ctx"]) + len(fields["week"])
-                        if rendered:
-                            p.zadd(layout.ids_key(tenant, version), {u: 0 for u in part if u in rendered})
-                        p.execute()
-                written += len(rendered)
-                if step:
-                    step(len(part))
+                    for k in range(0, len(part), batch):
+                        n, nbytes = _write(r, tenant, version, part[k:k + batch], rendered)
+                        written += n
+                        size += nbytes
+                        if step:
+                            step(len(part[k:k + batch]))
+                    del rendered
         finally:
             cur.close()
     return written, size
+
+
+def _write(r, tenant: str, version: int, users: list[str], rendered: dict) -> tuple[int, int]:
+    """One round trip: the HSETs of those of `users` rendered, and their ZADD to the version's ids. The commands
+    are packed here, as the client would pack them (its packing and pipeline cost a third of the writing)."""
+    size, ids, out = 0, [], []
+    prefix = layout.user_key(tenant, version, "")
+    for user in users:
+        fields = rendered.get(user)
+        if fields is not None:
+            key = prefix + user.encode("utf-8", "surrogatepass")
+            doc, ctx, week, h = fields["doc"], fields["ctx"], fields["week"], fields["h"]
+            out.append(b"*10\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n$3\r\ndoc\r\n$%d\r\n%s\r\n$3\r\nctx\r\n$%d\r\n%s\r\n"
+                       b"$4\r\nweek\r\n$%d\r\n%s\r\n$1\r\nh\r\n$%d\r\n%s\r\n"
+                       % (len(key), key, len(doc), doc, len(ctx), ctx, len(week), week, len(h), h))
+            size += len(doc) + len(ctx) + len(week)
+            ids.append(key[len(prefix):])
+    if not ids:
+        return 0, 0
+    zkey = layout.ids_key(tenant, version)
+    out.append(b"*%d\r\n$4\r\nZADD\r\n$%d\r\n%s\r\n" % (2 + 2 * len(ids), len(zkey), zkey))
+    out.extend(b"$1\r\n0\r\n$%d\r\n%s\r\n" % (len(u), u) for u in ids)
+    _round_trip(r, b"".join(out), len(ids) + 1)
+    return len(ids), size
+
+
+def _round_trip(r, packed: bytes, replies: int) -> None:
+    """Sends packed commands on one of the client's connections and reads their `replies` (an error reply raises,
+    after the others are read)."""
+    import redis
+    pool = r.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([packed], check_health=False)
+        failed = None
+        for _ in range(replies):
+            try:
+                conn.read_response()
+            except redis.ResponseError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ batch's path.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -26,8 +27,15 @@ log = logging.getLogger("huaxiang.online")
 RETRIES = 100  # transactions retried after a concurrent switch before giving up (each retry means a switch)
 
 
-def _member(user_id: str) -> bytes:
+def member(user_id: str) -> bytes:
+    """A user id as a Redis member or field (ids are stored as they are, lone surrogates included)."""
     return user_id.encode("utf-8", "surrogatepass")
+
+
+def order(entry_id: bytes | str) -> tuple[int, int]:
+    """A Redis stream entry id (`ms-n`) as something that sorts as the stream does."""
+    ms, _, n = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")
+    return int(ms), int(n or 0)
 
 
 def _versions(raw: dict) -> dict[str, int]:
@@ -47,8 +55,11 @@ class OnlineWriter:
         self.seg_lock = threading.Lock()  # (renewals run from the consumer when idle and from `renewer`)
         self.renewer = None  # the thread that renews segment entries while the stream is busy
 
-    def write(self, users: list[str]) -> int:
-        """The online documents of `users` (stored ids) brought up to date; returns how many users were written."""
+    def write(self, users: list[str], rendered: dict | None = None, seq: str | None = None) -> int:
+        """The online documents of `users` (stored ids) brought up to date; returns how many users were written.
+        `rendered`: their `publish.render_users` (None: rendered now from the writer's connection). `seq` (the
+        live path's, `live.py`): the stream entry the render's snapshot is up to — stored with each document; a
+        document a live patch has already taken past it is left for the next refresh."""
         users = sorted(set(users))
         if not users:
             return 0
@@ -56,12 +67,23 @@ class OnlineWriter:
         users = [u for u in users if tenant_of(u) in known]
         if not users:  # nothing published yet for these tenants: the first publish writes them
             return 0
-        from .publish import render_users
-        rendered = render_users(self.con.cursor(), users)
+        if rendered is None:
+            from .publish import render_users
+            rendered = render_users(self.con.cursor(), users)
         users = [u for u in users if u in rendered]  # (a user without a profile has no document)
-        written = self._transaction(lambda p: self._plan_write(p, users, rendered)) if users else 0
+        written = self._transaction(lambda p: self._plan_write(p, users, rendered, seq)) if users else 0
         self._touched({tenant_of(u) for u in users})
         return written
+
+    def patch(self, seq: str, events: list[dict], titles: dict[str, str]) -> int:
+        """The live path (`live.py`): `events` (rows the store has just stored, of stream entries up to `seq`)
+        folded into their users' documents in every live version where a document of theirs is not already past
+        `seq`, in one MULTI/EXEC (`titles`: item id -> title). A user without a document there yet is left to the
+        refresh. Returns how many users were patched."""
+        by_user: dict[str, list[dict]] = {}
+        for e in events:
+            by_user.setdefault(e["user_id"], []).append(e)
+        return self._transaction(lambda p: self._plan_patch(p, seq, by_user, titles)) if by_user else 0
 
     def forgotten(self, users: list[str]) -> None:
         """After the store deleted `users`: their hashes removed from every live version, their ids from the
@@ -136,21 +158,53 @@ class OnlineWriter:
             out[t] = [v for v in vs if not (sources[(t, v)] or b"").startswith(b"parquet:")]
         return out
 
-    def _plan_write(self, p, users: list[str], rendered: dict) -> int:
-        queued = p.smismember(layout.FORGET_PENDING, [_member(u) for u in users])
+    def _targets(self, p, users: list[str]) -> list[tuple[str, int, bytes]]:
+        """(user, version, key) to write for each of `users` not queued for deletion, in each writable version,
+        their keys WATCHed with the pointers (a live patch and a refresh of one user do not cross)."""
+        queued = p.smismember(layout.FORGET_PENDING, [member(u) for u in users]) if users else []
         users = [u for u, q in zip(users, queued) if not q]
         versions = self._writable(p, {tenant_of(u) for u in users})
-        targets = [(u, v) for u in users for v in versions.get(tenant_of(u), [])]
+        targets = [(u, v, layout.user_key(tenant_of(u), v, u)) for u in users for v in versions.get(tenant_of(u), [])]
+        if targets:
+            p.watch(*[k for _, _, k in targets])
+        return targets
+
+    def _plan_write(self, p, users: list[str], rendered: dict, seq: str | None) -> int:
+        targets = self._targets(p, users)
         reads = self.r.pipeline(transaction=False)
-        for u, v in targets:
-            reads.hget(layout.user_key(tenant_of(u), v, u), "h")
-        stale = [(u, v) for (u, v), h in zip(targets, reads.execute()) if h != rendered[u]["h"]]
+        for _, _, key in targets:
+            reads.hmget(key, "h", "seq")
+        stale = []
+        for (u, v, key), (h, at) in zip(targets, reads.execute()):
+            if seq is not None and at is not None and order(at) > order(seq):
+                continue  # a live patch has taken it past what this render read: the next refresh writes it
+            if h != rendered[u]["h"] or (seq is not None and at != seq.encode()):
+                stale.append((u, v, key))
         p.multi()
-        for u, v in stale:
-            t = tenant_of(u)
-            p.hset(layout.user_key(t, v, u), mapping=rendered[u])
-            p.zadd(layout.ids_key(t, v), {_member(u): 0})
-        return len({u for u, _ in stale})
+        for u, v, key in stale:
+            p.hset(key, mapping=rendered[u] if seq is None else {**rendered[u], "seq": seq})
+            p.zadd(layout.ids_key(tenant_of(u), v), {member(u): 0})
+        return len({u for u, _, _ in stale})
+
+    def _plan_patch(self, p, seq: str, by_user: dict, titles: dict) -> int:
+        from ..features import live
+        targets = self._targets(p, sorted(by_user))
+        reads = self.r.pipeline(transaction=False)
+        for _, _, key in targets:
+            reads.hmget(key, "doc", "ctx", "week", "seq")
+        writes = []
+        for (u, _, key), (doc, ctx, week, at) in zip(targets, reads.execute()):
+            if doc is None or (at is not None and order(at) >= order(seq)):
+                continue  # not there yet (the refresh writes it), or it already holds these events
+            record = live.apply(json.loads(doc), by_user[u], titles)
+            grid = live.apply_week(layout.decode_week(week), by_user[u], record.get("habit_utc_offset") or 0)
+            doc, week = json.dumps(record, ensure_ascii=False).encode(), layout.encode_week(grid)
+            writes.append((u, key, {"doc": doc, "week": week, "h": layout.content_hash(doc, ctx or b"", week),
+                                    "seq": seq}))
+        p.multi()
+        for _, key, fields in writes:
+            p.hset(key, mapping=fields)
+        return len({u for u, _, _ in writes})
 
     def _plan_forget(self, p, users: list[str]) -> int:
         cur, pend = _versions(p.hgetall(layout.CURRENT)), _versions(p.hgetall(layout.PENDING))
@@ -159,8 +213,9 @@ class OnlineWriter:
             t = tenant_of(u)
             for v in {x for x in (cur.get(t), pend.get(t)) if x is not None}:
                 p.delete(layout.user_key(t, v, u))
-                p.zrem(layout.ids_key(t, v), _member(u))
-        p.srem(layout.FORGET_PENDING, *[_member(u) for u in users])
+                p.zrem(layout.ids_key(t, v), member(u))
+        p.srem(layout.FORGET_PENDING, *[member(u) for u in users])
+        p.hdel(layout.LIVE_DIRTY, *[member(u) for u in users])
         return len(users)
 
     def _write_segments(self, tenant: str) -> None:

@@ -9,6 +9,7 @@ keywords' idf and k-means clusters are each tenant's own, so a tenant's profiles
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
@@ -132,8 +133,9 @@ class ProfileRefresher:
         self.con.execute(f"PREPARE _refresh_profiles_q AS INSERT INTO profiles BY NAME "
                          f"{ibis.to_sql(prof, dialect='duckdb')}")
 
-    def refresh(self, user_ids: list[str]) -> int:
-        """Returns the number of profiles written."""
+    def refresh(self, user_ids: list[str], within: bool = False) -> int:
+        """Returns the number of profiles written. `within`: in the transaction the caller holds open on
+        `self.con` (the writer's live path: it reads a snapshot it chose), instead of one of its own."""
         if not user_ids:
             return 0
         c = self.con
@@ -141,7 +143,7 @@ class ProfileRefresher:
         c.execute("INSERT INTO _refresh_users SELECT DISTINCT unnest(?)", [list(user_ids)])
         c.execute("DELETE FROM _refresh_refs")
         c.execute("EXECUTE _refresh_refs_q")
-        with transaction(c):
+        with nullcontext() if within else transaction(c):
             c.execute("DELETE FROM _refresh_feats")
             c.execute("EXECUTE _refresh_feats_q")
             c.execute("DELETE FROM features WHERE user_id IN (SELECT user_id FROM _refresh_users)")

@@ -5,10 +5,12 @@ import json
 import math
 import textwrap
 from datetime import date, datetime
+from typing import Callable
 
 import duckdb
 
 from ..errors import HuaxiangError
+from ..schema import sql_literal
 from .scores import scores_where
 from .summary import summarize
 
@@ -36,29 +38,43 @@ def profile_records(con: duckdb.DuckDBPyConnection, user_ids: list[str], recent:
 
 def records_where(con: duckdb.DuckDBPyConnection, where: str, params: list, recent: int = 10) -> dict[str, dict]:
     """`profile_records` of the users with a profile whose `user_id` meets `where` (SQL, with `params` for its
-    placeholders): e.g. a range of ids, so that a publish reads a batch of users without a list of them."""
+    placeholders): e.g. a range of ids, so that a publish reads a batch of users without a list of them.
+    DuckDB makes the values JSON-ready (`_json_sql`): a record is the row's values under their names."""
     try:
-        cur = con.execute(f"SELECT * FROM profiles WHERE {where}", params)
+        select, plain = _json_columns(con, None, "profiles")
     except duckdb.CatalogException as exc:
         raise HuaxiangError("no profiles in this store yet: run `huaxiang build` first") from exc
-    names = [d[0] for d in cur.description]
-    plain = [_converter(str(d[1])) for d in cur.description]
-    records = {row[0]: {k: (v if f is None or v is None else f(v)) for k, f, v in zip(names, plain, row)}
-               for row in cur.fetchall()}
-    if not records:
+    rows = con.execute(f"SELECT {', '.join(sql for _, sql in select)} FROM profiles WHERE {where}",
+                       params).fetchall()
+    if not rows:
         return {}
-    ev = con.execute(f"""SELECT e.user_id, e.ts, e.type, e.item_id, i.title, e.category_id, e.price, e.query
-        FROM events e LEFT JOIN items i USING (item_id) WHERE {where}
-        QUALIFY row_number() OVER (PARTITION BY e.user_id ORDER BY e.ts DESC, e.event_id) <= {int(recent)}
-        ORDER BY e.user_id, e.ts DESC, e.event_id""", params)
-    names = [d[0] for d in ev.description][1:]
-    plain = [_converter(str(d[1])) for d in ev.description][1:]
+    names = [name for name, _ in select]
+    records = {row[0]: dict(zip(names, row)) for row in rows}
+    if plain:
+        for record in records.values():
+            for i, f in plain.items():
+                if record[names[i]] is not None:
+                    record[names[i]] = f(record[names[i]])
+    del rows
+    # (an event's NaN price is written as null, not left out: Python turns it, after the nulls are left out)
+    select, plain = _json_columns(con, RECENT_COLUMNS, "events e LEFT JOIN items i USING (item_id)", nan_kept=True)
+    # (each user's latest events first, then their items' titles: the join and the conversions for those alone;
+    # the second QUALIFY is for an item listed twice, as the join of every event and then the latest would have it)
+    latest = "PARTITION BY e.user_id ORDER BY e.ts DESC, e.event_id"
+    ev = con.execute(f"""SELECT e.user_id, {', '.join(sql for _, sql in select)} FROM (
+            SELECT * FROM events e WHERE {where} QUALIFY row_number() OVER ({latest}) <= {int(recent)}) e
+        LEFT JOIN items i USING (item_id)
+        QUALIFY row_number() OVER ({latest}) <= {int(recent)}
+        ORDER BY e.user_id, e.ts DESC, e.event_id""", params).fetchall()
+    names = [name for name, _ in select]
     for r in records.values():
         r["recent_events"] = []
-    for user, *row in ev.fetchall():
+    for user, *row in ev:
         if user in records:
-            records[user]["recent_events"].append({k: (v if f is None else f(v))
-                                                   for k, f, v in zip(names, plain, row) if v is not None})
+            records[user]["recent_events"].append(
+                {k: plain[i](v) if i in plain else v for i, (k, v) in enumerate(zip(names, row)) if v is not None}
+                if plain else {k: v for k, v in zip(names, row) if v is not None})
+    del ev
     scores = scores_where(con, where, params)
     for user, r in records.items():
         r["scores"] = scores.get(user, {})
@@ -66,21 +82,69 @@ def records_where(con: duckdb.DuckDBPyConnection, where: str, params: list, rece
     return records
 
 
-_AS_IS = {"VARCHAR", "BIGINT", "INTEGER", "SMALLINT", "TINYINT", "UBIGINT", "UINTEGER", "HUGEINT", "BOOLEAN"}
+RECENT_COLUMNS = ["e.ts", "e.type", "e.item_id", "i.title", "e.category_id", "e.price", "e.query"]
+_AS_IS = {"varchar", "bigint", "integer", "smallint", "tinyint", "ubigint", "uinteger", "usmallint", "utinyint",
+          "hugeint", "boolean"}
 
 
-def _float(v):
-    return None if math.isnan(v) or math.isinf(v) else v
+def _json_columns(con, columns: list[str] | None, source: str,
+                  nan_kept: bool = False) -> tuple[list[tuple[str, str]], dict[int, Callable]]:
+    """[(name, SQL)] of `columns` (SQL expressions; None: every column) of `source` (a FROM clause), each SQL
+    yielding the values `_plain` would make (`_json_sql`), and {index: what Python does to each value} of those
+    whose type SQL leaves to Python (`_plain`; with `nan_kept`, `_finite` for the floating-point columns)."""
+    described = con.execute(f"SELECT {', '.join(columns or ['*'])} FROM {source} LIMIT 0").description
+    select, plain = [], {}
+    for i, (name, sql_type, *_) in enumerate(described):
+        expr = columns[i] if columns else _quoted(name)
+        sql = None if nan_kept and sql_type.id in ("double", "float") else _json_sql(expr, sql_type)
+        if sql is None:
+            plain[i] = _finite if nan_kept and sql_type.id in ("double", "float") else _plain
+        select.append((name, expr if sql in (None, expr) else f"{sql} AS {_quoted(name)}"))
+    return select, plain
 
 
-def _converter(sql_type: str):
-    """What `_plain` does to a value of a column of this type (None: nothing), chosen once per column: most
-    columns of a profile need nothing, and walking every value costs more than the rest of a record."""
-    if sql_type in _AS_IS or (sql_type.endswith("[]") and sql_type[:-2] in _AS_IS):
-        return None
-    if sql_type in ("DOUBLE", "FLOAT"):
-        return _float
-    return _plain
+def _finite(v: float) -> float | None:
+    return None if v != v or v in (math.inf, -math.inf) else v
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _json_sql(expr: str, sql_type, depth: int = 0) -> str | None:
+    """SQL of `expr` (of `sql_type`, a DuckDB type) whose value is what `_plain` makes of `expr`'s value; None when
+    SQL does not do it here (time zones, decimals, maps…: left to Python). Column by column, this costs DuckDB
+    little and spares Python a call per value."""
+    kind = sql_type.id
+    if kind in _AS_IS:
+        return expr
+    if kind in ("double", "float"):
+        return f"CASE WHEN isnan({expr}) OR isinf({expr}) THEN NULL ELSE {expr} END"
+    if kind in ("timestamp", "date"):  # (as datetime.isoformat: a four-digit year, microseconds unless 0)
+        year = f"lpad(CAST(year({expr}) AS VARCHAR), 4, '0')"
+        if kind == "date":
+            return f"{year} || strftime({expr}, '-%m-%d')"
+        return (f"{year} || strftime({expr}, '-%m-%dT%H:%M:%S') || "
+                f"CASE WHEN microsecond({expr}) % 1000000 = 0 THEN '' ELSE strftime({expr}, '.%f') END")
+    if kind == "list":
+        var = f"x{depth}"
+        inner = _json_sql(var, sql_type.children[0][1], depth + 1)
+        if inner is None:
+            return None
+        return expr if inner == var else f"list_transform({expr}, lambda {var}: {inner})"
+    if kind == "struct":
+        fields = []
+        for name, field_type in sql_type.children:
+            get = f"struct_extract({expr}, {sql_literal(name)})"
+            sql = _json_sql(get, field_type, depth)
+            if sql is None:
+                return None
+            fields.append((name, get, sql))
+        if all(sql == get for _, get, sql in fields):
+            return expr
+        packed = ", ".join(f"{_quoted(name)} := {sql}" for name, _, sql in fields)
+        return f"CASE WHEN {expr} IS NULL THEN NULL ELSE struct_pack({packed}) END"
+    return None
 
 
 def profile_record(con: duckdb.DuckDBPyConnection, user_id: str, recent: int = 10) -> dict:
