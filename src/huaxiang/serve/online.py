@@ -94,15 +94,15 @@ class OnlineService(Base):
 
     def find_users(self, q: str, wanted: list[str], tenants, limit: int) -> list[tuple]:
         """Users whose id is one of `wanted` or starts with `q` (online, the finder matches the start of an id)."""
-        exact = [u for u in wanted if (tenants is None or tenant_of(u) in tenants) and self.reader.doc(u)]
-        ids = exact + [u for u in self.reader.find_users(q, tenants, limit) if u not in exact]
+        exact = [u for u in wanted if tenants is None or tenant_of(u) in tenants]
+        ids = list(dict.fromkeys(exact + self.reader.find_users(q, tenants, limit)))
         out = []
-        for u in ids[:limit]:
+        for u in ids:  # (an exact id without a document is not listed)
             doc = self.reader.doc(u)
             if doc is not None:
                 r = json.loads(doc)
                 out.append((u, r.get("segment"), r.get("n_events") or 0))
-        return out
+        return out[:limit]
 
     def week(self, user_id: str, offset_hours: float) -> list[list[int]]:
         got = self.reader.user_fields(user_id, "week")  # (published in the profile's own offset)
