@@ -38,6 +38,21 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(schema.INGESTS_DDL)
 
 
+EVENT_ID_INDEX = "events_event_id"
+
+
+def index_event_ids(con: duckdb.DuckDBPyConnection) -> None:
+    """Makes sure `events.event_id` is indexed (an ART index, built once: ~35 s per 10M events). For a process that
+    stores small batches often — the online writer — each batch's de-duplication against the stored events is
+    then a lookup instead of a scan of the whole table (10M events: a batch of 5 stored in 55 ms instead of
+    347 ms). Bulk ingests keep the index up to date too, at some cost, so only the writer asks for it."""
+    if con.execute("SELECT count(*) FROM duckdb_indexes() WHERE index_name = ?", [EVENT_ID_INDEX]).fetchone()[0]:
+        return
+    con.execute("SET enable_progress_bar = false")  # (the caller shows its own progress)
+    con.execute(f"CREATE INDEX IF NOT EXISTS {EVENT_ID_INDEX} ON events (event_id)")
+    con.execute("CHECKPOINT")  # (DDL kept out of the write-ahead log, as for the key table)
+
+
 def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])

@@ -108,7 +108,11 @@ def consume(
     con = connect(db)
     cfg = load_config(config)
     writer = OnlineWriter(publish, con) if publish else None
-    live = LivePath(writer, con, cfg, refresh_every) if writer else None
+    live = None
+    if writer:
+        with spinner() as bar:
+            bar.add_task("preparing the writer (the first time on a store: indexing its event ids) …", total=None)
+            live = LivePath(writer, con, cfg, refresh_every)
     with spinner() as bar:
         task = bar.add_task(f"waiting for events on {stream}", total=None)
         report = run_consume(con, cfg, source, batch, idle_exit_s=idle_exit, writer=writer, live=live,

@@ -41,7 +41,9 @@ class LivePath:
 
     def __init__(self, writer: OnlineWriter, con, cfg, every: float = 0.5):
         from ..profile.build import ProfileRefresher
+        from ..store import index_event_ids
         self.w, self.con, self.every = writer, con, every
+        index_event_ids(con)  # (a batch's de-duplication looks its event ids up instead of scanning every event)
         self.refresher = ProfileRefresher(con, cfg)  # its own cursor: the rounds' transactions
         self.commit = threading.Lock()  # a batch's commit; a round's snapshot is taken under it
         self.rounds = threading.Lock()  # a round in flight; a deletion waits for it
