@@ -28,11 +28,9 @@ def apply(record: dict, events: list[dict], titles: dict[str, str], recent: int 
     offset = record.get("habit_utc_offset") or 0
     for name, kind in EVENT_COUNTS.items():
         record[name] = (record.get(name) or 0) + sum(1 for e in events if kind is None or e["type"] == kind)
+    times = [e["ts"].isoformat() for e in events]  # (ISO times of one format order as the times do)
     for name, how in SEEN.items():
-        times = [e["ts"].isoformat() for e in events]
-        if record.get(name) is not None:
-            times.append(record[name])
-        record[name] = _FOLD[how](times)  # (ISO times of one format order as the times do)
+        record[name] = _FOLD[how](times + ([record[name]] if record.get(name) is not None else []))
     for name, width, bucket in (("hour_hist", 24, local_hour), ("dow_hist", 7, local_weekday)):
         hist = record.get(name) or [0] * width
         for e in events:
