@@ -207,7 +207,7 @@ def main() -> None:
     ap.add_argument("--probe-every", type=int, default=5, help="--online: every Nth event is a polled probe")
     ap.add_argument("--poll-ms", type=float, default=10.0, help="--online: poll interval of a probe's profile")
     ap.add_argument("--timeout", type=float, default=30.0, help="--online: a probe not visible after this is lost")
-    ap.add_argument("--refresh-every", type=float, default=0.5, help="--online: the writer's refresh rounds (s)")
+    ap.add_argument("--refresh-every", type=float, default=2.0, help="--online: the writer's refresh rounds (s)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"),
                     help="results folder (default: benchmarks/out; a debug run can write elsewhere)")
     args = ap.parse_args()

@@ -92,7 +92,7 @@ def consume(
     publish: Optional[str] = typer.Option(None, "--publish", help="Also write each batch's users to this online "
                                           "store (a Redis URL, may equal --redis) before acknowledging it: the one "
                                           "writer of `huaxiang serve --online`."),
-    refresh_every: float = typer.Option(0.5, "--refresh-every", min=0.01, help="With --publish: each batch's "
+    refresh_every: float = typer.Option(2.0, "--refresh-every", min=0.01, help="With --publish: each batch's "
                                         "events are patched online at once (counts, last seen, histograms, latest "
                                         "events) and its users' whole profiles refreshed this often, off the "
                                         "batch's path (seconds)."),

@@ -20,6 +20,7 @@ deleted under it) and clears the user's mark.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from contextlib import contextmanager, suppress
@@ -33,16 +34,21 @@ from .writer import OnlineWriter, member, order
 
 log = logging.getLogger("huaxiang.online")
 ROUND_USERS = 5_000  # users refreshed per round at most (the rest: the next round, at once)
+ROUND_NICENESS = 10  # the refresh thread's niceness: a round runs when the batches leave the CPU to it
 
 
 class LivePath:
     """Patches a batch's users online after its commit (`store`) and refreshes them in rounds in a thread.
     `con`: the consumer's store connection; `cfg`: the build's configuration (for the refresh)."""
 
-    def __init__(self, writer: OnlineWriter, con, cfg, every: float = 0.5):
+    def __init__(self, writer: OnlineWriter, con, cfg, every: float = 2.0):
         from ..profile.build import ProfileRefresher
         from ..store import index_event_ids
         self.w, self.con, self.every = writer, con, every
+        # one thread per query: DuckDB's pool is shared by the store's connections, and a batch's small statements
+        # queued behind a round's tasks (docs/deployment.md, "Freshness"); the batch and the round still run side
+        # by side, each on its own Python thread
+        con.execute("SET threads = 1")
         index_event_ids(con)  # (a batch's de-duplication looks its event ids up instead of scanning every event)
         self.refresher = ProfileRefresher(con, cfg)  # its own cursor: the rounds' transactions
         self.commit = threading.Lock()  # a batch's commit; a round's snapshot is taken under it
@@ -119,6 +125,10 @@ class LivePath:
         return written
 
     def _run(self) -> None:
+        with suppress(OSError, AttributeError):  # (Linux: the niceness of this thread only; elsewhere left as is)
+            # the rounds yield the CPU to the batches and the servers beside them (with one DuckDB thread, a
+            # round's queries run on this thread)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ROUND_NICENESS)
         last = time.monotonic()
         while True:
             self.wake.wait()
