@@ -19,7 +19,7 @@ LAYERS = [
     ("models",),
     ("profile",),
     ("recommend",),
-    ("scale", "stream", "forget", "online"),
+    ("scale", "stream", "forget", "online", "experiments"),
     ("serve", "evaluate"),
     ("jobs", "demo"),
     ("cli", "submit"),

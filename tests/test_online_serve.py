@@ -1,5 +1,6 @@
 """Online mode against real processes: a store published to a real redis-server, stateless API workers
 (`huaxiang serve --online`, one of them with `--workers 2`), and the one writer (`huaxiang consume --publish`)."""
+import json
 import os
 import shutil
 import signal
@@ -92,6 +93,12 @@ def raw_get(base: str, path: str, key: str) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+def shown(answer: dict) -> dict:
+    """An answer less its `request_id` (a fresh one per request), which it must carry."""
+    assert len(answer["request_id"]) == 32
+    return {k: v for k, v in answer.items() if k != "request_id"}
+
+
 def test_online_workers_answer_what_the_embedded_server_answers(online, store):
     """Profiles byte for byte, recommendations with their reasons, segments and search — from Redis only."""
     frozen = store[2]
@@ -104,7 +111,7 @@ def test_online_workers_answer_what_the_embedded_server_answers(online, store):
         path = "/v1/users/" + urllib.parse.quote(u, safe="")
         assert raw_get(online["a"], path + "/profile", key) == (200, docs[u])
         status, got = call(online["b"], "GET", path + "/recommendations?k=10", key)
-        assert status == 200 and got == recommend(con.cursor(), rec, u, 10, True), u
+        assert status == 200 and shown(got) == recommend(con.cursor(), rec, u, 10, True), u
     assert call(online["a"], "GET", "/v1/users/taobao%3Anobody/profile", key)[0] == 404
     status, seg = call(online["b"], "GET", "/v1/segments", key)
     assert status == 200 and [t["tenant"] for t in seg["tenants"]] == ["beauty", "taobao"]
@@ -115,14 +122,14 @@ def test_online_workers_answer_what_the_embedded_server_answers(online, store):
         assert all(abs(a["size"] - b["size"]) < 60 for a, b in zip(exact["segments"], noisy["segments"]))
         assert "definition" not in noisy["segments"][0]
     status, found = call(online["a"], "GET", "/v1/search?q=red+lipstick+matte&tenant=beauty", key)
-    assert status == 200 and found == search_store(con.cursor(), "red lipstick matte", None, 10, tenant="beauty")
+    assert status == 200 and shown(found) == search_store(con.cursor(), "red lipstick matte", None, 10, tenant="beauty")
     assert found["items"][0]["item_id"] == "beauty:t1"
     user = sample[-1]
     status, found = call(online["b"], "GET", f"/v1/search?q=cream&user_id={urllib.parse.quote(user)}", key)
-    assert status == 200 and found == search_store(con.cursor(), "cream", user, 10, None, rec)
+    assert status == 200 and shown(found) == search_store(con.cursor(), "cream", user, 10, None, rec)
     # no tenant named: the one tenant with titled items, as in embedded mode
-    assert call(online["a"], "GET", "/v1/search?q=lipstick", key) == (200, search_store(con.cursor(), "lipstick",
-                                                                                       None, 10))
+    status, found = call(online["a"], "GET", "/v1/search?q=lipstick", key)
+    assert status == 200 and shown(found) == search_store(con.cursor(), "lipstick", None, 10)
     # the store's own keys were published with it
     assert raw_get(online["a"], "/v1/users/" + urllib.parse.quote(sample[0], safe="") + "/profile",
                    online["keys"]["store"])[0] == 200
@@ -256,3 +263,25 @@ def test_workers_need_the_online_store(store, tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "cannot reach the online store" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_what_a_worker_showed_reaches_the_writer(online):
+    """A worker queues its answers' items as one stream entry per batch (within a second); the writer stores and
+    acknowledges it (the rows themselves: tests/test_exposures.py)."""
+    user = users(online["frozen"], "taobao", 2)[-1]
+    status, got = call(online["a"], "GET", "/v1/users/" + urllib.parse.quote(user, safe="") + "/recommendations?k=3",
+                       online["keys"]["read"])
+    assert status == 200 and len(got["items"]) == 3
+    r = layout.connect(online["url"])
+
+    def entry():
+        for entry_id, fields in r.xrange(layout.STREAM):
+            if b"exposures" in fields and got["request_id"].encode() in fields[b"exposures"]:
+                return entry_id, json.loads(fields[b"exposures"])
+    assert wait_for(entry, seconds=10), "no exposures entry"
+    entry_id, rows = entry()
+    mine = [row for row in rows if row[0] == got["request_id"]]
+    assert [(row[2], row[3], row[4]) for row in mine] == [(user, i["item_id"], n) for n, i in
+                                                           enumerate(got["items"], start=1)]
+    assert wait_for(lambda: not r.xpending_range(layout.STREAM, "huaxiang", min=entry_id, max=entry_id, count=1)
+                    and r.xinfo_groups(layout.STREAM)[0]["last-delivered-id"] >= entry_id, seconds=20)

@@ -136,6 +136,13 @@ CREATE TABLE IF NOT EXISTS forgotten_users (
 )
 """
 
+# What was shown (huaxiang.experiments.exposures): one row per item of a recommendation or search answer.
+EXPOSURES_DDL = """
+CREATE TABLE IF NOT EXISTS exposures (
+    request_id VARCHAR, ts TIMESTAMP, user_id VARCHAR, item_id VARCHAR, position INTEGER, score DOUBLE,
+    surface VARCHAR, model VARCHAR, version VARCHAR, experiment VARCHAR, variant VARCHAR, latency_ms DOUBLE
+)"""
+
 INGESTS_DDL = """
 CREATE TABLE IF NOT EXISTS ingests (
     source VARCHAR, format VARCHAR, rows_read BIGINT, rows_added BIGINT, rows_duplicate BIGINT,

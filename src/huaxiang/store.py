@@ -36,6 +36,7 @@ def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(schema.ddl(table))
     con.execute(schema.QUARANTINE_DDL)
     con.execute(schema.INGESTS_DDL)
+    con.execute(schema.EXPOSURES_DDL)
 
 
 EVENT_ID_INDEX = "events_event_id"

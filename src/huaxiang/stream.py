@@ -38,7 +38,7 @@ log = logging.getLogger("huaxiang.stream")
 class Message:
     id: str  # the source's own id (Redis entry id; Kafka partition:offset)
     payload: bytes | str | None
-    kind: str = "event"  # or "forget": a deletion to execute in stream order
+    kind: str = "event"  # or "forget": a deletion to execute in stream order; or "exposures": rows shown
 
 
 class Source(Protocol):
@@ -125,6 +125,8 @@ def _entry(entry_id, fields: dict | None) -> Message:
     fields = fields or {}  # (an entry trimmed from the stream while pending comes back without fields)
     if b"forget" in fields:
         return Message(_text(entry_id), fields[b"forget"], "forget")
+    if b"exposures" in fields:
+        return Message(_text(entry_id), fields[b"exposures"], "exposures")
     return Message(_text(entry_id), fields.get(b"event"))
 
 
@@ -159,6 +161,7 @@ class ConsumeReport:
     batches: int = 0
     forgotten: int = 0  # deletions executed
     online: int = 0  # users written to the online store
+    exposures: int = 0  # exposure rows stored (from online workers)
 
 
 def crash_point(name: str) -> None:
@@ -188,10 +191,11 @@ def forget_order(message: Message) -> tuple[str, bool] | None:
 
 
 def _runs(messages: list[Message]) -> list[list[Message]]:
-    """The messages cut before and after each deletion: runs of events, and each deletion alone, in order."""
+    """The messages cut before and after each deletion or exposures entry: runs of events, and each of those alone,
+    in order."""
     runs: list[list[Message]] = []
     for m in messages:
-        if m.kind == "forget" or not runs or runs[-1][0].kind == "forget":
+        if m.kind != "event" or not runs or runs[-1][0].kind != "event":
             runs.append([m])
         else:
             runs[-1].append(m)
@@ -243,6 +247,8 @@ def consume(con, cfg, source: Source, batch: int = 500, block_ms: int = 200, idl
         for run in _runs(messages):
             if run[0].kind == "forget":
                 _forget(run[0], forget, writer, lock, report, live)
+            elif run[0].kind == "exposures":
+                report.exposures += _store_exposures(con, run[0])
             else:
                 records = decode(source, run)
 
@@ -276,6 +282,27 @@ def consume(con, cfg, source: Source, batch: int = 500, block_ms: int = 200, idl
         report.online += live.written
         report.refreshed = live.refreshed
     return report
+
+
+def _store_exposures(con, message: Message) -> int:
+    """An online worker's batch of exposure rows (`experiments.exposures.rows_of`, as JSON) into `exposures`; an
+    unreadable entry is logged and skipped (what was shown is a measurement, not a person's data to keep)."""
+    from datetime import datetime
+
+    import pyarrow as pa
+
+    from .experiments.exposures import COLUMNS, table_of
+    try:
+        rows = json.loads(message.payload)
+        rows = [(r[0], datetime.fromisoformat(r[1]), *r[2:]) for r in rows]
+        if any(len(r) != len(COLUMNS) for r in rows):
+            raise ValueError(f"expected rows of {len(COLUMNS)} values")
+        batch = table_of(rows)
+    except (ValueError, TypeError, IndexError, RecursionError, pa.ArrowException) as exc:
+        log.warning("stream entry %s: unreadable exposures (%s): %s", message.id, exc, _text(message.payload)[:200])
+        return 0
+    con.from_arrow(batch).insert_into("exposures")
+    return len(rows)
 
 
 def _forget(message: Message, forget, writer, lock, report: ConsumeReport, live=None) -> None:

@@ -14,7 +14,7 @@ import typer
 
 from .. import __version__
 from ..errors import HuaxiangError
-from . import data, online, profiles, recommend, report, service, text
+from . import data, experiments, online, profiles, recommend, report, service, text
 from .options import err, out
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -26,7 +26,8 @@ _state = {"debug": False}
 
 for command in (data.ingest, data.build, data.export, profiles.profile, profiles.score, profiles.segments, text.embed,
                 profiles.graph, text.sentiment, recommend.recommend, recommend.search, profiles.clv, report.report,
-                service.forget, service.consume, service.serve, online.publish, text.convert_encoder, data.demo):
+                experiments.ope, service.forget, service.consume, service.serve, online.publish, text.convert_encoder,
+                data.demo):
     app.command()(command)
 train_app.command("classifier")(text.train_classifier)
 train_app.command("recommender")(recommend.train_recommender)

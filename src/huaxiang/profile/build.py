@@ -19,7 +19,7 @@ import ibis
 import pandas as pd
 
 from ..config import Config
-from ..schema import tenant_expr, tenant_sql
+from ..schema import sql_literal, tenant_expr, tenant_sql
 from ..store import has_table, transaction
 from ..features import behaviour as bh
 from ..features import segments as sg
@@ -96,18 +96,33 @@ def record_segments(con: duckdb.DuckDBPyConnection) -> None:
             FROM profiles o FULL JOIN _new_profiles n USING (user_id) GROUP BY ALL""", [built_at])
 
 
+def plan_without_statistics(con: duckdb.DuckDBPyConnection) -> None:
+    """DuckDB 1.4 optimises a prepared statement with the tables' statistics of the moment it is prepared and keeps
+    that plan for every EXECUTE (duckdb issues 23704 and 24182; later versions skip statistics propagation for
+    prepared plans): a statement prepared over an empty table treats its columns as holding no NULL, so
+    `coalesce(x, …)` became `x`, and a refresh wrote NULL tags for every user without keywords. This turns that
+    optimiser off for the whole database `con` belongs to (DuckDB has no per-connection switch), other queries
+    included; the refresher's speed is unchanged."""
+    current = con.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0]
+    names = [n.strip() for n in current.split(",") if n.strip()]
+    if "statistics_propagation" not in names:
+        con.execute(f"SET disabled_optimizers = {sql_literal(','.join(names + ['statistics_propagation']))}")
+
+
 class ProfileRefresher:
     """Incremental update of a few users: their features, segment and tags recomputed from the store as it is now,
     their rows in `features` and `profiles` replaced (one transaction); everyone else untouched.
 
     The SQL is compiled and prepared once (Ibis compilation costs ~1 s, DuckDB's planning of the feature query
-    ~30 ms; running it on a handful of users, a few ms):
+    ~30 ms; running it on a handful of users, a few ms), planned without statistics propagation for the whole
+    database (`plan_without_statistics`: a prepared plan must not depend on what the tables held when it was made):
     the users to refresh and the tenants' reference times are read from two temp tables filled per call. Segment
     thresholds and price-band cut points are each tenant's at construction (from the profiles and prices then); a
     tenant new since the last full build gets them at the next one (until then: no threshold segment, no band)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, cfg: Config):
         self.con = con.cursor()  # temp tables are private to this cursor
+        plan_without_statistics(self.con)  # before PREPARE (a re-plan after a change of the catalog, too)
         self.con.execute("CREATE OR REPLACE TEMP TABLE _refresh_users (user_id VARCHAR)")
         self.con.execute("CREATE OR REPLACE TEMP TABLE _refresh_refs (tenant VARCHAR, as_of TIMESTAMP)")
         ib = ibis.duckdb.from_connection(self.con)

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -104,7 +105,12 @@ def online_app() -> FastAPI:
 
 def assemble(service, settings: ServeSettings) -> FastAPI:
     """The app of either kind of service: middleware, error handlers, routes, the reference page."""
-    app = FastAPI(title="huaxiang", version=__version__, docs_url=None, redoc_url=None,
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        if service.exposures is not None:  # (what the answers showed and is still queued)
+            service.exposures.close()
+    app = FastAPI(title="huaxiang", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Deep user profiles for e-commerce search and recommendation.")
     app.state.service = service
     SlowHeaders.header_seconds = settings.header_seconds  # (the connections' protocol, one per process)

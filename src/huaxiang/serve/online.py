@@ -38,6 +38,12 @@ class OnlineService(Base):
         self.key_table = RedisKeys(self.reader.r)
         self.revision = self.key_table.revision()
         super().__init__(settings, self.key_table.load(), RedisSessions(self.reader.r, settings.session_hours * 3600))
+        from ..experiments.exposures import ExposureLog
+        self.exposures = ExposureLog(self.queue_exposures)
+
+    def queue_exposures(self, rows: list[tuple]) -> None:
+        """The exposures sink of a worker: one stream entry per batch, stored by the one writer."""
+        self.reader.r.xadd(layout.STREAM, {"exposures": json.dumps(rows, default=str, ensure_ascii=False)})
 
     def reload_keys(self) -> None:
         self.keys = self.key_table.load()

@@ -162,14 +162,16 @@ def timeline_html(events: list[dict]) -> str:
     return f'<ol class="timeline">{"".join(rows)}</ol>'
 
 
-def items_html(items: list[dict], why_key: str | None) -> str:
+def items_html(items: list[dict], why_key: str | None, request_id: str | None = None) -> str:
+    """The items of an answer, its `request_id` (what clicks on them are attributed to) on the list."""
     out = []
     for it in items:
         why = f'<span class="why">{escape(it[why_key])}</span>' if why_key and it.get(why_key) else ""
         name = (f'<span class="title">{escape(it["title"])}</span> <span class="id">{escape(it["item_id"])}</span>'
                 if it.get("title") else f'<span class="title">{escape(it["item_id"])}</span>')
         out.append(f'<li>{name}{why}</li>')
-    return f'<ol class="items">{"".join(out)}</ol>'
+    rid = f' data-request-id="{escape(request_id)}"' if request_id else ""
+    return f'<ol class="items"{rid}>{"".join(out)}</ol>'
 
 
 def search_html(user_id: str, q: str, result: dict | None) -> str:
@@ -180,7 +182,8 @@ def search_html(user_id: str, q: str, result: dict | None) -> str:
         return form
     how = ("re-ranked for this user's tastes" if result["personalised"] else
            "not personalised (no history for this user in the recommender)")
-    found = items_html(result["items"], None) if result["items"] else note("No item title matches.")
+    found = (items_html(result["items"], None, result.get("request_id")) if result["items"]
+             else note("No item title matches."))
     return form + f'<div id="search-results"><p>{len(result["items"])} items for “{escape(q)}”, {how}</p>{found}</div>'
 
 
@@ -204,7 +207,7 @@ def profile_html(r: dict, grid: list[list[int]], recs: dict | None, rec_note: st
             + (f'<h3>Semantic interests</h3><ul class="tags">{_tags(r.get("semantic_tags"))}</ul>'
                if r.get("semantic_tags") else "")
             + f'<h3>Title keywords</h3><ul class="tags">{_tags(r.get("keywords"))}</ul>')
-    recs_body = (f'<p>From {escape(recs["source"])}.</p>' + items_html(recs["items"], "reason")
+    recs_body = (f'<p>From {escape(recs["source"])}.</p>' + items_html(recs["items"], "reason", recs.get("request_id"))
                  if recs and recs["items"] else note(rec_note or "No recommendations."))
     return "".join([
         f'<div class="head">{head}</div>',

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from uuid import uuid4
 
 import duckdb
 from fastapi import HTTPException
@@ -54,6 +55,19 @@ class Base:
         self.limiter = None  # how many `work` calls run at once
         self.metrics = Metrics()
         self.write_lock = threading.RLock()  # every write (see the module's docstring)
+        self.exposures = None  # an experiments.exposures.ExposureLog: what the answers showed
+
+    def exposed(self, user_id: str | None, surface: str, answer: dict, started: float) -> dict:
+        """`answer` (a recommendation or a search, computed since `time.perf_counter()` was `started`) with a fresh
+        `request_id`; its items queued as exposures, off the request path. The model is the answer's `source`
+        (recommendations) or "search" / "search+personal"."""
+        from ..experiments.exposures import rows_of
+        request_id = uuid4().hex
+        if self.exposures is not None and answer.get("items"):
+            model = answer.get("source") or ("search+personal" if answer.get("personalised") else "search")
+            self.exposures.add(rows_of(request_id, user_id, surface, answer["items"], model,
+                                       latency_ms=(time.perf_counter() - started) * 1e3))
+        return {"request_id": request_id, **answer}
 
     async def work(self, fn, *args):
         """`fn(*args)` in a worker thread, at most `work_threads` at once (the event loop keeps answering)."""
@@ -102,6 +116,8 @@ class Service(Base):
         self.rec_lock = threading.Lock()  # loading the recommender (once)
         self.docs = ProfileDocs(self.con, settings.profile_docs)
         self.docs.warm()
+        from ..experiments.exposures import ExposureLog, store_sink
+        self.exposures = ExposureLog(store_sink(self.con))
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         return self.con.cursor()

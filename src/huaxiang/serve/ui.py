@@ -11,6 +11,7 @@ another site cannot sign a browser in or out. Without a valid key a page answers
 from __future__ import annotations
 
 import json
+import time
 from html import escape
 from importlib.resources import files
 from urllib.parse import parse_qs, quote, urlsplit
@@ -151,6 +152,12 @@ def profile_record(request: Request, user_id: str) -> dict | None:
     return json.loads(doc) if doc is not None else None
 
 
+def shown(svc, user_id: str, surface: str, fn, *args) -> dict:
+    """`fn(*args)` (a recommendation or a search) with a `request_id`, its items queued as exposures."""
+    started = time.perf_counter()
+    return svc.exposed(user_id, surface, fn(*args), started)
+
+
 @router.get("/ui/users/{user_id:path}", include_in_schema=False)  # (ids may hold a slash)
 def profile_page(request: Request, user_id: str, q: str = Query("", max_length=500)) -> Response:
     key = signed_in(request)
@@ -161,7 +168,7 @@ def profile_page(request: Request, user_id: str, q: str = Query("", max_length=5
                     status=404)
     svc, recs, rec_note = service(request), None, ""
     try:
-        recs = svc.recommend(user_id, 10, True)
+        recs = shown(svc, user_id, "page:recommendations", svc.recommend, user_id, 10, True)
     except HTTPException as exc:
         rec_note = str(exc.detail)
     except HuaxiangError as exc:
@@ -169,7 +176,7 @@ def profile_page(request: Request, user_id: str, q: str = Query("", max_length=5
     found = None
     if q.strip():
         try:
-            found = svc.search(q.strip(), user_id, 10, None)
+            found = shown(svc, user_id, "page:search", svc.search, q.strip(), user_id, 10, None)
         except (HTTPException, HuaxiangError) as exc:
             rec_note = rec_note or str(getattr(exc, "detail", exc))
     grid = svc.week(user_id, r.get("habit_utc_offset") or 0)

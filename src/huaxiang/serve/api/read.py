@@ -4,8 +4,13 @@ tenants sees only their users (another tenant's user is 404, as if unknown) and 
 What may take long runs in worker threads, `work_threads` at a time, so that it never holds up the event loop
 (profile reads, health checks): search, and a recommendation that reads the store. A recommendation for a user
 whose history the recommender holds in memory is computed on the loop: it reads nothing and its work is bounded
-by the recommender's `history_length` (~1 ms), less than the hand-off to a thread costs under load."""
+by the recommender's `history_length` (~1 ms), less than the hand-off to a thread costs under load.
+
+A recommendation or search answer carries a `request_id`, and its items are queued as exposures (`Base.exposed`):
+what was shown, to whom, where, by which model, how fast — written to the store off the request path."""
 from __future__ import annotations
+
+import time
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -32,8 +37,9 @@ async def profile(request: Request, user_id: str, key: Key = need("read")) -> Re
 async def recommendations(request: Request, user_id: str, k: int = Query(10, ge=1, le=200), explain: bool = True,
                           key: Key = need("read")) -> JSONResponse:
     own_user(key, user_id)
-    svc = service(request)
-    return JSONResponse(await svc.work(svc.recommend, user_id, k, explain))
+    svc, started = service(request), time.perf_counter()
+    answer = await svc.work(svc.recommend, user_id, k, explain)
+    return JSONResponse(svc.exposed(user_id, "recommendations", answer, started))
 
 
 @router.get("/v1/search")
@@ -43,7 +49,9 @@ async def search(request: Request, q: str = Query(..., min_length=1, max_length=
                                             "(default: the user's, or the key's only tenant)"),
                  key: Key = need("read")) -> JSONResponse:
     svc, tenant = service(request), key_search_tenant(key, tenant, user_id)
-    return JSONResponse(await svc.work(svc.search, q, user_id, k, tenant))
+    started = time.perf_counter()
+    answer = await svc.work(svc.search, q, user_id, k, tenant)
+    return JSONResponse(svc.exposed(user_id, "search", answer, started))
 
 
 @router.get("/v1/segments")

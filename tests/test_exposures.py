@@ -1,0 +1,90 @@
+"""What was shown: recommendation and search answers carry a request_id and their items land in `exposures`
+(embedded: written to the store off the request path; online: a stream entry the one writer stores)."""
+import json
+import threading
+import time
+
+import duckdb
+import pytest
+
+from conftest import TAOBAO, call, cli, start_server
+
+from huaxiang import store
+from huaxiang.experiments.exposures import ExposureLog, rows_of
+from huaxiang.stream import Message, _store_exposures
+
+
+def test_the_log_batches_bounds_and_keeps_rows_a_failed_write_did_not_store():
+    written, fail = [], threading.Event()
+
+    def sink(rows):
+        if fail.is_set():
+            raise OSError("store away")
+        written.extend(rows)
+    log = ExposureLog(sink, interval=0.05, batch=1_000, limit=50)
+    log.add(rows_of("r1", "u1", "recommendations", [{"item_id": "a", "score": 2.0}, {"item_id": "b", "score": 1.0}]))
+    for _ in range(100):
+        if written:
+            break
+        time.sleep(0.01)
+    assert [(r[0], r[3], r[4], r[5]) for r in written] == [("r1", "a", 1, 2.0), ("r1", "b", 2, 1.0)]
+    fail.set()
+    log.add(rows_of("r2", "u1", "search", [{"item_id": "c", "score": 0.5}]))
+    time.sleep(0.2)  # (its writes fail: the row stays queued)
+    assert log.queue and log.queue[0][0] == "r2"
+    log.add(rows_of("r3", "u2", "search", [{"item_id": str(i), "score": 0.0} for i in range(60)]))
+    assert len(log.queue) == 50 and log.dropped == 11  # the oldest dropped, counted
+    fail.clear()
+    log.close()
+    assert not log.queue and [r[0] for r in written[2:]] == ["r3"] * 50 and log.written == 52
+
+
+def test_an_online_workers_entry_is_stored_by_the_writer(tmp_path):
+    con = store.connect(str(tmp_path / "s.duckdb"))
+    rows = rows_of("req-1", "shop:u1", "recommendations", [{"item_id": "shop:i1", "score": 0.9},
+                                                           {"item_id": "shop:i2", "score": 0.1}], "itemknn")
+    assert _store_exposures(con, Message("1-0", json.dumps(rows, default=str), "exposures")) == 2
+    assert _store_exposures(con, Message("2-0", b"[[1, 2]]", "exposures")) == 0  # unreadable: logged, skipped
+    assert con.execute("SELECT request_id, user_id, item_id, position, model FROM exposures ORDER BY position"
+                       ).fetchall() == [("req-1", "shop:u1", "shop:i1", 1, "itemknn"),
+                                        ("req-1", "shop:u1", "shop:i2", 2, "itemknn")]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    db = str(tmp_path_factory.mktemp("exposures") / "s.duckdb")
+    cli("ingest", str(TAOBAO), "--format", "taobao", "--namespace", "taobao", "--db", db)
+    cli("build", "--db", db)
+    cli("train", "recommender", "--model", "itemknn", "--db", db)
+    key = cli("keys", "create", "--scope", "read", "--db", db).strip().splitlines()[-1]
+    return db, key
+
+
+def test_answers_carry_a_request_id_and_their_items_are_stored(trained):
+    db, key = trained
+    user = "taobao:1000251"
+    with start_server(db) as base:
+        status, recs = call(base, "GET", f"/v1/users/{user}/recommendations?k=5", key=key)
+        assert status == 200 and len(recs["request_id"]) == 32 and len(recs["items"]) == 5
+        again = call(base, "GET", f"/v1/users/{user}/recommendations?k=5", key=key)[1]
+        status, found = call(base, "GET", f"/v1/search?q=phone&user_id={user}", key=key)
+        assert status == 200 and found["request_id"] not in (recs["request_id"], again["request_id"])
+    # (the server has stopped: what it still held was written at shutdown)
+    con = duckdb.connect(db, read_only=True)
+    try:
+        shown = con.execute("""SELECT request_id, user_id, item_id, position, score, surface, model, latency_ms
+            FROM exposures ORDER BY request_id, position""").fetchall()
+    finally:
+        con.close()
+    by_request = {}
+    for row in shown:
+        by_request.setdefault(row[0], []).append(row)
+    assert set(by_request) == {recs["request_id"], again["request_id"]} | (
+        {found["request_id"]} if found["items"] else set())
+    mine = by_request[recs["request_id"]]
+    assert [r[2] for r in mine] == [i["item_id"] for i in recs["items"]] and [r[3] for r in mine] == [1, 2, 3, 4, 5]
+    assert [r[4] for r in mine] == [i["score"] for i in recs["items"]]
+    assert {(r[1], r[5], r[6]) for r in mine} == {(user, "recommendations", recs["source"])}
+    assert all(r[7] > 0 for r in mine)
+    if found["items"]:
+        assert {r[5] for r in by_request[found["request_id"]]} == {"search"}
