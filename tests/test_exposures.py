@@ -88,3 +88,22 @@ def test_answers_carry_a_request_id_and_their_items_are_stored(trained):
     assert all(r[7] > 0 for r in mine)
     if found["items"]:
         assert {r[5] for r in by_request[found["request_id"]]} == {"search"}
+
+
+def test_a_click_is_its_own_event_type_and_an_item_interaction(tmp_path):
+    """`click` (a click on something shown) is stored as such, not as a view; the recommender's sequences and the
+    knowledge graph read it as an interaction with the item."""
+    from huaxiang.graph.triples import RULES
+    from huaxiang.ingest import ingest_records
+    from huaxiang.recommend.store_model import store_sequences
+    con = store.connect(str(tmp_path / "s.duckdb"))
+    events = [{"user_id": "u1", "item_id": "a", "type": "view", "ts": "2021-03-04T05:00:00"},
+              {"user_id": "u1", "item_id": "b", "type": "CLICK", "ts": "2021-03-04T05:01:00"},
+              {"user_id": "u1", "item_id": "c", "type": "pv", "ts": "2021-03-04T05:02:00"}]
+    assert ingest_records(con, events, "api:1").added == {"events": 3}
+    assert con.execute("SELECT item_id, type FROM events ORDER BY ts").fetchall() == [
+        ("a", "view"), ("b", "click"), ("c", "view")]
+    seqs = store_sequences(con)
+    assert seqs.users == ["u1"] and [seqs.items[i - 1] for i in seqs.seqs[0]] == ["a", "b", "c"]
+    edges = con.execute(RULES["behaviour"]).fetchall()  # (subject, predicate, object, weight)
+    assert ("user:u1", "clicked", "item:b", 1.0) in edges

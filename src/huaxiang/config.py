@@ -52,7 +52,7 @@ class Config:
     session_gap_minutes: float = 30.0  # a new session starts after this much inactivity
     utc_offset_hours: float = 0.0  # local time for hour-of-day / weekday habits (timestamps are stored in UTC)
     event_weights: dict = field(default_factory=lambda: {
-        "view": 1.0, "fav": 2.0, "cart": 3.0, "review": 4.0, "buy": 5.0, "search": 0.0})
+        "view": 1.0, "click": 1.0, "fav": 2.0, "cart": 3.0, "review": 4.0, "buy": 5.0, "search": 0.0})
     # rule segments (documented in README)
     new_days: float = 7.0  # first seen within this many days of the reference time
     at_risk_days: float = 30.0  # a past buyer idle this long is at risk

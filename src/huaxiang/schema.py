@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-EVENT_TYPES = ("view", "cart", "fav", "buy", "search", "review")
+# `click`: a click on something huaxiang showed (a recommendation, a search result); attributed to what was shown
+# (huaxiang.experiments), and an interaction with the item like a view
+EVENT_TYPES = ("view", "cart", "fav", "buy", "search", "review", "click")
 
 # Common spellings in platform exports, mapped onto the canonical event type.
 EVENT_TYPE_ALIASES = {
-    "pv": "view", "click": "view", "detail": "view", "page_view": "view", "pageview": "view",
+    "pv": "view", "detail": "view", "page_view": "view", "pageview": "view",
     "addtocart": "cart", "add_to_cart": "cart", "add-to-cart": "cart",
     "favorite": "fav", "favourite": "fav", "collect": "fav", "like": "fav", "wishlist": "fav",
     "purchase": "buy", "order": "buy", "transaction": "buy", "checkout": "buy",

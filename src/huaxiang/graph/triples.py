@@ -12,7 +12,7 @@ import networkx as nx
 from ..errors import HuaxiangError
 from ..store import has_table, transaction
 
-PREDICATE = {"view": "viewed", "cart": "carted", "fav": "favourited", "buy": "bought",
+PREDICATE = {"view": "viewed", "click": "clicked", "cart": "carted", "fav": "favourited", "buy": "bought",
              "review": "reviewed", "search": "searched"}
 
 _BEHAVIOUR = "CASE type " + " ".join(f"WHEN '{t}' THEN '{p}'" for t, p in PREDICATE.items()) + " END"

@@ -42,7 +42,7 @@ from ..models.seqrec.data import Sequences
 from ..schema import tenant_of, tenant_sql
 from ..store import has_table
 
-ITEM_EVENTS = ("view", "fav", "cart", "buy", "review")
+ITEM_EVENTS = ("view", "click", "fav", "cart", "buy", "review")
 USER_PARTS = ("histories", "liked", "queries", "profiles")  # what the serving snapshot holds per user
 HISTORY_LENGTH = 50  # the latest item events per user that serving scores (SASRec's max_len; see above)
 VIEWS_KEPT = 50_000  # users read from the store whose view is kept in memory until their data changes

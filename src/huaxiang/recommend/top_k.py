@@ -30,7 +30,8 @@ from .search import search_store
 from .store_model import StoreRecommender
 from .user_view import UserView, user_view
 
-VERBS = {"view": "viewed", "fav": "saved", "cart": "added to your cart", "buy": "bought", "review": "reviewed"}
+VERBS = {"view": "viewed", "click": "clicked", "fav": "saved", "cart": "added to your cart", "buy": "bought",
+         "review": "reviewed"}
 COLD_REASONS = {"segment": "popular with shoppers like you", "popularity": "popular right now"}
 
 
