@@ -8,12 +8,17 @@ is a conflict, quarantined. Rows of a forgotten user (`forgotten_users`, see `hu
 refused and kept nowhere, only counted. In-memory batches (`ingest_records`) add a rejected row to the
 quarantine only when an identical one (target, field, reason, raw) is not there yet: a re-sent batch
 does not pile up copies.
+
+An in-memory batch runs the same statements on every call: they are prepared once per connection (see `prepared`),
+its temporary tables are kept and emptied rather than dropped, and the values of one batch (its source and the
+future cut-off) are read from the one-row table `_hx_batch`.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
+from hashlib import md5
 from typing import Callable
 
 import duckdb
@@ -24,9 +29,10 @@ from ..schema import sql_literal
 from ..errors import HuaxiangError
 from ..privacy import MASKED, mask_sql, register_pseudonym
 from ..store import transaction
-from .adapters import FORMATS, Source, generic, sources_for
+from . import prepared
+from .adapters import FORMATS, Source, generic, q, sources_for
 from .readers import records_chunk
-from .validate import FUTURE_TOLERANCE_S, blank_to_null, validation_sql
+from .validate import FUTURE_TOLERANCE_S, blank_to_null, future_cutoff, validation_sql
 
 
 @dataclass
@@ -63,25 +69,62 @@ def _content_hash(table: schema.Table) -> str:
 NAMESPACED = ("user_id", "item_id", "invoice")  # ids that could collide across sources
 
 
-def _create_stage(con, table: schema.Table) -> None:
+def _create_stage(con, table: schema.Table, live: bool) -> None:
     """The staging table of one target: validated rows (with `_field`/`_reason`/`_raw` for bad ones)
     and `_k`, the row's key before de-duplication. A temporary table: private to this connection, spilled
-    to the store's `.tmp` folder when it outgrows memory, dropped before the commit — and it leaves the
-    store's catalog untouched, which keeps the profile refresher's prepared statements valid."""
+    to the store's `.tmp` folder when it outgrows memory, dropped before the commit (kept, emptied, for the next
+    in-memory batch) — and it leaves the store's catalog untouched, which keeps the profile refresher's prepared
+    statements valid."""
     cols = ", ".join(f"{c.name} {schema.sql_type(c)}" for c in table.columns)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {_stage_name(table.name)} "
-                f"(_line BIGINT, _field VARCHAR, _reason VARCHAR, _raw VARCHAR, {cols}, _k VARCHAR)")
+    definition = f"(_line BIGINT, _field VARCHAR, _reason VARCHAR, _raw VARCHAR, {cols}, _k VARCHAR)"
+    if live:
+        prepared.create(con, "TABLE", _stage_name(table.name), definition)
+    else:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {_stage_name(table.name)} {definition}")
+
+
+BATCH = "_hx_batch"  # one row: the source being ingested and the future cut-off, read by the statements
+SOURCE, CUTOFF = f"(SELECT source FROM {BATCH})", f"(SELECT cutoff FROM {BATCH})"
+
+
+def _temp(con, live: bool, kind: str, name: str, definition: str) -> str:
+    """`CREATE TEMP {kind} IF NOT EXISTS`: for an in-memory batch once per connection (`prepared.create`), for a file
+    as it comes (a file's ingest prepares nothing)."""
+    if live:
+        return prepared.create(con, kind, name, definition)
+    con.execute(f"CREATE TEMP {kind} IF NOT EXISTS {name} {definition}")
+    return name
+
+
+def _set_batch(con, source: str, cutoff: datetime, live: bool) -> None:
+    _temp(con, live, "TABLE", BATCH, "(source VARCHAR, cutoff TIMESTAMP)")
+    con.execute(f"DELETE FROM {BATCH}")
+    con.execute(f"INSERT INTO {BATCH} VALUES (?, ?)", [source, cutoff])
+
+
+def _kept(con, kind: str, definition: str) -> str:
+    """A temporary table or view for in-memory batches, named after its definition and created once."""
+    return prepared.create(con, kind, f"_hx_{kind.lower()}_{md5(definition.encode()).hexdigest()[:12]}", definition)
 
 
 PRE = ("_pre_field", "_pre_reason")  # a fault the reader found (records_chunk), carried to validation
 
 
-def _stage_chunk(con, table: schema.Table, select: str, where: str | None, raw: pa.Table,
-                 path: str, namespace: str | None, now: datetime, tolerance_s: float) -> None:
-    con.register("raw", raw)
+def _stage_chunk(con, run, table: schema.Table, select: str, where: str | None, raw: pa.Table,
+                 path: str, namespace: str | None, tolerance_s: float, live: bool) -> None:
+    """Maps and validates one chunk into the target's staging table. A file's chunk is read from the Arrow table
+    registered as `raw` through the view `mapped`; an in-memory batch is copied into a kept table and read through a
+    kept view, so that its validation runs prepared."""
+    source = "raw"
+    if live:
+        source = _kept(con, "TABLE", "(" + ", ".join(
+            f"{q(c)} {'BIGINT' if c == '_line' else 'VARCHAR'}" for c in raw.column_names) + ")")
+        con.from_arrow(raw).insert_into(source)  # (its columns in the table's order: it is named after them)
+    else:
+        con.register("raw", raw)
     try:
         pre = all(c in raw.column_names for c in PRE)
-        inner = (f"SELECT _line, {', '.join(PRE) + ', ' if pre else ''}{select} FROM raw"
+        inner = (f"SELECT _line, {', '.join(PRE) + ', ' if pre else ''}{select} FROM {source}"
                  + (f" WHERE {where}" if where else ""))
         present = {c for c in con.sql(inner).columns if c != "_line" and c not in PRE}
         # an empty id stays NULL, so that it is still quarantined as missing
@@ -92,17 +135,26 @@ def _stage_chunk(con, table: schema.Table, select: str, where: str | None, raw: 
             exprs["user_id"] = f"{pseudo}({exprs.get('user_id', blank_to_null('user_id'))})"
         exprs.update({c: mask_sql(c) for c in MASKED.get(table.name, ()) if c in present})
         replace = " REPLACE (" + ", ".join(f"{e} AS {c}" for c, e in exprs.items()) + ")" if exprs else ""
-        con.execute(f"CREATE OR REPLACE TEMP VIEW mapped AS SELECT *{replace} FROM ({inner})")
+        view = f"AS SELECT *{replace} FROM ({inner})"
+        if live:
+            mapped = _kept(con, "VIEW", view)
+        else:
+            mapped = "mapped"
+            con.execute(f"CREATE OR REPLACE TEMP VIEW mapped {view}")
         key = table.key if table.key != "item_id" else None
         k = f"coalesce({key}, {_content_hash(table)})" if key else "NULL"
-        con.execute(f"INSERT INTO {_stage_name(table.name)} SELECT *, CASE WHEN _field IS NULL THEN {k} END "
-                    f"FROM ({validation_sql(table, present, now, tolerance_s, pre)})")
-        con.execute("DROP VIEW mapped")  # it names `raw`: no view of this connection may outlive it (on an error,
-        # the rollback takes it away)
+        run(f"INSERT INTO {_stage_name(table.name)} SELECT *, CASE WHEN _field IS NULL THEN {k} END "
+            f"FROM ({validation_sql(table, present, None, tolerance_s, pre, mapped, CUTOFF)})")
+        if live:
+            run(f"DELETE FROM {source}")
+        else:
+            con.execute("DROP VIEW mapped")  # it names `raw`: no view of this connection may outlive it (on an
+            # error, the rollback takes it away)
     except duckdb.Error as exc:
         raise HuaxiangError(f"{path}: cannot map columns onto {table.name}: {str(exc).splitlines()[0]}") from exc
     finally:
-        con.unregister("raw")
+        if not live:
+            con.unregister("raw")
 
 
 def _add(bucket: dict[str, int], name: str, n: int) -> None:
@@ -114,23 +166,23 @@ def _user(table: schema.Table, alias: str = "") -> str:
     return f"{alias}user_id" if "user_id" in table.names else "NULL"
 
 
-def _suppress(con, table: schema.Table, report: IngestReport) -> None:
+def _suppress(run, table: schema.Table, report: IngestReport) -> None:
     """Drops the staged rows (valid or not) of forgotten users: they are stored nowhere, only counted."""
     if "user_id" not in table.names:
         return
     stage = _stage_name(table.name)
-    n = con.execute(f"""DELETE FROM {stage} WHERE user_id IN (
+    n = run(f"""DELETE FROM {stage} WHERE user_id IN (
         SELECT u FROM (SELECT DISTINCT user_id AS u FROM {stage} WHERE user_id IS NOT NULL)
         WHERE sha256(u) IN (SELECT id_hash FROM forgotten_users))""").fetchone()[0]
     report.suppressed += n
 
 
-def _quarantine_bad(con, table: schema.Table, path: str, report: IngestReport, sink: str) -> None:
+def _quarantine_bad(run, table: schema.Table, report: IngestReport, sink: str) -> None:
     stage = _stage_name(table.name)
-    con.execute(f"""INSERT INTO {sink} (source, line, target, field, reason, raw, user_id)
-        SELECT ?, _line, '{table.name}', _field, _reason, _raw, {_user(table)} FROM {stage}
-        WHERE _field IS NOT NULL""", [path])
-    for fld, n in con.execute(f"SELECT _field, count(*) FROM {stage} WHERE _field IS NOT NULL GROUP BY 1").fetchall():
+    run(f"""INSERT INTO {sink} (source, line, target, field, reason, raw, user_id)
+        SELECT {SOURCE}, _line, '{table.name}', _field, _reason, _raw, {_user(table)} FROM {stage}
+        WHERE _field IS NOT NULL""")
+    for fld, n in run(f"SELECT _field, count(*) FROM {stage} WHERE _field IS NOT NULL GROUP BY 1").fetchall():
         key = f"{table.name}.{fld}"
         _add(report.reasons, key, n)
         report.quarantined += n
@@ -151,12 +203,12 @@ def _merge_items(con, report: IngestReport) -> None:
                         "WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.item_id = n.item_id)").fetchone()[0]
     distinct = con.execute("SELECT count(*) FROM _items_new").fetchone()[0]
     con.execute("DROP TABLE _items_new")
+    prepared.changed(con)
     _add(report.added, "items", added)
     _add(report.duplicates, "items", distinct - added)
 
 
-def _merge_keyed(con, table: schema.Table, path: str, report: IngestReport, sink: str,
-                 returning: bool = False) -> None:
+def _merge_keyed(con, run, table: schema.Table, report: IngestReport, sink: str, live: bool = False) -> None:
     """Good rows get their final key: the source's, or content hash + '-' + occurrence number.
     A key the source gave twice in one file keeps its first row; the others are quarantined. A key the source
     gave that is already stored with other content is a conflict: quarantined, the stored row kept."""
@@ -164,46 +216,45 @@ def _merge_keyed(con, table: schema.Table, path: str, report: IngestReport, sink
     others = [c for c in table.names if c != key]
     cols = ", ".join(others)
     # repeated keys are rare: number the occurrences of those only
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE _repeats AS
+    _temp(con, live, "TABLE", "_repeats", "(_line BIGINT, _occ BIGINT, _first BIGINT)")
+    run(f"""INSERT INTO _repeats
         SELECT _line, row_number() OVER (PARTITION BY _k ORDER BY _line) AS _occ,
                min(_line) OVER (PARTITION BY _k) AS _first
         FROM {stage} WHERE _field IS NULL AND _k IN (
             SELECT _k FROM {stage} WHERE _field IS NULL GROUP BY _k HAVING count(*) > 1)""")
-    n_dups = con.execute(f"""INSERT INTO {sink} (source, line, target, field, reason, raw, user_id)
-        SELECT ?, s._line, '{table.name}', '{key}',
+    n_dups = run(f"""INSERT INTO {sink} (source, line, target, field, reason, raw, user_id)
+        SELECT {SOURCE}, s._line, '{table.name}', '{key}',
                'duplicate {key} ' || s.{key} || ' (first at line ' || r._first || ')', json_object('{key}', s.{key})::VARCHAR,
                {_user(table, "s.")}
-        FROM {stage} s JOIN _repeats r USING (_line) WHERE s.{key} IS NOT NULL AND r._occ > 1""", [path]).fetchone()[0]
+        FROM {stage} s JOIN _repeats r USING (_line) WHERE s.{key} IS NOT NULL AND r._occ > 1""").fetchone()[0]
     if n_dups:
         report.quarantined += n_dups
         _add(report.reasons, f"{table.name}.{key}", n_dups)
-    con.execute(f"""CREATE OR REPLACE TEMP VIEW _keyed AS
+    keyed = _temp(con, live, "VIEW", f"_keyed_{table.name}", f"""AS
         SELECT s._line, s.{key} IS NOT NULL AS _given,
                CASE WHEN s.{key} IS NULL THEN s._k || '-' || coalesce(r._occ, 1) ELSE s._k END AS {key}, {cols}
         FROM {stage} s LEFT JOIN _repeats r USING (_line)
         WHERE s._field IS NULL AND NOT (s.{key} IS NOT NULL AND coalesce(r._occ, 1) > 1)""")
-    empty = con.execute(f"SELECT count(*) = 0 FROM (SELECT 1 FROM {table.name} LIMIT 1)").fetchone()[0]
+    empty = run(f"SELECT count(*) = 0 FROM (SELECT 1 FROM {table.name} LIMIT 1)").fetchone()[0]
     conflicts = 0
     if not empty:  # a content key cannot conflict: only keys the source gave are compared
         differs = " OR ".join(f"k.{c} IS DISTINCT FROM t.{c}" for c in others)
         row = "json_object(" + ", ".join(f"'{c}', k.{c}" for c in table.names) + ")::VARCHAR"
-        conflicts = con.execute(f"""INSERT INTO {sink} (source, line, target, field, reason, raw, user_id)
-            SELECT ?, k._line, '{table.name}', '{key}', '{key} ' || k.{key} || ' already stored with different content',
+        conflicts = run(f"""INSERT INTO {sink} (source, line, target, field, reason, raw, user_id)
+            SELECT {SOURCE}, k._line, '{table.name}', '{key}', '{key} ' || k.{key} || ' already stored with different content',
                    {row}, {_user(table, "k.")}
-            FROM _keyed k JOIN {table.name} t ON t.{key} = k.{key} WHERE k._given AND ({differs})""",
-                                [path]).fetchone()[0]
-    new = "SELECT * FROM _keyed" if empty else \
-        f"SELECT * FROM _keyed k WHERE NOT EXISTS (SELECT 1 FROM {table.name} t WHERE t.{key} = k.{key})"
+            FROM {keyed} k JOIN {table.name} t ON t.{key} = k.{key} WHERE k._given AND ({differs})""").fetchone()[0]
+    new = f"SELECT * FROM {keyed}" if empty else \
+        f"SELECT * FROM {keyed} k WHERE NOT EXISTS (SELECT 1 FROM {table.name} t WHERE t.{key} = k.{key})"
     insert = f"INSERT INTO {table.name} SELECT {', '.join(table.names)} FROM ({new})"
-    if returning:  # (an in-memory batch of events: small; what it stored, for the online writer's live path)
-        rows = con.execute(f"{insert} RETURNING {', '.join(table.names)}").fetchall()
+    if live and table is schema.EVENTS:  # (a small batch: what it stored, for the online writer's live path)
+        rows = run(f"{insert} RETURNING {', '.join(table.names)}").fetchall()
         report.new_events = [dict(zip(table.names, row)) for row in rows]
         added = len(rows)
     else:
-        added = con.execute(insert).fetchone()[0]
-    good = con.execute(f"SELECT count(*) FROM {stage} WHERE _field IS NULL").fetchone()[0]
-    con.execute("DROP VIEW _keyed")
-    con.execute("DROP TABLE _repeats")
+        added = run(insert).fetchone()[0]
+    good = run(f"SELECT count(*) FROM {stage} WHERE _field IS NULL").fetchone()[0]
+    run("DELETE FROM _repeats")
     if conflicts:
         report.conflicts += conflicts
         report.quarantined += conflicts
@@ -251,60 +302,79 @@ def _ingest_sources(con, sources: list[Source], label: str, fmt: str, namespace,
     if not tolerance_s >= 0:
         raise HuaxiangError(f"future tolerance {tolerance_s!r}: expected a number of seconds >= 0")
     report = IngestReport(label)
-    total = sum(sizes)
-    now = datetime.now(timezone.utc).replace(tzinfo=None)  # the time of ingest, for the future-timestamp check
-    records = fmt == "records"
-    with transaction(con):
-        # quarantine holds the latest verdict per file: a re-ingest replaces it, never doubles it
-        con.execute("DELETE FROM quarantine WHERE source IN (SELECT unnest(?))", [[s.path for s in sources]])
-        # an in-memory batch collects its rejected rows first, to add only those the quarantine lacks
-        sink = "_rejected" if records else "quarantine"
-        if records:
-            con.execute("CREATE OR REPLACE TEMP TABLE _rejected AS "
-                        "SELECT source, line, target, field, reason, raw, user_id FROM quarantine LIMIT 0")
-        suppressing = con.execute("SELECT count(*) > 0 FROM (SELECT 1 FROM forgotten_users LIMIT 1)").fetchone()[0]
-        for i, source in enumerate(sources):  # source by source, so that sibling files merge their items
-            done_before = sum(sizes[:i])
-            targets = _ingest_source(con, source, report, namespace, now, tolerance_s, sink,
-                                     (lambda n, d=done_before: progress(d + n, total)) if progress else None)
-            for name in sorted(targets):
-                if suppressing:
-                    _suppress(con, schema.TABLES[name], report)
-                _quarantine_bad(con, schema.TABLES[name], source.path, report, sink)
-                if name == "items":
-                    _merge_items(con, report)
-                else:
-                    _merge_keyed(con, schema.TABLES[name], source.path, report, sink,
-                                 returning=records and name == "events")
-                if name == "events" and records:  # (namespaced and pseudonymised, as stored)
-                    report.users = [u for (u,) in con.execute(
-                        "SELECT DISTINCT user_id FROM _stage_events WHERE _field IS NULL ORDER BY 1").fetchall()]
-                con.execute(f"DROP TABLE {_stage_name(name)}")
-        if records:
-            _add_new_rejects(con, report)
-        con.execute("INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, current_timestamp)",
-                    [label, fmt, report.rows_read, sum(report.added.values()),
-                     sum(report.duplicates.values()), report.quarantined])
+    # the latest timestamp accepted: the time of ingest plus the tolerance (the future-timestamp check)
+    cutoff = future_cutoff(None, tolerance_s)
+    records = fmt == "records"  # an in-memory batch: statements prepared, temporary tables kept
+    run = (lambda sql: prepared.run(con, sql)) if records else con.execute
+    try:
+        with transaction(con):
+            # quarantine holds the latest verdict per file: a re-ingest replaces it, never doubles it
+            con.execute("DELETE FROM quarantine WHERE source IN (SELECT unnest(?))", [[s.path for s in sources]])
+            # an in-memory batch collects its rejected rows first, to add only those the quarantine lacks
+            sink = "_rejected" if records else "quarantine"
+            if records:
+                prepared.create(con, "TABLE", "_rejected",
+                                "AS SELECT source, line, target, field, reason, raw, user_id FROM quarantine LIMIT 0")
+            suppressing = run("SELECT count(*) > 0 FROM (SELECT 1 FROM forgotten_users LIMIT 1)").fetchone()[0]
+            for i, source in enumerate(sources):  # source by source, so that sibling files merge their items
+                _set_batch(con, source.path, cutoff, records)
+                done = sum(sizes[:i])
+                targets = _ingest_source(con, run, source, report, namespace, tolerance_s, sink, records,
+                                         (lambda n, d=done: progress(d + n, sum(sizes))) if progress else None)
+                for name in sorted(targets):
+                    _merge(con, run, schema.TABLES[name], report, sink, suppressing, records)
+            if records:
+                _add_new_rejects(run, report)
+            con.execute("INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?, current_timestamp)",
+                        [label, fmt, report.rows_read, sum(report.added.values()),
+                         sum(report.duplicates.values()), report.quarantined])
+    except BaseException:
+        prepared.rolled_back(con)  # (the temporary objects created in the transaction are gone)
+        raise
+    if records:
+        prepared.committed(con)
+    else:  # a file's staging views and tables came and went
+        prepared.changed(con)
     return report
 
 
-def _add_new_rejects(con, report: IngestReport) -> None:
+def _merge(con, run, table: schema.Table, report: IngestReport, sink: str, suppressing: bool, live: bool) -> None:
+    """From one target's staging table into the store; the staging table is dropped (kept, emptied, when `live`)."""
+    stage = _stage_name(table.name)
+    if suppressing:
+        _suppress(run, table, report)
+    _quarantine_bad(run, table, report, sink)
+    if table is schema.ITEMS:
+        _merge_items(con, report)
+    else:
+        _merge_keyed(con, run, table, report, sink, live)
+    if table is schema.EVENTS and live:  # (namespaced and pseudonymised, as stored)
+        report.users = [u for (u,) in run(
+            f"SELECT DISTINCT user_id FROM {stage} WHERE _field IS NULL ORDER BY 1").fetchall()]
+    if live:
+        run(f"DELETE FROM {stage}")
+    else:
+        con.execute(f"DROP TABLE {stage}")
+        prepared.dropped(con, stage)
+
+
+def _add_new_rejects(run, report: IngestReport) -> None:
     """Moves a batch's rejected rows into the quarantine, less those it already holds (same target, field,
     reason and raw: a re-sent batch); every one stays in `report.rejected`."""
-    report.rejected = [(line, fld, reason) for line, fld, reason in con.execute(
+    report.rejected = [(line, fld, reason) for line, fld, reason in run(
         "SELECT line, field, reason FROM _rejected ORDER BY line, target, field").fetchall()]
     # the quarantine narrowed to the batch's reasons first: the small side of the join, not a million rows
     if report.rejected:
-        con.execute("""INSERT INTO quarantine (source, line, target, field, reason, raw, user_id)
+        run("""INSERT INTO quarantine (source, line, target, field, reason, raw, user_id)
             SELECT * FROM _rejected r WHERE NOT EXISTS (
                 SELECT 1 FROM (SELECT * FROM quarantine WHERE reason IN (SELECT reason FROM _rejected)) q
                 WHERE q.reason = r.reason AND q.target = r.target AND q.field IS NOT DISTINCT FROM r.field
                   AND q.raw IS NOT DISTINCT FROM r.raw)""")
-    con.execute("DROP TABLE _rejected")
+    run("DELETE FROM _rejected")
 
 
-def _ingest_source(con, source: Source, report: IngestReport, namespace, now: datetime, tolerance_s: float,
-                   sink: str, progress) -> set[str]:
+def _ingest_source(con, run, source: Source, report: IngestReport, namespace, tolerance_s: float,
+                   sink: str, live: bool, progress) -> set[str]:
     """Reads, maps and validates one source into staging tables; returns the targets it staged."""
     targets: set[str] = set()
     for chunk in source.reader(source.path, progress=progress):
@@ -325,7 +395,8 @@ def _ingest_source(con, source: Source, report: IngestReport, namespace, now: da
         projections = source.projections(cols) if callable(source.projections) else source.projections
         for name, (select, where) in projections.items():
             if name not in targets:
-                _create_stage(con, schema.TABLES[name])
+                _create_stage(con, schema.TABLES[name], live)
                 targets.add(name)
-            _stage_chunk(con, schema.TABLES[name], select, where, raw, source.path, namespace, now, tolerance_s)
+            _stage_chunk(con, run, schema.TABLES[name], select, where, raw, source.path, namespace, tolerance_s,
+                         live)
     return targets

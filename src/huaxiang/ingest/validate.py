@@ -1,6 +1,6 @@
 """Row validation as SQL: raw strings in, typed rows or (field, reason) out.
 
-`validation_sql(table, present)` builds one query over a relation named `mapped` holding `_line`
+`validation_sql(table, present)` builds one query over a relation (default `mapped`) holding `_line`
 and raw VARCHAR columns named after the canonical columns in `present`. Each output row carries
 `_field` and `_reason`: NULL for a good row, else the first check it failed. With `pre=True`, `mapped` also
 holds `_pre_field` and `_pre_reason`: a fault the reader already found (a JSON value of the wrong type), tried
@@ -8,7 +8,8 @@ first.
 
 A timestamp later than `now` (the time of ingest, UTC) plus `tolerance_s` seconds of clock skew is in the
 future: one such event would move its tenant's reference time ahead and age every profile. The cut-off goes
-into the statement as a literal, computed once per ingest.
+into the statement as a literal computed once, or as SQL that reads it (`cutoff_sql`: the ingest pipeline keeps it in
+a table, so that the statement's text, and so its prepared plan, stays the same from batch to batch).
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def future_cutoff(now: datetime | None, tolerance_s: float) -> datetime:
     return now + timedelta(seconds=tolerance_s)
 
 
-def _checks(table: schema.Table, present: set[str], cutoff: datetime,
+def _checks(table: schema.Table, present: set[str], cutoff: str,
             tolerance_s: float) -> list[tuple[str, str, str]]:
     """(condition, field, reason SQL) in the order they are tried; the first that holds wins."""
     out: list[tuple[str, str, str]] = []
@@ -93,7 +94,7 @@ def _checks(table: schema.Table, present: set[str], cutoff: datetime,
             out.append((f"{val} < TIMESTAMP '{EARLIEST_TS}'", name,
                         sql_literal(f"timestamp out of range ({EARLIEST_TS} .. now): ") + " || " + _shown(raw)))
             # the reason names the tolerance, not the cut-off, so that a re-sent row gets the same verdict
-            out.append((f"{val} > TIMESTAMP '{cutoff.isoformat(sep=' ')}'", name,
+            out.append((f"{val} > {cutoff}", name,
                         sql_literal("timestamp in the future: ") + " || " + _shown(raw)
                         + " || " + sql_literal(f" (more than {tolerance_s:g} s after the time of ingest)")))
         if col.type == "EVENT_TYPE":
@@ -122,15 +123,18 @@ def _checks(table: schema.Table, present: set[str], cutoff: datetime,
 
 
 def validation_sql(table: schema.Table, present: set[str], now: datetime | None = None,
-                   tolerance_s: float = FUTURE_TOLERANCE_S, pre: bool = False) -> str:
+                   tolerance_s: float = FUTURE_TOLERANCE_S, pre: bool = False, relation: str = "mapped",
+                   cutoff_sql: str | None = None) -> str:
+    """The query over `relation`; the future cut-off is `cutoff_sql` when given (SQL giving a TIMESTAMP), else
+    `now` plus `tolerance_s` as a literal."""
     present = present & set(table.names)
+    cutoff = cutoff_sql or f"TIMESTAMP '{future_cutoff(now, tolerance_s).isoformat(sep=' ')}'"
     cols = ["_pre_field", "_pre_reason"] if pre else []
     for col in table.columns:
         if col.name in present:
             cols.append(f"{col.name} AS r_{col.name}")
             cols.append(f"{_parsed(col, col.name)} AS p_{col.name}")
-    checks = [(c, sql_literal(f), r) for c, f, r in _checks(table, present, future_cutoff(now, tolerance_s),
-                                                             tolerance_s)]
+    checks = [(c, sql_literal(f), r) for c, f, r in _checks(table, present, cutoff, tolerance_s)]
     if pre:
         checks.insert(0, ("_pre_field IS NOT NULL", "_pre_field", "_pre_reason"))
     field = " ".join(f"WHEN {c} THEN {f}" for c, f, _ in checks)
@@ -149,7 +153,7 @@ def validation_sql(table: schema.Table, present: set[str], now: datetime | None 
     raw_json = "json_object(" + ", ".join(f"{sql_literal(n)}, left(r_{n}, 1000)" for n in sorted(present)) + ")" \
         if present else "'{}'"
     return f"""
-        WITH p AS (SELECT _line, {', '.join(cols) if cols else 'NULL AS _none'} FROM mapped),
+        WITH p AS (SELECT _line, {', '.join(cols) if cols else 'NULL AS _none'} FROM {relation}),
         c AS (SELECT *, CASE {field} END AS _field, CASE {reason} END AS _reason FROM p)
         SELECT _line, _field, _reason, CASE WHEN _field IS NOT NULL THEN {raw_json} END AS _raw, {', '.join(typed)} FROM c
     """

@@ -19,8 +19,8 @@ import ibis
 import pandas as pd
 
 from ..config import Config
-from ..schema import sql_literal, tenant_expr, tenant_sql
-from ..store import has_table, transaction
+from ..schema import tenant_expr, tenant_sql
+from ..store import has_table, plan_without_statistics, transaction
 from ..features import behaviour as bh
 from ..features import segments as sg
 from ..features import tags as tg
@@ -94,19 +94,6 @@ def record_segments(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"""INSERT INTO segment_moves BY NAME SELECT ? AS built_at, {tenant_sql('user_id')} AS tenant,
             o.segment AS from_segment, n.segment AS to_segment, count(*) AS users
             FROM profiles o FULL JOIN _new_profiles n USING (user_id) GROUP BY ALL""", [built_at])
-
-
-def plan_without_statistics(con: duckdb.DuckDBPyConnection) -> None:
-    """DuckDB 1.4 optimises a prepared statement with the tables' statistics of the moment it is prepared and keeps
-    that plan for every EXECUTE (duckdb issues 23704 and 24182; later versions skip statistics propagation for
-    prepared plans): a statement prepared over an empty table treats its columns as holding no NULL, so
-    `coalesce(x, …)` became `x`, and a refresh wrote NULL tags for every user without keywords. This turns that
-    optimiser off for the whole database `con` belongs to (DuckDB has no per-connection switch), other queries
-    included; the refresher's speed is unchanged."""
-    current = con.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0]
-    names = [n.strip() for n in current.split(",") if n.strip()]
-    if "statistics_propagation" not in names:
-        con.execute(f"SET disabled_optimizers = {sql_literal(','.join(names + ['statistics_propagation']))}")
 
 
 class ProfileRefresher:

@@ -110,6 +110,7 @@ class Service(Base):
         self.con = connect(db)
         super().__init__(settings, load_keys(self.con.cursor()), Sessions(settings.session_hours * 3600))
         self.rec = None  # the trained recommender, once a request needed it
+        self.batches = self.con.cursor()  # the API's event batches (under the write lock): its statements stay prepared
         self.writer = None  # an online.writer.OnlineWriter when this server also writes the online store
         self.refresher = None  # the profile refresher, made on the first refresh
         self.lock = threading.Lock()  # the profile refresher (one at a time)
@@ -191,7 +192,7 @@ class Service(Base):
         its refresh still gets its profiles."""
         from ..ingest import ingest_records
         with self.write_lock:
-            report = ingest_records(self.cursor(), batch, f"api:{time.time_ns()}",
+            report = ingest_records(self.batches, batch, f"api:{time.time_ns()}",
                                     future_tolerance_s=self.cfg.future_tolerance_seconds)
             refreshed = self.refresh(report.users)
             if self.writer is not None:
