@@ -11,6 +11,7 @@ from conftest import TAOBAO, call, cli, start_server
 
 from huaxiang import store
 from huaxiang.experiments.exposures import ExposureLog, rows_of
+from huaxiang.forget import forget_user
 from huaxiang.stream import Message, _store_exposures
 
 
@@ -44,10 +45,16 @@ def test_an_online_workers_entry_is_stored_by_the_writer(tmp_path):
     rows = rows_of("req-1", "shop:u1", "recommendations", [{"item_id": "shop:i1", "score": 0.9},
                                                            {"item_id": "shop:i2", "score": 0.1}], "itemknn")
     assert _store_exposures(con, Message("1-0", json.dumps(rows, default=str), "exposures")) == 2
-    assert _store_exposures(con, Message("2-0", b"[[1, 2]]", "exposures")) == 0  # unreadable: logged, skipped
     assert con.execute("SELECT request_id, user_id, item_id, position, model FROM exposures ORDER BY position"
                        ).fetchall() == [("req-1", "shop:u1", "shop:i1", 1, "itemknn"),
                                         ("req-1", "shop:u1", "shop:i2", 2, "itemknn")]
+    assert _store_exposures(con, Message("2-0", b"[[1, 2]]", "exposures")) == 0  # unreadable: logged, skipped
+    # rows of a user forgotten (suppressed) meanwhile — queued before the deletion, written after — are refused
+    forget_user(con, str(tmp_path / "s.duckdb"), "shop:u1")
+    late = rows_of("req-2", "shop:u1", "search", [{"item_id": "shop:i3", "score": 1.0}]) + \
+        rows_of("req-3", None, "search", [{"item_id": "shop:i3", "score": 1.0}])
+    assert _store_exposures(con, Message("3-0", json.dumps(late, default=str), "exposures")) == 1
+    assert con.execute("SELECT request_id, user_id FROM exposures").fetchall() == [("req-3", None)]
 
 
 @pytest.fixture(scope="module")

@@ -291,18 +291,17 @@ def _store_exposures(con, message: Message) -> int:
 
     import pyarrow as pa
 
-    from .experiments.exposures import COLUMNS, table_of
+    from .experiments.exposures import COLUMNS, store_rows, table_of
     try:
         rows = json.loads(message.payload)
         rows = [(r[0], datetime.fromisoformat(r[1]), *r[2:]) for r in rows]
         if any(len(r) != len(COLUMNS) for r in rows):
             raise ValueError(f"expected rows of {len(COLUMNS)} values")
-        batch = table_of(rows)
+        table_of(rows)  # (every value of the right type)
     except (ValueError, TypeError, IndexError, RecursionError, pa.ArrowException) as exc:
         log.warning("stream entry %s: unreadable exposures (%s): %s", message.id, exc, _text(message.payload)[:200])
         return 0
-    con.from_arrow(batch).insert_into("exposures")
-    return len(rows)
+    return store_rows(con, rows)
 
 
 def _forget(message: Message, forget, writer, lock, report: ConsumeReport, live=None) -> None:

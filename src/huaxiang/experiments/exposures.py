@@ -6,7 +6,9 @@ queue to a sink every `interval` seconds (default 1), or sooner when `batch` row
 is one INSERT into the store (`store_sink`). What a crash can lose: the rows still queued — those of the last
 `interval` seconds (fewer than `batch`), plus any kept after a failed write (a failed write is tried again). The
 queue is bounded (`limit` rows): when the sink cannot keep up, the oldest rows are dropped and counted (`dropped`),
-so memory never runs out. A clean shutdown (`close`) writes everything.
+so memory never runs out. A clean shutdown (`close`) writes everything. Forgetting a user: the embedded server
+writes the queue before it deletes, and rows of a suppressed user that arrive after the deletion are refused
+(`store_rows`), as the ingest refuses their events.
 """
 from __future__ import annotations
 
@@ -40,13 +42,20 @@ def table_of(rows: list[tuple]) -> pa.Table:
     return pa.table({name: pa.array([r[i] for r in rows], type=kind) for i, (name, kind) in enumerate(COLUMNS)})
 
 
+def store_rows(con, rows: list[tuple]) -> int:
+    """Appends rows to the store's `exposures`, less those of forgotten (suppressed) users: rows queued before a
+    deletion and written after it store nothing of that person. Returns the rows stored."""
+    kept = con.from_arrow(table_of(rows)).filter(
+        "user_id IS NULL OR sha256(user_id) NOT IN (SELECT id_hash FROM forgotten_users)").fetch_arrow_table()
+    if kept.num_rows:
+        con.from_arrow(kept).insert_into("exposures")
+    return kept.num_rows
+
+
 def store_sink(con) -> Callable[[list[tuple]], None]:
     """Writes rows into the store's `exposures` table, on a cursor of its own."""
     cur = con.cursor()
-
-    def write(rows: list[tuple]) -> None:
-        cur.from_arrow(table_of(rows)).insert_into("exposures")
-    return write
+    return lambda rows: store_rows(cur, rows)
 
 
 class ExposureLog:

@@ -206,6 +206,7 @@ class Service(Base):
     def forget(self, user_id: str, suppress: bool) -> tuple[int, dict]:
         from ..forget import forget_user
         with self.write_lock:
+            self.exposures.flush()  # (what the answers showed them so far is written, then deleted with the rest)
             removed = forget_user(self.cursor(), self.db, user_id, suppress=suppress)  # unknown: 404
             self.docs.drop([user_id])
             if self.rec is not None:
