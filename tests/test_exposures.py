@@ -97,6 +97,23 @@ def test_answers_carry_a_request_id_and_their_items_are_stored(trained):
         assert {r[5] for r in by_request[found["request_id"]]} == {"search"}
 
 
+def test_a_server_can_record_nothing(trained):
+    db, key = trained
+    before = _exposures(db)
+    with start_server(db, "--no-exposures") as base:
+        status, recs = call(base, "GET", "/v1/users/taobao:1000251/recommendations?k=3", key=key)
+        assert status == 200 and len(recs["request_id"]) == 32 and len(recs["items"]) == 3
+    assert _exposures(db) == before
+
+
+def _exposures(db: str) -> int:
+    con = duckdb.connect(db, read_only=True)
+    try:
+        return con.execute("SELECT count(*) FROM exposures").fetchone()[0]
+    finally:
+        con.close()
+
+
 def test_a_click_is_its_own_event_type_and_an_item_interaction(tmp_path):
     """`click` (a click on something shown) is stored as such, not as a view; the recommender's sequences and the
     knowledge graph read it as an interaction with the item."""

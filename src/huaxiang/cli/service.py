@@ -40,6 +40,8 @@ def serve(
                                          "filled by `huaxiang publish`) instead of a store file: a stateless "
                                          "worker; events and deletions are queued for the one writer."),
     workers: int = typer.Option(1, "--workers", min=1, help="With --online: worker processes on this host."),
+    exposures: bool = typer.Option(True, "--exposures/--no-exposures", help="Record what each recommendation and "
+                                   "search answer showed (the `exposures` table: experiments, attribution)."),
 ):
     """Serve profiles, recommendations, search and segments over HTTP (API reference at /docs and /openapi.json)."""
     import uvicorn
@@ -48,7 +50,8 @@ def serve(
     from ..stream import RedisSource
     source = RedisSource(redis_url, stream, group, "serve") if redis_url else None
     settings = ServeSettings(max_body_bytes=max_body_bytes, key_rate=key_rate, failed_keys=failed_keys,
-                             session_hours=session_hours, header_seconds=client_timeout, body_seconds=client_timeout)
+                             session_hours=session_hours, header_seconds=client_timeout, body_seconds=client_timeout,
+                             exposures=exposures)
     if online:
         if redis_url or publish:
             raise HuaxiangError("--online serves the online store; the writer (--redis, --publish) runs with --db")

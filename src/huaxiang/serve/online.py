@@ -38,8 +38,9 @@ class OnlineService(Base):
         self.key_table = RedisKeys(self.reader.r)
         self.revision = self.key_table.revision()
         super().__init__(settings, self.key_table.load(), RedisSessions(self.reader.r, settings.session_hours * 3600))
-        from ..experiments.exposures import ExposureLog
-        self.exposures = ExposureLog(self.queue_exposures)
+        if settings.exposures:
+            from ..experiments.exposures import ExposureLog
+            self.exposures = ExposureLog(self.queue_exposures)
 
     def queue_exposures(self, rows: list[tuple]) -> None:
         """The exposures sink of a worker: one stream entry per batch, stored by the one writer."""

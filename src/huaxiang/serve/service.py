@@ -42,6 +42,7 @@ class ServeSettings:
     header_seconds: float = 10.0  # a request's headers must arrive within this (else the connection is closed)
     work_threads: int = 1  # recommendation and search requests computed at once (more wait their turn: with
     # the GIL a second thread for this CPU-bound work lost ~12% of the throughput here)
+    exposures: bool = True  # record what the answers showed (huaxiang.experiments.exposures)
 
 
 class Base:
@@ -117,8 +118,9 @@ class Service(Base):
         self.rec_lock = threading.Lock()  # loading the recommender (once)
         self.docs = ProfileDocs(self.con, settings.profile_docs)
         self.docs.warm()
-        from ..experiments.exposures import ExposureLog, store_sink
-        self.exposures = ExposureLog(store_sink(self.con))
+        if settings.exposures:
+            from ..experiments.exposures import ExposureLog, store_sink
+            self.exposures = ExposureLog(store_sink(self.con))
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         return self.con.cursor()
@@ -206,7 +208,8 @@ class Service(Base):
     def forget(self, user_id: str, suppress: bool) -> tuple[int, dict]:
         from ..forget import forget_user
         with self.write_lock:
-            self.exposures.flush()  # (what the answers showed them so far is written, then deleted with the rest)
+            if self.exposures is not None:  # (what the answers showed them so far is written, then deleted too)
+                self.exposures.flush()
             removed = forget_user(self.cursor(), self.db, user_id, suppress=suppress)  # unknown: 404
             self.docs.drop([user_id])
             if self.rec is not None:
