@@ -1,12 +1,13 @@
-"""Clicks, carts and purchases attributed to what was shown (the latest exposure of the item to the user within the
-window), and an experiment's per-user outcome fed to its report."""
+"""Clicks, carts and purchases attributed to what was shown (the exposure their request_id names, else the latest
+exposure of the item to the user within the window), and an experiment's per-user outcome fed to its report."""
 from datetime import datetime, timedelta
 
+import duckdb
 import pytest
 
 from huaxiang import store
 from huaxiang.errors import HuaxiangError
-from huaxiang.experiments.attribution import attributed_sql, outcomes
+from huaxiang.experiments.attribution import attributed_sql, has_request_ids, outcomes
 from huaxiang.experiments.exposures import rows_of, store_rows
 from huaxiang.experiments.stats import experiment_report
 from huaxiang.ingest import ingest_records
@@ -20,10 +21,22 @@ def shown(con, request_id, user, items, variant, at, experiment="exp", latency=5
     store_rows(con, [r[:9] + (experiment, variant, r[11]) for r in rows])
 
 
-def event(user, item, kind, at, price=None, quantity=None, event_id=None):
+def event(user, item, kind, at, price=None, quantity=None, event_id=None, request_id=None):
     e = {"user_id": user, "item_id": item, "type": kind, "ts": at.isoformat(), "event_id": event_id or
-         f"{user}-{item}-{kind}-{at.isoformat()}"}
-    return {**e, **({"price": price} if price is not None else {}), **({"quantity": quantity} if quantity else {})}
+         f"{user}-{item}-{kind}-{at.isoformat()}-{request_id}"}
+    return {**e, **({"price": price} if price is not None else {}), **({"quantity": quantity} if quantity else {}),
+            **({"request_id": request_id} if request_id else {})}
+
+
+def attributed(con, hours=24.0):
+    """(user, item, type, request_id of the exposure) of every attributed event, sorted."""
+    return con.execute(f"SELECT user_id, item_id, type, request_id FROM ({attributed_sql(hours)}) ORDER BY ALL"
+                       ).fetchall()
+
+
+def ingest(con, events):
+    report = ingest_records(con, events, "api:1", future_tolerance_s=10 ** 9)
+    assert report.quarantined == 0, report.rejected
 
 
 @pytest.fixture
@@ -75,3 +88,90 @@ def test_outcomes_per_exposed_user_feed_the_report(con):
     report = experiment_report(out, {"control": 0.5, "treatment": 0.5}, "control")
     assert report["variants"]["control"]["exposed_users"] == 2 and report["variants"]["treatment"]["buyers"] == 1
     assert report["variants"]["control"]["ctr"]["value"] == pytest.approx(2 / 6)
+
+
+def test_a_request_id_attributes_an_event_to_the_answer_it_names_even_when_the_item_was_shown_again(con):
+    shown(con, "r1", "u1", ["a", "b"], "control", T0)
+    shown(con, "r2", "u1", ["a"], "control", T0 + timedelta(hours=2))
+    ingest(con, [
+        event("u1", "a", "click", T0 + timedelta(hours=3), request_id="r1"),  # named: r1, not the later r2
+        event("u1", "a", "cart", T0 + timedelta(hours=3)),  # no request_id: the latest exposure, r2
+        event("u1", "b", "buy", T0 + timedelta(hours=4), price=3.0, request_id="r1"),
+    ])
+    assert attributed(con) == [("u1", "a", "cart", "r2"), ("u1", "a", "click", "r1"), ("u1", "b", "buy", "r1")]
+
+
+def test_a_request_id_that_names_no_exposure_of_that_user_and_item_falls_back_to_the_window_rule(con):
+    shown(con, "r1", "u1", ["a"], "control", T0)
+    shown(con, "r2", "u2", ["b"], "control", T0)
+    ingest(con, [
+        event("u1", "a", "click", T0 + timedelta(hours=1), request_id="no-such-answer"),  # -> r1 by the window
+        event("u1", "a", "cart", T0 + timedelta(hours=1), request_id="r2"),  # r2 showed b to u2: -> r1
+        event("u2", "a", "click", T0 + timedelta(hours=1), request_id="r1"),  # r1 showed a to u1, not to u2: nothing
+        event("u1", "c", "click", T0 + timedelta(hours=1), request_id="r1"),  # r1 did not show c: nothing
+    ])
+    assert attributed(con) == [("u1", "a", "cart", "r1"), ("u1", "a", "click", "r1")]
+
+
+def test_the_window_is_measured_from_the_named_exposure_and_its_edge_is_inside(con):
+    shown(con, "r1", "u1", ["a"], "control", T0)
+    shown(con, "r2", "u1", ["a"], "control", T0 + timedelta(hours=20))
+    ingest(con, [
+        event("u1", "a", "click", T0 + timedelta(hours=24), request_id="r1"),  # exactly 24 h after r1: in
+        event("u1", "a", "cart", T0 + timedelta(hours=24, seconds=1), request_id="r1"),  # 1 s past: nothing,
+        # although r2 (4 h old) would take it by the window rule: the event says where it came from
+        event("u1", "a", "buy", T0 - timedelta(seconds=1), price=1.0, request_id="r1"),  # before r1 was shown
+        event("u1", "a", "click", T0 + timedelta(hours=44), event_id="late"),  # 24 h after r2, no request_id: r2
+        event("u1", "a", "click", T0 + timedelta(hours=44, seconds=1), event_id="too-late"),  # nothing
+    ])
+    assert attributed(con) == [("u1", "a", "click", "r1"), ("u1", "a", "click", "r2")]
+    assert [r for (r,) in con.execute(f"SELECT event_id FROM ({attributed_sql()}) WHERE request_id = 'r2'")
+            .fetchall()] == ["late"]
+    assert ("u1", "a", "cart", "r1") in attributed(con, hours=25)  # a wider window takes the named one in
+
+
+def test_one_event_counts_once_and_tenants_never_mix(con):
+    shown(con, "r1", "shop:u1", ["shop:a"], "control", T0)
+    shown(con, "r1", "shop:u1", ["shop:a"], "control", T0)  # the same answer written twice (a retried write)
+    shown(con, "r9", "mall:u1", ["mall:a"], "control", T0)
+    ingest(con, [
+        event("shop:u1", "shop:a", "click", T0 + timedelta(minutes=5), request_id="r1"),
+        event("shop:u1", "shop:a", "cart", T0 + timedelta(minutes=6)),
+        # another tenant's user and item naming shop's answer: not attributed to it, nor to anything of shop's
+        event("mall:u1", "mall:a", "click", T0 + timedelta(minutes=5), request_id="r1"),  # -> r9 (window rule)
+        event("mall:u2", "mall:a", "click", T0 + timedelta(minutes=5), request_id="r1"),  # mall:u2 saw nothing
+    ])
+    assert attributed(con) == [("mall:u1", "mall:a", "click", "r9"), ("shop:u1", "shop:a", "cart", "r1"),
+                               ("shop:u1", "shop:a", "click", "r1")]
+
+
+def test_exposures_of_every_experiment_compete_and_each_is_credited_with_its_own(con):
+    shown(con, "x1", "u1", ["a"], "control", T0)  # experiment exp
+    shown(con, "o1", "u1", ["a"], "treatment", T0 + timedelta(hours=1), experiment="other")
+    ingest(con, [
+        event("u1", "a", "click", T0 + timedelta(hours=2)),  # the latest exposure is other's: exp gets nothing
+        event("u1", "a", "buy", T0 + timedelta(hours=2), price=5.0, request_id="x1"),  # named: exp's
+    ])
+    mine, theirs = outcomes(con, "exp")["control"], outcomes(con, "other")["treatment"]
+    assert (mine["clicks"].tolist(), mine["buyer"].tolist(), mine["revenue"].tolist()) == ([0], [1], [5.0])
+    assert (theirs["clicks"].tolist(), theirs["buyer"].tolist()) == ([1], [0])
+
+
+def test_a_store_made_before_request_ids_is_read_by_the_window_rule(tmp_path):
+    """A store whose events table predates `request_id`, opened read-only (so not given the column)."""
+    db = str(tmp_path / "old.duckdb")
+    c = store.connect(db)
+    shown(c, "r1", "u1", ["a"], "control", T0)
+    c.close()
+    raw = duckdb.connect(db)
+    raw.execute("ALTER TABLE events DROP COLUMN request_id")
+    raw.execute("INSERT INTO events (event_id, user_id, item_id, type, ts) VALUES ('e1', 'u1', 'a', 'click', ?)",
+                [T0 + timedelta(minutes=1)])
+    raw.close()
+    old = store.connect(db, read_only=True)
+    assert not has_request_ids(old)
+    assert outcomes(old, "exp")["control"]["clicks"].tolist() == [1]
+    old.close()
+    writable = store.connect(db)  # a writable connection gives it the column
+    assert has_request_ids(writable)
+    writable.close()

@@ -53,9 +53,13 @@ def test_bad_columns_are_named(tmp_path):
 def test_lora_learns_sentiment(reviews):
     out = reviews / "lora"
     cli("train", "classifier", "--data", str(reviews / "train.csv"), "--text-col", "review", "--label-col", "label",
-        "--out", str(out), "--lora", "--epochs", "3", "--max-len", "48", "--batch-size", "16")
+        "--out", str(out), "--lora", "--epochs", "3", "--max-len", "48", "--batch-size", "16",
+        "--db", str(reviews / "s.duckdb"))
     meta = json.loads((out / "classifier.json").read_text())
     assert meta["method"] == "lora" and 600_000 < meta["trainable_parameters"] < 700_000  # r=8 on q/k/v/dense + head
+    listed = json.loads(cli("models", "list", "--kind", "classifier", "--db", str(reviews / "s.duckdb"), "--json"))
+    assert [(v["version"], v["name"], v["path"]) for v in listed] == [(1, "lora", str(out.resolve()))]  # registered too
+    assert listed[0]["metrics"]["macro_f1"] == meta["best_validation"]["macro_f1"]
     result = json.loads(cli("eval", "classifier", "--model", str(out), "--data", str(reviews / "test.csv"),
                             "--text-col", "review", "--label-col", "label", "--json"))
     assert result["n"] == 200 and {"accuracy", "macro_f1", "auc"} <= set(result)

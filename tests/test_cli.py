@@ -7,9 +7,10 @@ import sys
 import pytest
 
 COMMANDS = ["ingest", "build", "profile", "segments", "embed", "sentiment", "graph", "demo", "score", "serve",
-            "consume", "forget"]
+            "consume", "forget", "retrain"]
 GROUPS = [("train", "classifier", "--text-col"), ("eval", "classifier", "--text-col"), ("eval", "seqrec", "--protocol"),
-          ("keys", "create", "--scope"), ("keys", "list", "--json"), ("keys", "revoke", "key_id")]
+          ("keys", "create", "--scope"), ("keys", "list", "--json"), ("keys", "revoke", "key_id"),
+          ("models", "list", "--json"), ("models", "promote", "--kind"), ("models", "rollback", "--kind")]
 
 
 def run(*args, cwd=None, check=True):

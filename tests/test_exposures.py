@@ -91,7 +91,8 @@ def test_answers_carry_a_request_id_and_their_items_are_stored(trained):
     mine = by_request[recs["request_id"]]
     assert [r[2] for r in mine] == [i["item_id"] for i in recs["items"]] and [r[3] for r in mine] == [1, 2, 3, 4, 5]
     assert [r[4] for r in mine] == [i["score"] for i in recs["items"]]
-    assert {(r[1], r[5], r[6]) for r in mine} == {(user, "recommendations", recs["source"])}
+    assert recs["model"] == {"name": "itemknn", "version": "1"} and "experiment" not in recs
+    assert {(r[1], r[5], r[6]) for r in mine} == {(user, "recommendations", "itemknn")}
     assert all(r[7] > 0 for r in mine)
     if found["items"]:
         assert {r[5] for r in by_request[found["request_id"]]} == {"search"}
@@ -131,3 +132,53 @@ def test_a_click_is_its_own_event_type_and_an_item_interaction(tmp_path):
     assert seqs.users == ["u1"] and [seqs.items[i - 1] for i in seqs.seqs[0]] == ["a", "b", "c"]
     edges = con.execute(RULES["behaviour"]).fetchall()  # (subject, predicate, object, weight)
     assert ("user:u1", "clicked", "item:b", 1.0) in edges
+
+
+def test_table_of_keeps_each_value_in_its_column_and_refuses_short_rows():
+    from huaxiang.experiments.exposures import COLUMNS, table_of
+    rows = rows_of("r1", "u1", "search", [{"item_id": "a", "score": 2.0}, {"item_id": "b"}], "m", "3", "exp",
+                   "b", latency_ms=1.5) + rows_of("r2", None, "recommendations", [{"item_id": "c", "score": 0.5}])
+    table = table_of(rows)
+    assert table.column_names == [name for name, _ in COLUMNS]
+    assert [tuple(r.values()) for r in table.to_pylist()] == rows
+    assert table_of([]).num_rows == 0 and table_of([]).schema == table.schema
+    with pytest.raises(ValueError):
+        table_of([r[:-1] for r in rows])
+
+
+def test_the_rows_of_forgotten_users_are_refused_the_others_stored_in_order(tmp_path):
+    from huaxiang.experiments.exposures import store_rows, table_of
+    db = str(tmp_path / "s.duckdb")
+    con = store.connect(db)
+    items = [{"item_id": "i1", "score": 1.0}, {"item_id": "i2", "score": 0.5}]
+    assert store_rows(con, rows_of("q0", "gone", "search", items)) == 2  # (not forgotten yet)
+    forget_user(con, db, "gone")
+    assert con.execute("SELECT count(*) FROM exposures").fetchone()[0] == 0
+    rows = (rows_of("q1", "stays", "search", items) + rows_of("q2", "gone", "search", items)
+            + rows_of("q3", None, "search", items) + rows_of("q4", "stays", "search", items))
+    assert store_rows(con, table_of(rows)) == 6  # a table (the stream's writer) …
+    later = rows_of("q5", "gone", "search", items) + rows_of("q6", None, "search", items)
+    assert store_rows(con, later) == 2  # … or the rows
+    assert store_rows(con, rows_of("q7", "gone", "search", items)) == 0
+    assert con.execute("SELECT request_id, user_id, position FROM exposures").fetchall() == [
+        ("q1", "stays", 1), ("q1", "stays", 2), ("q3", None, 1), ("q3", None, 2), ("q4", "stays", 1),
+        ("q4", "stays", 2), ("q6", None, 1), ("q6", None, 2)]
+
+
+def test_the_stores_sink_writes_under_the_lock_it_is_given(tmp_path):
+    """The embedded server's sink holds the write lock, under which a deletion writes the queue and then deletes:
+    no write can look the forgotten users up before a deletion and insert after it."""
+    from huaxiang.experiments.exposures import store_sink
+    con = store.connect(str(tmp_path / "s.duckdb"))
+    lock = threading.RLock()
+    sink = store_sink(con, lock)
+    done = threading.Event()
+    with lock:
+        writer = threading.Thread(target=lambda: (sink(rows_of("r1", "u1", "search", [{"item_id": "a"}])),
+                                                  done.set()))
+        writer.start()
+        assert not done.wait(0.3)  # (waits for the lock)
+        sink(rows_of("r0", "u1", "search", [{"item_id": "b"}]))  # (the holder itself may write: a re-entrant lock)
+    assert done.wait(10)
+    writer.join()
+    assert con.execute("SELECT request_id FROM exposures").fetchall() == [("r0",), ("r1",)]

@@ -146,3 +146,16 @@ def test_score_command_writes_scores_with_reasons(tmp_path):
     assert "Tenant: retail" in text and "Tenant: taobao" in text and "net spend ≥" in text
     bad = run("score", "loyalty", "--db", db, check=False)
     assert bad.returncode == 1 and "unknown score 'loyalty'" in bad.stderr
+    # every kind's models kept as a registry version, with validation per tenant; a second run is version 2
+    listed = {v["kind"]: v for v in json.loads(run("models", "list", "--json", "--db", db).stdout)}
+    assert set(listed) == {"churn", "propensity", "clv", "risk"} and all(v["promoted"] for v in listed.values())
+    assert set(listed["churn"]["metrics"]) == {"retail"} and 0.5 < listed["churn"]["metrics"]["retail"]["auc"] <= 1
+    assert set(listed["propensity"]["metrics"]) == {"retail", "taobao"}
+    assert listed["clv"]["metrics"]["retail"]["customers"] > 200 and listed["clv"]["name"] == "bgnbd-gamma-gamma"
+    from huaxiang.models.clv import CLVModel
+    from huaxiang.models.registry import folder
+    kept = CLVModel.load(folder(db, listed["clv"]) / "retail")
+    assert kept.params_["r"] == pytest.approx(listed["clv"]["metrics"]["retail"]["r"])
+    run("score", "churn", "--db", db)
+    assert [v["version"] for v in json.loads(run("models", "list", "--kind", "churn", "--json", "--db", db).stdout)
+            ] == [1, 2]

@@ -94,9 +94,10 @@ def raw_get(base: str, path: str, key: str) -> tuple[int, bytes]:
 
 
 def shown(answer: dict) -> dict:
-    """An answer less its `request_id` (a fresh one per request), which it must carry."""
-    assert len(answer["request_id"]) == 32
-    return {k: v for k, v in answer.items() if k != "request_id"}
+    """An answer less its `request_id` (a fresh one per request), which it must carry, and less the recommender that
+    made it (a recommendation's `model`), which must be the store's promoted item-KNN."""
+    assert len(answer["request_id"]) == 32 and answer.get("model", {"name": "itemknn"})["name"] == "itemknn"
+    return {k: v for k, v in answer.items() if k not in ("request_id", "model")}
 
 
 def test_online_workers_answer_what_the_embedded_server_answers(online, store):
@@ -285,3 +286,37 @@ def test_what_a_worker_showed_reaches_the_writer(online):
                                                            enumerate(got["items"], start=1)]
     assert wait_for(lambda: not r.xpending_range(layout.STREAM, "huaxiang", min=entry_id, max=entry_id, count=1)
                     and r.xinfo_groups(layout.STREAM)[0]["last-delivered-id"] >= entry_id, seconds=20)
+
+
+def test_online_workers_serve_the_experiments_published(store, tmp_path):
+    """A running experiment of the store, published with its variants' recommenders: every worker serves each user
+    their variant's recommender (the same assignment as the store's); a stop, published, ends it within a second."""
+    from huaxiang.experiments.catalog import get
+    from huaxiang.experiments.assign import variants_of
+    db = str(tmp_path / "exp.duckdb")
+    shutil.copy(store[2], db)
+    shutil.copytree(store[2] + ".models", db + ".models")
+    cli("train", "recommender", "--model", "popularity", "--no-promote", "--db", db)
+    cli("experiment", "create", "on1", "--variants", "a=itemknn,b=popularity", "--tenant", "beauty", "--db", db)
+    con = connect(db, read_only=True)
+    test, sample = get(con, "on1"), users(db, "beauty", 30) + users(db, "taobao", 3)
+    con.close()
+    expected = dict(zip(sample, variants_of(test.salt, sample, test.split)))
+    with local_redis(str(tmp_path)) as url:
+        assert json.loads(cli("publish", "--to", url, "--db", db, "--json"))["experiments"] == ["on1"]
+        key = cli("keys", "create", "--scope", "read", "--online", url).strip().splitlines()[-1]
+        with start_server(db, "--workers", "2", online=url) as base:
+            for u in sample:
+                status, got = call(base, "GET", "/v1/users/" + urllib.parse.quote(u, safe="") + "/recommendations",
+                                   key)
+                assert status == 200, got
+                if u.startswith("beauty:"):
+                    assert got["experiment"] == {"name": "on1", "variant": expected[u]}, u
+                    assert got["model"]["name"] == {"a": "itemknn", "b": "popularity"}[expected[u]]
+                else:  # (another tenant: not in it)
+                    assert "experiment" not in got and got["model"] == {"name": "itemknn", "version": "1"}
+            assert {expected[u] for u in sample if u.startswith("beauty:")} == {"a", "b"}
+            cli("experiment", "stop", "on1", "--db", db)
+            cli("publish", "--to", url, "--db", db)
+            path = "/v1/users/" + urllib.parse.quote(sample[0], safe="") + "/recommendations"
+            assert wait_for(lambda: "experiment" not in call(base, "GET", path, key)[1], 3.0)

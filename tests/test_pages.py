@@ -31,6 +31,9 @@ def chinese_review() -> str:
         return next(r["review"] for r in csv.DictReader(f) if r["cat"] == "手机" and len(r["review"]) > 20)
 
 
+ADMIN = {}  # the site's admin and write keys
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """The demo store, a Chinese-speaking shopper added, built twice (so segments have a drift), and served."""
@@ -49,6 +52,8 @@ def site(tmp_path_factory):
         cli("ingest", str(d / f"{name}.csv"), "--format", "csv", "--table", name, "--db", db)
     cli("build", "--db", db)
     key = cli("keys", "create", "--scope", "read", "--db", db).strip().splitlines()[-1]
+    ADMIN.update({scope: cli("keys", "create", "--scope", scope, "--db", db).strip().splitlines()[-1]
+                  for scope in ("admin", "write")})
     import duckdb
     from huaxiang.demo import showcase_users
     with duckdb.connect(db, read_only=True) as con:
@@ -278,3 +283,36 @@ def test_pseudonymised_ids_are_found_by_the_platforms_id(tmp_path, monkeypatch):
         status, body = get_html(base, "/ui/users?q=shop:alice", key)  # follows the redirect to the pseudonym's page
         assert status == 200 and "alice" not in body.split("<main>")[1]
         assert "pseudonymised at ingest" in body and re.search(r'class="uid">shop:u_[0-9a-f]{20}<', body)
+
+
+def test_experiment_page_draws_each_lift_with_its_interval(site, browser):
+    """An experiment started over the API, its users served and clicking: its page lists the variants with their
+    intervals and draws each lift as a point on its interval around zero; the list of experiments links to it."""
+    from datetime import datetime, timedelta, timezone
+    base, key, _, _ = site
+    status, made = call(base, "POST", "/v1/experiments", ADMIN["admin"],
+                        {"name": "page-ab", "variants": "control=itemknn@1,treatment=itemknn", "tenant": "taobao"})
+    assert status == 201, made
+    events = []
+    for n in range(80):
+        user = f"taobao:pg{n}"
+        answer = call(base, "GET", f"/v1/users/{user}/recommendations?k=5", key)[1]
+        ts = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat()
+        events += [{"user_id": user, "item_id": item["item_id"], "type": "click", "ts": ts,
+                    "request_id": answer["request_id"]} for item in answer["items"][:1 + n % 2]]
+    status, done = call(base, "POST", "/v1/events", ADMIN["write"], {"events": events})
+    assert status == 200 and done["added"] == len(events) > 0, done
+    page = open_signed_in(browser, base, key)
+    page.goto(base + "/ui/experiments")
+    page.click("a[href='/ui/experiments/page-ab']")
+    page.wait_for_url("**/ui/experiments/page-ab")
+    rows = page.locator("section.variants tbody tr")
+    assert rows.count() == 2 and "control" in rows.first.inner_text() and "[" in rows.first.inner_text()
+    lift = page.locator('div.lift[data-variant="treatment"]')
+    assert lift.locator("svg.chart g.interval").count() == 1  # the CTR lift (no purchases: the others are empty)
+    assert lift.locator("svg.chart text").filter(has_text="no data yet").count() == 2
+    assert page.locator('section.srm[data-flag="false"]').count() == 1
+    page.screenshot(path=str(ARTIFACTS / "experiment-page.png"), full_page=True)
+    assert page.problems == []
+    page.close()
+    assert call(base, "POST", "/v1/experiments/page-ab/stop", ADMIN["admin"])[0] == 200

@@ -31,7 +31,7 @@ from huaxiang.models.scores import roc_points  # noqa: E402
 HOSTILE = '<script>alert("x")</script>'
 SECTION_PNGS = ["seqrec_Beauty_full.png", "seqrec_Beauty_sample99.png", "sentiment_en_scores.png",
                 "sentiment_en_confusion.png", "churn_roc.png", "churn_calibration.png", "propensity_roc.png",
-                "propensity_calibration.png", "clv_cdnow.png", "throughput.png", "latency.png"]
+                "propensity_calibration.png", "clv_cdnow.png", "throughput.png", "latency.png", "experiment-ab1.png"]
 
 
 def write(path: Path, data) -> None:
@@ -97,10 +97,31 @@ def systems_runs(runs: Path) -> None:
         machine.save_latency(machine.latency_result(benchmark, f"{name} run", ms, errors=0), name, runs / "latency")
 
 
+def experiment_runs(runs: Path) -> None:
+    """What `huaxiang experiment report ab1 --json` prints, for a seeded experiment (a variant's name hostile)."""
+    from huaxiang.experiments.stats import experiment_report
+    rng = np.random.default_rng(5)
+    data = {}
+    for v, p in (("control", 0.03), (HOSTILE, 0.036)):
+        imp = rng.integers(1, 20, 3000)
+        data[v] = {"impressions": imp, "clicks": rng.binomial(imp, p), "buyer": rng.binomial(1, 0.02, 3000),
+                   "revenue": rng.gamma(1, 10, 3000) * rng.binomial(1, 0.02, 3000),
+                   "latency_ms": rng.gamma(2, 2, 6000)}
+    rep = experiment_report(data, {"control": 1, HOSTILE: 1}, "control")
+    rep["experiment"] = {"name": "ab1", "tenant": None, "status": "running", "control": "control", "variants": [],
+                         "created_at": "2026-11-30T10:00:00", "stopped_at": None}
+    rep["window_hours"] = 24.0
+    write(runs / "experiments" / "ab1.json", rep)
+    # a feedback-loop benchmark's file among the latency files: summarised in section 6, not a latency run
+    write(runs / "latency" / "experiment_report.json", {
+        "benchmark": "experiment_report", "machine": machine.stamp(), "exposures": 1_000_000,
+        "report_seconds_median": 0.76, "pandas_attribution_seconds_median": 0.88})
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    for make in (seqrec_runs, sentiment_runs, lifecycle_runs, systems_runs):
+    for make in (seqrec_runs, sentiment_runs, lifecycle_runs, systems_runs, experiment_runs):
         make(runs)
     seen = []
     index = write_report(runs, tmp_path_factory.mktemp("report"), progress=seen.append)
@@ -109,12 +130,13 @@ def report(tmp_path_factory):
 
 def test_every_section_has_its_plots(report):
     index, page, seen, _ = report
-    assert index.name == "index.html" and len(seen) == 5
+    assert index.name == "index.html" and len(seen) == 6
     for name in SECTION_PNGS:
         width, height = png_size(index.parent / name)
         assert width >= 300 and height >= 300 and (index.parent / name).stat().st_size > 2000, name
         assert f'src="{name}"' in page
     assert "run yet" not in page  # every section found its run
+    assert "report over 1,000,000 exposures: 0.76 s" in page
     assert "not valid JSON" not in page and "skipped" not in page
 
 
@@ -156,7 +178,8 @@ def test_missing_runs_say_which_benchmark_makes_them(tmp_path):
     page = write_report(tmp_path / "nothing", tmp_path / "out").read_text()
     for what, script in (("sequential-recommendation", "seqrec.py"), ("sentiment", "sentiment.py"),
                          ("churn or propensity", "lifecycle.py"), ("CLV holdout", "lifecycle.py --parts clv"),
-                         ("ingest", "ingest_profile.py"), ("scale", "scale.py"), ("latency", "api_load.py")):
+                         ("ingest", "ingest_profile.py"), ("scale", "scale.py"), ("latency", "api_load.py"),
+                         ("experiment", "huaxiang experiment report")):
         assert f"No {what} run yet" in page and script in page, what
     assert not list((tmp_path / "out").glob("*.png"))
 

@@ -79,9 +79,11 @@ def test_bad_bodies_get_4xx_with_a_message(server):
 
 
 def store_mentions(db: str, user_id: str) -> dict[str, int]:
-    """Every place in the store (any column of any table, cast to text) and the model folder that names the user."""
+    """Every place in the store (any column of any table, cast to text) and the models' folder (every version)
+    that names the user."""
+    from pathlib import Path
+
     import duckdb
-    from huaxiang.recommend.store_model import model_dir
     con = duckdb.connect(db, read_only=True)
     found = {}
     for table, column in con.execute("""SELECT table_name, column_name FROM information_schema.columns
@@ -91,7 +93,7 @@ def store_mentions(db: str, user_id: str) -> dict[str, int]:
         if n:
             found[f"{table}.{column}"] = n
     con.close()
-    for f in model_dir(db).rglob("*.json"):
+    for f in Path(db + ".models").rglob("*.json"):
         if user_id in f.read_text():
             found[str(f)] = 1
     return found
@@ -105,6 +107,7 @@ def test_forget_leaves_nothing(tmp_path):
     run("build", "--db", db)
     run("graph", "--build", "--db", db)
     run("train", "recommender", "--model", "itemknn", "--db", db)
+    run("train", "recommender", "--model", "popularity", "--no-promote", "--db", db)  # (a second version)
     import duckdb
     con = duckdb.connect(db, read_only=True)
     ids = [u for (u,) in con.execute("SELECT user_id FROM profiles").fetchall()]

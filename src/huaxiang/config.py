@@ -68,6 +68,8 @@ class Config:
     seed: int = 0
     # ingest: an event stamped later than the time of ingest plus this much clock skew is quarantined
     future_tolerance_seconds: float = 300.0
+    # experiments: a click, cart or purchase counts for an exposure of its item to its user at most this old
+    attribution_window_hours: float = 24.0
 
 
 def load_config(path: str | None = None, **overrides) -> Config:

@@ -47,7 +47,7 @@ def run_demo(db: str, show: int, out: Console | None = None, err: Console | None
         run_ingest(con, demo_path(name), fmt, namespace=ns, out=out, err=err)
     cfg = load_config()
     run_build(con, cfg, out, err)
-    written, _ = run_score(con, cfg, ["all"], err)
+    written, _ = run_score(con, cfg, ["all"], err, db)
     out.print("scores written: " + ", ".join(f"{k} {n:,} users" for k, n in written.items()))
     from .profile.render import profile_record, render_text
     from .recommend.store_model import load_store_recommender, train_store_recommender

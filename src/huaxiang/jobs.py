@@ -67,8 +67,9 @@ def run_build(con, cfg, out: Console | None = None, err: Console | None = None):
     return report
 
 
-def run_score(con, cfg, kinds, err: Console | None = None) -> tuple[dict, list[str]]:
-    """Scores written with a spinner showing the step; returns rows per kind and the notes of each step."""
+def run_score(con, cfg, kinds, err: Console | None = None, db: str | None = None) -> tuple[dict, list[str]]:
+    """Scores written with a spinner showing the step (with `db`, the store's file: their models kept in its
+    registry); returns rows per kind and the notes of each step."""
     from .profile.scores import write_scores
     err = consoles(err=err)[1]
     notes = []
@@ -78,5 +79,5 @@ def run_score(con, cfg, kinds, err: Console | None = None) -> tuple[dict, list[s
         def note(msg):
             notes.append(msg)
             bar.update(task, description=msg)
-        written = write_scores(con, cfg, kinds, note)
+        written = write_scores(con, cfg, kinds, note, db)
     return written, notes

@@ -58,6 +58,7 @@ def tenant_expr(column):
 # Longest text we keep in any one field; longer values are quarantined, not truncated.
 MAX_TEXT_CHARS = 20_000
 MAX_ID_CHARS = 256
+MAX_REQUEST_ID_CHARS = 64  # events.request_id (the server's are 32 hex digits)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,9 @@ EVENTS = Table("events", (
     Column("quantity", "DOUBLE"),
     Column("query", "VARCHAR"),
     Column("session_id", "VARCHAR"),
+    # the answer (an exposure's request_id) a click, cart or purchase came from, when the client sends it back
+    # (huaxiang.experiments.attribution); added after stores existed: kept last, out of the content key
+    Column("request_id", "VARCHAR"),
 ), key="event_id")
 
 ITEMS = Table("items", (
@@ -123,6 +127,11 @@ ORDERS = Table("orders", (
 
 TABLES = {t.name: t for t in (EVENTS, ITEMS, REVIEWS, ORDERS)}
 
+# Columns added to a table after stores were made with it: a store gains them (NULL in its old rows, `added_ddl`),
+# they come last in the table, and a row's content key (ingest, for sources without ids) leaves them out, so that
+# the keys of a file read before they came stay the same and a re-ingest still finds its duplicates.
+ADDED_COLUMNS = {"events": ("request_id",)}
+
 # What the store refuses. `quarantine`: rejected rows, with the row's user id as it would have been stored
 # (namespaced, pseudonymised; NULL when none could be read), so that forgetting a person finds their rows exactly
 # (`user_id` came later: a store made before it gains the column, NULL in its old rows). `forgotten_users`: the
@@ -145,6 +154,13 @@ CREATE TABLE IF NOT EXISTS exposures (
     surface VARCHAR, model VARCHAR, version VARCHAR, experiment VARCHAR, variant VARCHAR, latency_ms DOUBLE
 )"""
 
+# The experiments (huaxiang.experiments.catalog): variants is JSON [{"name", "model", "share"}], the control first.
+EXPERIMENTS_DDL = """
+CREATE TABLE IF NOT EXISTS experiments (
+    name VARCHAR PRIMARY KEY, tenant VARCHAR, salt VARCHAR NOT NULL, variants VARCHAR NOT NULL,
+    status VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, stopped_at TIMESTAMP
+)"""
+
 INGESTS_DDL = """
 CREATE TABLE IF NOT EXISTS ingests (
     source VARCHAR, format VARCHAR, rows_read BIGINT, rows_added BIGINT, rows_duplicate BIGINT,
@@ -164,3 +180,10 @@ def sql_type(column: Column) -> str:
 def ddl(table: Table) -> str:
     cols = ", ".join(f"{c.name} {sql_type(c)}" for c in table.columns)
     return f"CREATE TABLE IF NOT EXISTS {table.name} ({cols})"
+
+
+def added_ddl(table: Table) -> list[str]:
+    """The statements that give a store made before them the table's added columns (`ADDED_COLUMNS`)."""
+    added = ADDED_COLUMNS.get(table.name, ())
+    return [f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS {c.name} {sql_type(c)}"
+            for c in table.columns if c.name in added]

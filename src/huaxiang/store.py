@@ -34,9 +34,12 @@ def connect(db: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
 def ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     for table in schema.TABLES.values():
         con.execute(schema.ddl(table))
+        for statement in schema.added_ddl(table):  # (a store made before the column came)
+            con.execute(statement)
     con.execute(schema.QUARANTINE_DDL)
     con.execute(schema.INGESTS_DDL)
     con.execute(schema.EXPOSURES_DDL)
+    con.execute(schema.EXPERIMENTS_DDL)
 
 
 EVENT_ID_INDEX = "events_event_id"

@@ -297,11 +297,11 @@ def _store_exposures(con, message: Message) -> int:
         rows = [(r[0], datetime.fromisoformat(r[1]), *r[2:]) for r in rows]
         if any(len(r) != len(COLUMNS) for r in rows):
             raise ValueError(f"expected rows of {len(COLUMNS)} values")
-        table_of(rows)  # (every value of the right type)
+        table = table_of(rows)  # (every value of the right type)
     except (ValueError, TypeError, IndexError, RecursionError, pa.ArrowException) as exc:
         log.warning("stream entry %s: unreadable exposures (%s): %s", message.id, exc, _text(message.payload)[:200])
         return 0
-    return store_rows(con, rows)
+    return store_rows(con, table)
 
 
 def _forget(message: Message, forget, writer, lock, report: ConsumeReport, live=None) -> None:

@@ -14,7 +14,7 @@ import typer
 
 from .. import __version__
 from ..errors import HuaxiangError
-from . import data, experiments, online, profiles, recommend, report, service, text
+from . import data, experiments, models, online, profiles, recommend, report, service, text
 from .options import err, out
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -22,12 +22,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 train_app = typer.Typer(no_args_is_help=True, help="Fine-tune the pretrained encoder on your own data.")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a trained model on labelled data.")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys for `huaxiang serve`.")
+experiment_app = typer.Typer(no_args_is_help=True, help="A/B tests between recommenders: create, list, stop, report.")
+models_app = typer.Typer(no_args_is_help=True, help="The store's model versions: list, promote, roll back.")
 _state = {"debug": False}
 
 for command in (data.ingest, data.build, data.export, profiles.profile, profiles.score, profiles.segments, text.embed,
-                profiles.graph, text.sentiment, recommend.recommend, recommend.search, profiles.clv, report.report,
-                experiments.ope, service.forget, service.consume, service.serve, online.publish, text.convert_encoder,
-                data.demo):
+                profiles.graph, text.sentiment, recommend.recommend, recommend.search, models.retrain, profiles.clv,
+                report.report, experiments.ope, service.forget, service.consume, service.serve, online.publish,
+                text.convert_encoder, data.demo):
     app.command()(command)
 train_app.command("classifier")(text.train_classifier)
 train_app.command("recommender")(recommend.train_recommender)
@@ -36,9 +38,16 @@ eval_app.command("seqrec")(recommend.eval_seqrec)
 keys_app.command("create")(service.create_key)
 keys_app.command("list")(service.list_keys)
 keys_app.command("revoke")(service.revoke_key)
+models_app.command("list")(models.list_versions)
+models_app.command("promote")(models.promote_version)
+models_app.command("rollback")(models.rollback_version)
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(keys_app, name="keys")
+for name in ("create", "list", "stop", "report"):
+    experiment_app.command(name)(getattr(experiments, f"experiment_{name}"))
+app.add_typer(experiment_app, name="experiment")
+app.add_typer(models_app, name="models")
 
 
 def _version(value: bool):

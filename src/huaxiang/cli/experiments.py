@@ -1,14 +1,23 @@
-"""Experiments and feedback: `ope` (what a policy would have achieved, estimated from another policy's log)."""
+"""Experiments and feedback: `experiment create|list|stop|report` (A/B tests between recommenders, on the store file
+or, with --server, through a running server's API) and `ope` (what a policy would have achieved, estimated from
+another policy's log)."""
 from __future__ import annotations
 
 import json
 from typing import Optional
+from urllib.parse import quote
 
 import typer
 from rich.table import Table
 
 from ..errors import HuaxiangError
-from .options import JSON, out, spinner
+from ..config import load_config
+from .options import CONFIG, DB, JSON, json_option, out, spinner
+
+SERVER = typer.Option(None, "--server", help="A running `huaxiang serve` (e.g. http://127.0.0.1:8000) to ask "
+                      "instead of opening --db, which it holds; the key comes from --key or HUAXIANG_API_KEY.")
+KEY = typer.Option(None, "--key", envvar="HUAXIANG_API_KEY", help="With --server: an API key (admin scope to "
+                   "create or stop, read to list or report).")
 
 
 def ope(
@@ -67,3 +76,133 @@ def ope(
     if result["support_gap"]:
         out.print(f"warning: {result['support_gap']:.1%} of the target's choices are items the log never shows at "
                   "that position (no overlap: IPS counts them as no click)", markup=False, highlight=False)
+
+
+def _remote(server: str, key: str | None, method: str, path: str, body: dict | None = None):
+    """The JSON answer of a route of the server at `server` (an error: one line with its status and detail)."""
+    import urllib.error
+    import urllib.request
+    if not key:
+        raise HuaxiangError("--server needs an API key: --key KEY or HUAXIANG_API_KEY")
+    req = urllib.request.Request(server.rstrip("/") + path, method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"X-API-Key": key, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read()).get("detail")
+        except ValueError:
+            detail = exc.reason
+        raise HuaxiangError(f"{server}{path}: {exc.code} {detail}") from None
+    except urllib.error.URLError as exc:
+        raise HuaxiangError(f"cannot reach {server}: {exc.reason}") from None
+
+
+def _print_experiment(e: dict) -> None:
+    variants = ", ".join(f"{v['name']}={v['model']} ({v['share']:.0%})" for v in e["variants"])
+    users = "every tenant" if e["tenant"] is None else f"tenant {e['tenant']!r}"
+    out.print(f"{e['name']}: {e['status']}, {users}, {variants}; started {e['created_at'][:19]}"
+              + (f", stopped {e['stopped_at'][:19]}" if e["stopped_at"] else ""), markup=False, highlight=False)
+
+
+def experiment_create(
+    name: str = typer.Argument(..., help="The experiment's name (letters, digits, '_', '.', '-')."),
+    variants: str = typer.Option(..., "--variants", help="NAME=MODEL pairs, the control first, e.g. "
+                                 "control=itemknn,treatment=hybrid; MODEL is a trained recommender (`huaxiang models "
+                                 "list`): its name (the promoted or newest version) or name@version."),
+    split: Optional[str] = typer.Option(None, "--split", help="The variants' weights, e.g. 50,50 or 90,10 "
+                                        "(default: equal)."),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="Only this tenant's users (NS of ids NS:…; '' for "
+                                         "ids without one); default: every tenant."),
+    db: str = DB,
+    server: Optional[str] = SERVER,
+    key: Optional[str] = KEY,
+    as_json: bool = JSON,
+):
+    """Start an A/B test between recommenders: each user is assigned a variant by a hash of the experiment's salt and
+    their id (sticky, the same on every worker) and gets that variant's recommendations; what they are shown and
+    what they click and buy then feed `huaxiang experiment report`."""
+    from ..experiments.catalog import create, parse_variants
+    parsed = parse_variants(variants, split)
+    if server:
+        made = _remote(server, key, "POST", "/v1/experiments",
+                       {"name": name, "variants": variants, "split": split, "tenant": tenant})
+    else:
+        from ..models.registry import resolve
+        from ..store import connect
+        for _, spec, _ in parsed:
+            resolve(db, "recommender", spec)
+        made = create(connect(db), name, parsed, tenant).listing()
+    if as_json:
+        print(json.dumps(made))
+    else:
+        _print_experiment(made)
+
+
+def experiment_list(db: str = DB, server: Optional[str] = SERVER, key: Optional[str] = KEY,
+                    as_json: bool = json_option("Print a JSON list.")):
+    """The experiments, newest first, running and stopped."""
+    from ..experiments.catalog import all_experiments
+    from ..store import connect
+    found = _remote(server, key, "GET", "/v1/experiments") if server else \
+        [e.listing() for e in all_experiments(connect(db, read_only=True))]
+    if as_json:
+        print(json.dumps(found))
+    elif not found:
+        out.print("No experiments yet: `huaxiang experiment create` starts one.")
+    for e in [] if as_json else found:
+        _print_experiment(e)
+
+
+def experiment_stop(name: str = typer.Argument(..., help="The experiment to stop."), db: str = DB,
+                    server: Optional[str] = SERVER, key: Optional[str] = KEY, as_json: bool = JSON):
+    """Stop a running experiment: its users get the promoted recommender again; its report stays readable."""
+    from ..experiments.catalog import stop
+    from ..store import connect
+    done = _remote(server, key, "POST", f"/v1/experiments/{quote(name, safe='')}/stop") if server else \
+        stop(connect(db), name).listing()
+    if as_json:
+        print(json.dumps(done))
+    else:
+        _print_experiment(done)
+
+
+def experiment_report(name: str = typer.Argument(..., help="The experiment."), db: str = DB,
+                      server: Optional[str] = SERVER, key: Optional[str] = KEY, config: Optional[str] = CONFIG,
+                      as_json: bool = JSON):
+    """Per variant: exposed users, impressions, CTR, conversion and revenue per exposed user with 95% intervals;
+    each variant's lift over the control with its interval and p-value; the sample-ratio check; p99 latency."""
+    from ..experiments.catalog import report
+    from ..experiments.stats import interval_text
+    from ..store import connect
+    if server:
+        rep = _remote(server, key, "GET", f"/v1/experiments/{quote(name, safe='')}/report")
+    else:
+        rep = report(connect(db, read_only=True), name, load_config(config).attribution_window_hours)
+    if as_json:
+        print(json.dumps(rep))
+        return
+    _print_experiment(rep["experiment"])
+    table = Table(title="variants (95% intervals)", title_justify="left")
+    for col in ("variant", "model", "users", "impressions", "CTR", "conversion", "revenue/user", "p99 ms"):
+        table.add_column(col, justify="left" if col in ("variant", "model") else "right")
+    for v, m in rep["variants"].items():
+        table.add_row(v, m.get("model", ""), f"{m['exposed_users']:,}", f"{m['impressions']:,}",
+                      interval_text(m["ctr"], ".2%"), interval_text(m["conversion"], ".2%"),
+                      interval_text(m["revenue_per_user"], ",.2f"),
+                      "–" if m["latency"]["p99_ms"] is None else f"{m['latency']['p99_ms']:.1f}")
+    out.print(table)
+    for v, comp in rep["comparisons"].items():
+        for metric in ("ctr", "conversion", "revenue_per_user"):
+            c = comp[metric]
+            lift = "–" if c["lift"] is None else f"{c['lift']:+.1%}"
+            ci = "" if c["ci_low"] is None else f" [{c['ci_low']:+.1%}, {c['ci_high']:+.1%}]"
+            p = "" if c["p_value"] is None else f", p = {c['p_value']:.3g}"
+            out.print(f"{v} vs {rep['control']}: {metric} lift {lift}{ci}{p}", markup=False, highlight=False)
+    srm = rep["srm"]
+    if srm["p_value"] is not None:
+        out.print(("SAMPLE RATIO MISMATCH: " if srm["flag"] else "sample ratio fits the split: ")
+                  + ", ".join(f"{v} {n:,}" for v, n in srm["observed"].items())
+                  + f" users, chi-square p = {srm['p_value']:.3g}", markup=False, highlight=False)

@@ -31,7 +31,7 @@ def publish(
 ):
     """Write the profiles, recommendation contexts and segment reports to Redis for `huaxiang serve --online`:
     each tenant as a new version beside the one served, switched in one step; a tenant whose data did not change
-    is skipped."""
+    is skipped. The store's running experiments go too, with their variants' recommenders."""
     from ..online import layout
     from ..online.publish import publish as run_publish
     from ..online.source import parquet_source
@@ -54,6 +54,9 @@ def publish(
         result = run_publish(con, r, source, tenants=tenant or None, grace=grace, model_files=model_files,
                              progress=lambda done, total: bar.update(task, completed=done, total=total),
                              batch=batch, workers=workers, opener=opener)
+        if not input_dir:  # the running experiments and their variants' recommenders
+            from ..online.publish import publish_experiments
+            result["experiments"] = [e["name"] for e in publish_experiments(con, r, db)]
     if as_json:
         print(json.dumps(result, ensure_ascii=False))
         return

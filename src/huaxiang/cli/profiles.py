@@ -38,8 +38,9 @@ def score(
     as_json: bool = json_option("Print what was written as one JSON object."),
 ):
     """Write lifecycle scores into the store (table `scores`), each with its reasons: churn and purchase
-    propensity (LightGBM + TreeSHAP), CLV (BG/NBD + Gamma-Gamma, with value tiers) and risk flags."""
-    written, notes = run_score(connect(db), load_config(config), kinds, err)
+    propensity (LightGBM + TreeSHAP), CLV (BG/NBD + Gamma-Gamma, with value tiers) and risk flags. Each kind's
+    models are kept as a version in the store's model registry (`huaxiang models list`), with their validation."""
+    written, notes = run_score(connect(db), load_config(config), kinds, err, db)
     if as_json:
         print(json.dumps({"written": written, "notes": notes}, ensure_ascii=False))
         return

@@ -19,21 +19,38 @@ def train_recommender(
     db: str = DB,
     model: str = typer.Option("hybrid", "--model", help=MODEL_NAMES),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="SASRec: at most this many epochs (early stopping)."),
+    promote: bool = typer.Option(True, "--promote/--no-promote", help=(
+        "Serve the new version at once (--no-promote: only register it; `huaxiang models promote` later).")),
     config: Optional[str] = CONFIG,
+    as_json: bool = JSON,
 ):
-    """Train a recommender on the store's behaviour (sequences of item events); `huaxiang recommend`
-    then serves it. Item embeddings from `huaxiang embed` are used when present."""
-    from ..recommend.store_model import model_dir, train_store_recommender
+    """Train a recommender on the store's behaviour (sequences of item events) as a new version in the store's
+    model registry, measured on each user's last item (NDCG@10, HR@10); `huaxiang recommend` then serves the
+    promoted version. Item embeddings from `huaxiang embed` are used when present."""
     from ..text.encoder import ENCODERS
     cfg = load_config(config)
+    meta = train_version(db, model, ENCODERS[cfg.encoder].name, {"epochs": epochs} if epochs else None, promote)
+    if as_json:
+        print(json.dumps(meta, ensure_ascii=False))
+        return
+    found = meta["metrics"]
+    out.print(f"{meta['model']} recommender version {meta['version']} trained on {meta['trained_on']:,} sequences "
+              f"({meta['users']:,} users) in {meta['train_seconds']:.0f} s; validation NDCG@10 {found['ndcg@10']:.4f}, "
+              f"HR@10 {found['hr@10']:.4f} ({found['valid_users']:,} users); "
+              f"{'promoted' if meta['promoted'] else 'not promoted'} → {meta['path']}", markup=False, highlight=False)
+
+
+def train_version(db: str, model: str, encoder_name: str, sasrec: dict | None, promote: bool) -> dict:
+    """One training of `model` on the store `db` as a registry version, with a progress line."""
+    from ..recommend.store_model import train_store_recommender
     con = connect(db, read_only=True)
-    with spinner("train recommender: {task.description}") as bar:
-        task = bar.add_task("reading sequences", total=None)
-        meta = train_store_recommender(con, db, model, ENCODERS[cfg.encoder].name,
-                                       {"epochs": epochs} if epochs else None,
-                                       lambda msg: bar.update(task, description=msg))
-    out.print(f"{meta['model']} recommender trained on {meta['trained_on']:,} sequences ({meta['users']:,} users) "
-              f"in {meta['train_seconds']:.0f} s → {model_dir(db)}")
+    try:
+        with spinner("train recommender: {task.description}") as bar:
+            task = bar.add_task("reading sequences", total=None)
+            return train_store_recommender(con, db, model, encoder_name, sasrec,
+                                           lambda msg: bar.update(task, description=msg), promote=promote)
+    finally:
+        con.close()
 
 
 def recommend(

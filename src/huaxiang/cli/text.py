@@ -85,6 +85,8 @@ def train_classifier(
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 3e-5 full, 5e-4 LoRA)."),
     seed: int = typer.Option(0, "--seed"),
     balanced: bool = typer.Option(False, "--balanced", help="Weight the loss by inverse label frequency (skewed labels)."),
+    db: Optional[str] = typer.Option(None, "--db", help=(
+        "Also list the classifier as a version in this store's model registry (`huaxiang models list`).")),
 ):
     """Fine-tune the multilingual encoder as a classifier: full or LoRA, seeded validation split
     (10%, stratified), early stopping on validation macro-F1."""
@@ -102,6 +104,11 @@ def train_classifier(
     out.print(f"{meta['method']} fine-tuning on {meta['train_rows']:,} rows ({meta['trainable_parameters']:,} "
               f"trainable parameters) in {meta['train_seconds']:.0f} s; best validation epoch {best['epoch']}: "
               f"accuracy {best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f} → {out_dir}")
+    if db is not None:
+        from ..models.registry import register_folder
+        entry = register_folder(db, "classifier", meta["method"], out_dir, {**meta["config"], "data": data},
+                                {k: best[k] for k in ("accuracy", "macro_f1") if k in best})
+        out.print(f"registered as classifier version {entry['version']} of {db}", markup=False, highlight=False)
 
 
 def eval_classifier(

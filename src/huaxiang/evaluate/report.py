@@ -10,7 +10,10 @@ exists (otherwise one line naming the script that makes it):
 3. churn and propensity (lifecycle/results.json): ROC curves and calibration (reliability) plots;
 4. CLV holdout (lifecycle/clv_*.json, what `huaxiang clv … --json` prints): actual vs predicted repeat
    transactions per calibration-frequency bucket;
-5. ingest, scale and serving (ingest_profile.json, scale*.json, latency/*.json): tables, throughput and latency.
+5. ingest, scale and serving (ingest_profile.json, scale*.json, latency/*.json): tables, throughput and latency;
+6. experiments (experiments/*.json, what `huaxiang experiment report NAME --json` prints, plus the running and
+   stopped experiments of a store given to `huaxiang report --db`): each variant's numbers with 95% intervals and
+   each treatment's lift over the control with its interval, and the sample-ratio check.
 
 Every section names the machine and date its runs recorded. The page is self-contained (inline CSS, no scripts,
 nothing fetched); every value from a file is HTML-escaped; a missing, partial or malformed file gives a one-line
@@ -346,7 +349,7 @@ def seqrec_dataset(runs: Path, out: Path, dataset: str, files: list[Path]) -> li
 
 
 def seqrec_section(runs: Path, out: Path) -> list[str]:
-    files = sorted((runs / "seqrec").glob("*.json"))
+    files = [p for p in sorted((runs / "seqrec").glob("*.json")) if benchmark_of(p) not in FEEDBACK]
     if not files:
         return [none_yet("sequential-recommendation", "benchmarks/seqrec.py --dataset Beauty writes seqrec/Beauty.json "
                          "(ours) and, with --models \"\" --recbole PYTHON, seqrec/Beauty_recbole.json")]
@@ -606,7 +609,7 @@ def systems_section(runs: Path, out: Path) -> list[str]:
                                            "process tree's resident set.", throughput)
     if not scales:
         parts.append(none_yet("scale", "benchmarks/scale.py writes scale.json (--name NAME: NAME.json)"))
-    latency_lines = [line for path in sorted((runs / "latency").glob("*.json"))
+    latency_lines = [line for path in sorted((runs / "latency").glob("*.json")) if benchmark_of(path) not in FEEDBACK
                      for line in latency_file(runs, path, latency)]
     parts += (["<h3>Latency</h3>", *latency_lines, *(latency_part(out, latency) if latency else [])] if latency_lines
               else [none_yet("latency", "benchmarks/api_load.py, recommend_latency.py, freshness.py and pages.py write "
@@ -619,13 +622,126 @@ def systems_section(runs: Path, out: Path) -> list[str]:
     return parts
 
 
+# ---------------------------------------------------------------- experiments
+
+LIFT_METRICS = {"ctr": "CTR", "conversion": "conversion", "revenue_per_user": "revenue / user"}
+
+
+def lift_chart(path: Path, rep: dict) -> str:
+    """Each treatment's lift over the control per metric, a point with its 95% interval, zero marked."""
+    rows = [(f"{v}: {LIFT_METRICS[k]}", comp[k]) for v, comp in rep["comparisons"].items() for k in LIFT_METRICS]
+    fig = new_figure(7, max(3.2, 0.45 * len(rows) + 1.2))
+    ax = fig.add_subplot()
+    for y, (_, c) in enumerate(rows):
+        if c.get("lift") is None:
+            continue
+        low = c["ci_low"] if c.get("ci_low") is not None else c["lift"]
+        high = c["ci_high"] if c.get("ci_high") is not None else c["lift"]
+        ax.errorbar([100 * c["lift"]], [y], xerr=[[100 * (c["lift"] - low)], [100 * (high - c["lift"])]], fmt="o",
+                    capsize=4, color="#2f6db5")
+    ax.axvline(0, color="#888", linewidth=1)
+    ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"lift over {rep['control']} (%), 95% interval")
+    ax.set_title(f"Experiment {rep['experiment']['name']}", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return save(fig, path)
+
+
+def experiment_part(out: Path, rep: dict, where: str) -> list[str]:
+    from ..experiments.stats import interval_text
+    e, srm = rep["experiment"], rep["srm"]
+    rows = [[v, m.get("model", ""), fmt(m["exposed_users"], ",.0f"), fmt(m["impressions"], ",.0f"),
+             interval_text(m["ctr"], ".2%"), interval_text(m["conversion"], ".2%"),
+             interval_text(m["revenue_per_user"], ",.2f"), fmt(m["latency"]["p99_ms"], ".1f")]
+            for v, m in rep["variants"].items()]
+    lifts = [[f"{v} vs {rep['control']}", LIFT_METRICS[k], "–" if c["lift"] is None else f"{c['lift']:+.1%}",
+              "–" if c["ci_low"] is None else f"{c['ci_low']:+.1%} to {c['ci_high']:+.1%}", fmt(c["p_value"], ".3g")]
+             for v, comp in rep["comparisons"].items() for k, c in ((k, comp[k]) for k in LIFT_METRICS)]
+    srm_line = ("no exposed users yet" if srm["p_value"] is None else
+                f"sample ratio MISMATCH (chi-square p = {srm['p_value']:.3g}): do not trust the lifts" if srm["flag"]
+                else f"users per variant fit the split (chi-square p = {srm['p_value']:.3g})")
+    return [f"<h3>{esc(e['name'])} ({esc(e['status'])})</h3>", f'<p class="run">{esc(where)}</p>',
+            table(["variant", "model", "exposed users", "impressions", "CTR", "conversion", "revenue / user",
+                   "p99 ms"], rows, left=2),
+            table(["comparison", "metric", "lift", "95% interval", "p-value"], lifts, left=2),
+            para(srm_line), image(lift_chart(out / f"experiment-{slug(e['name'])}.png", rep),
+                                  f"Lifts of experiment {e['name']} with 95% intervals")]
+
+
+def _report_speed(d: dict) -> str:
+    return (f"report over {d['exposures']:,} exposures: {d['report_seconds_median']:.2f} s (pandas attribution "
+            f"alone {d['pandas_attribution_seconds_median']:.2f} s)")
+
+
+def _exposure_cost(d: dict) -> str:
+    return (f"recording exposures adds {d['p99_added_ms']:+.1f} ms to the recommendation p99 at {d['rate_per_s']:.0f}/s "
+            f"(median of {d['turns']} turns {d['p99_added_ms_median_of_turns']:+.1f} ms)")
+
+
+def _itemknn_update(d: dict) -> str:
+    return "; ".join(f"{name}, {how}: update {r['update_ms_median']:.0f} ms per {d['args']['chunk']:,} events vs refit "
+                     f"{r['refit_ms_median']:.0f} ms, equal to the refit: {'yes' if r['equal_to_refit'] else 'NO'}"
+                     for name, parts in d["results"].items() for how, r in parts.items() if isinstance(r, dict))
+
+
+def _sasrec_warm(d: dict) -> str:
+    by_arm: dict[str, list[float]] = {}
+    for r in d["results"]:
+        if r.get("test_ndcg@10") is not None:
+            by_arm.setdefault(r["arm"], []).append(r["test_ndcg@10"])
+    return ("test NDCG@10 " + ", ".join(f"{arm} {sum(v) / len(v):.4f}" for arm, v in by_arm.items())
+            + f" (epochs capped at {d['args']['epochs']}, {len(by_arm.get('warm start', []))} seeds)")
+
+
+# the feedback loop's benchmarks: their files sit among others' (latency/, seqrec/) and are summarised in section 6
+FEEDBACK = {"experiment_report": _report_speed, "exposure_cost": _exposure_cost,
+            "itemknn_incremental": _itemknn_update, "sasrec_warm_start": _sasrec_warm}
+
+
+def benchmark_of(path: Path) -> str | None:
+    """The `benchmark` a result file names (None: none, or unreadable — its section says so)."""
+    try:
+        found = load(path).get("benchmark")
+    except Malformed:
+        return None
+    return found if isinstance(found, str) else None
+
+
+def feedback_line(path: Path) -> str:
+    """A feedback benchmark's result in one line (or what is wrong with its file)."""
+    data = load(path)
+    try:
+        return FEEDBACK[data["benchmark"]](data)
+    except BAD_CONTENT as exc:
+        return f"skipped: {describe(exc)}"
+
+
+def experiments_section(runs: Path, out: Path, reports: list[dict] | None = None) -> list[str]:
+    parts = [line for path in sorted(runs.glob("experiments/*.json"))
+             for line in guarded(runs, path, lambda data, path=path: experiment_part(
+                 out, data, f"Run: {rel(runs, path)} — {recorded(data.get('machine'), path)}"))]
+    for rep in reports or []:
+        parts += attempt(runs, Path(rep["experiment"]["name"]),
+                         lambda rep=rep: experiment_part(out, rep, "From the store given with --db"))
+    if not parts:
+        parts.append(none_yet("experiment", "`huaxiang experiment report NAME --json > "
+                                            "benchmarks/out/experiments/NAME.json`, or `huaxiang report --db STORE`"))
+    rows = [[rel(runs, path), feedback_line(path), recorded(load(path).get("machine"), path)]
+            for path in sorted(runs.rglob("*.json")) if benchmark_of(path) in FEEDBACK]
+    if rows:
+        parts += ["<h3>The feedback loop's benchmarks</h3>", table(["file", "result", "machine and date"], rows, 3)]
+    return parts
+
+
 # ---------------------------------------------------------------- the page
 
 SECTIONS = [("seqrec", "1. Sequential recommendation", seqrec_section),
             ("sentiment", "2. Sentiment classification", sentiment_section),
             ("lifecycle", "3. Churn and propensity", lifecycle_section),
             ("clv", "4. Customer lifetime value: holdout by bucket", clv_section),
-            ("systems", "5. Ingest, scale and serving", systems_section)]
+            ("systems", "5. Ingest, scale and serving", systems_section),
+            ("experiments", "6. Experiments", experiments_section)]
 
 
 def page(runs: Path, sections: list[tuple[str, str, list[str]]]) -> str:
@@ -641,8 +757,10 @@ def page(runs: Path, sections: list[tuple[str, str, list[str]]]) -> str:
             f"<ul>{toc}</ul>{body}</body></html>\n")
 
 
-def write_report(runs: Path, out: Path, progress: Callable[[str], None] | None = None) -> Path:
-    """Reads the benchmark results under `runs`, writes `out/index.html` and its PNG plots; returns the page's path."""
+def write_report(runs: Path, out: Path, progress: Callable[[str], None] | None = None,
+                 experiments: list[dict] | None = None) -> Path:
+    """Reads the benchmark results under `runs` (and the `experiments` reports given, `catalog.report`'s), writes
+    `out/index.html` and its PNG plots; returns the page's path."""
     from matplotlib import rc_context
     runs, out = Path(runs), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -652,7 +770,7 @@ def write_report(runs: Path, out: Path, progress: Callable[[str], None] | None =
             if progress:
                 progress(title)
             try:
-                parts = build(runs, out)
+                parts = build(runs, out, experiments) if build is experiments_section else build(runs, out)
             except (OSError, *BAD_CONTENT) as exc:  # a file system surprise: say so, keep the other sections
                 parts = [note(f"this section failed: {describe(exc)}")]
             sections.append((anchor, title, parts))

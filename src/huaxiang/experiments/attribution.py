@@ -1,8 +1,15 @@
 """Which answer a click, a cart or a purchase came from, and an experiment's per-user outcome.
 
-The rule: an event (click, cart or buy of an item) is attributed to the latest exposure of that item to that user at
-or before the event, if it is at most `window_hours` old (default 24 h); otherwise to nothing. One event counts for
-one exposure at most; a user shown an item twice and buying it once is one purchase, of the later answer.
+The rule, for an event (click, cart or buy of an item):
+- it carries a `request_id` that names an exposure of that item to that user (the answer it came from): it is
+  attributed to that exposure if it happened at most `window_hours` after it (default 24 h), otherwise to nothing —
+  even when the item was shown to the user again later;
+- it carries none, or one that names no exposure of that item to that user (another user's, a mistyped one): it is
+  attributed to the latest exposure of that item to that user at or before the event, if it is at most
+  `window_hours` old; otherwise to nothing.
+One event counts for one exposure at most; a user shown an item twice and buying it once without a request_id is
+one purchase, of the later answer. Exposures of every experiment (and of none) compete: an experiment is credited
+with the events attributed to its own exposures only.
 
 `outcomes` gives, per exposed user of an experiment, what `stats.experiment_report` takes: impressions (items shown
 to them by the experiment), clicks on those, whether they bought one (conversion) and the revenue of what they
@@ -18,19 +25,46 @@ ATTRIBUTED_TYPES = ("click", "cart", "buy")
 WINDOW_HOURS = 24.0
 
 
-def attributed_sql(window_hours: float = WINDOW_HOURS, experiment: bool = False) -> str:
-    """SQL: every attributed event with its exposure (`request_id`, `experiment`, `variant`, `position`, `model`);
-    with `experiment`, only exposures of the experiment named by the statement's first parameter."""
+def attributed_sql(window_hours: float = WINDOW_HOURS, experiment: bool = False, by_request: bool = True) -> str:
+    """SQL: every attributed event with its exposure (`request_id`, `experiment`, `variant`, `position`, `model`,
+    `shown_at`); with `experiment`, only those attributed to exposures of the experiment named by the statement's
+    parameter `$experiment`. `by_request=False`: the window rule alone (a store whose events have no `request_id`
+    yet, opened read-only)."""
     if not window_hours > 0:
         raise HuaxiangError(f"attribution window {window_hours!r}: expected a number of hours > 0")
-    shown = "SELECT * FROM exposures" + (" WHERE experiment = $experiment" if experiment else "")
+    window = f"INTERVAL '{float(window_hours) * 3600:.0f} seconds'"
     types = ", ".join(f"'{t}'" for t in ATTRIBUTED_TYPES)
+    named = "request_id" if by_request else "NULL::VARCHAR"
+    out = "event_id, user_id, item_id, type, ts, price, quantity, request_id, experiment, variant, position, model, " \
+        "shown_at"
+    kept = " AND experiment = $experiment" if experiment else ""
+    shown = "x.request_id, x.experiment, x.variant, x.position, x.model, x.ts AS shown_at"
     return f"""
-        SELECT e.event_id, e.user_id, e.item_id, e.type, e.ts, e.price, e.quantity,
-               x.request_id, x.experiment, x.variant, x.position, x.model, x.ts AS shown_at
-        FROM (SELECT * FROM events WHERE type IN ({types}) AND item_id IS NOT NULL) e
-        ASOF JOIN ({shown}) x ON e.user_id = x.user_id AND e.item_id = x.item_id AND e.ts >= x.ts
-        WHERE e.ts - x.ts <= INTERVAL '{float(window_hours) * 3600:.0f} seconds'"""
+        WITH e AS (SELECT event_id, user_id, item_id, type, ts, price, quantity, {named} AS _named
+                   FROM events WHERE type IN ({types}) AND item_id IS NOT NULL),
+        -- every exposure competes (an experiment's are picked after), but only those of a (user, item) pair that has
+        -- an event to attribute: 1M exposures are cut to a few percent before the joins
+        x AS (SELECT request_id, ts, user_id, item_id, experiment, variant, position, model
+              FROM exposures SEMI JOIN e USING (user_id, item_id)),
+        -- each event with the exposure its request_id names (one: an item written twice for one answer counts once)
+        n AS (SELECT e.*, {shown} FROM e LEFT JOIN (
+                  SELECT * FROM x WHERE request_id IS NOT NULL
+                  QUALIFY row_number() OVER (PARTITION BY request_id, user_id, item_id ORDER BY ts DESC, position) = 1
+              ) x ON e._named = x.request_id AND e.user_id = x.user_id AND e.item_id = x.item_id)
+        SELECT {out} FROM n WHERE shown_at IS NOT NULL AND ts >= shown_at AND ts - shown_at <= {window}{kept}
+        UNION ALL
+        SELECT {out} FROM (
+            SELECT e.event_id, e.user_id, e.item_id, e.type, e.ts, e.price, e.quantity, {shown}
+            FROM (SELECT * FROM n WHERE shown_at IS NULL) e
+            ASOF JOIN x ON e.user_id = x.user_id AND e.item_id = x.item_id AND e.ts >= x.ts)
+        WHERE ts - shown_at <= {window}{kept}"""
+
+
+def has_request_ids(con) -> bool:
+    """Do the store's events have the `request_id` column (a store made before it, opened read-only, has not)?"""
+    return bool(con.execute("SELECT count(*) FROM duckdb_columns() WHERE database_name = current_database() "
+                            "AND schema_name = 'main' AND table_name = 'events' AND column_name = 'request_id'"
+                            ).fetchone()[0])
 
 
 def outcomes(con, experiment: str, window_hours: float = WINDOW_HOURS) -> dict[str, dict[str, np.ndarray]]:
@@ -45,7 +79,7 @@ def outcomes(con, experiment: str, window_hours: float = WINDOW_HOURS) -> dict[s
             SELECT variant, user_id, count(*) FILTER (WHERE type = 'click') AS clicks,
                    bool_or(type = 'buy') AS buyer,
                    coalesce(sum(coalesce(price, 0) * coalesce(quantity, 1)) FILTER (WHERE type = 'buy'), 0) AS revenue
-            FROM ({attributed_sql(window_hours, True)}) GROUP BY ALL)
+            FROM ({attributed_sql(window_hours, True, has_request_ids(con))}) GROUP BY ALL)
         SELECT s.variant, list(s.impressions ORDER BY s.user_id), list(coalesce(d.clicks, 0) ORDER BY s.user_id),
                list(coalesce(d.buyer, false)::INTEGER ORDER BY s.user_id),
                list(coalesce(d.revenue, 0) ORDER BY s.user_id)

@@ -249,3 +249,11 @@ def experiment_report(per_variant: dict[str, dict[str, np.ndarray]], split: dict
     srm = srm_test({v: m["exposed_users"] for v, m in variants.items()}, split)
     return {"control": control, "confidence": CONFIDENCE, "variants": variants, "comparisons": comparisons,
             "srm": srm}
+
+
+def interval_text(m: dict, spec: str) -> str:
+    """An estimate as text: "value [low, high]" with the format `spec` (e.g. ".2%"), "–" when it has no value."""
+    if m.get("value") is None:
+        return "–"
+    ci = f" [{format(m['ci_low'], spec)}, {format(m['ci_high'], spec)}]" if m.get("ci_low") is not None else ""
+    return format(m["value"], spec) + ci

@@ -60,9 +60,12 @@ def _stage_name(table: str) -> str:
 
 def _content_hash(table: schema.Table) -> str:
     """A key for rows whose source gives none: a hash of the typed content (an occurrence number is
-    appended at merge), so that re-reading a file yields the same keys and true repeats are kept."""
+    appended at merge), so that re-reading a file yields the same keys and true repeats are kept. Columns added
+    later (`schema.ADDED_COLUMNS`: events' `request_id`) are left out, so that a file's keys stay what they were
+    before they came."""
+    added = schema.ADDED_COLUMNS.get(table.name, ())
     content = "concat_ws('|', " + ", ".join(
-        f"coalesce(CAST({c} AS VARCHAR), '')" for c in table.names if c != table.key) + ")"
+        f"coalesce(CAST({c} AS VARCHAR), '')" for c in table.names if c != table.key and c not in added) + ")"
     return f"left(md5({content}), 24)"
 
 
@@ -246,7 +249,8 @@ def _merge_keyed(con, run, table: schema.Table, report: IngestReport, sink: str,
             FROM {keyed} k JOIN {table.name} t ON t.{key} = k.{key} WHERE k._given AND ({differs})""").fetchone()[0]
     new = f"SELECT * FROM {keyed}" if empty else \
         f"SELECT * FROM {keyed} k WHERE NOT EXISTS (SELECT 1 FROM {table.name} t WHERE t.{key} = k.{key})"
-    insert = f"INSERT INTO {table.name} SELECT {', '.join(table.names)} FROM ({new})"
+    names = ", ".join(table.names)
+    insert = f"INSERT INTO {table.name} ({names}) SELECT {names} FROM ({new})"
     if live and table is schema.EVENTS:  # (a small batch: what it stored, for the online writer's live path)
         rows = run(f"{insert} RETURNING {', '.join(table.names)}").fetchall()
         report.new_events = [dict(zip(table.names, row)) for row in rows]

@@ -22,6 +22,7 @@ from ..schema import sql_literal
 ID_COLUMNS = {"event_id", "user_id", "item_id", "category_id", "session_id", "review_id",
               "order_id", "invoice"}
 EARLIEST_TS = "1990-01-01"
+LIMITS = {"request_id": schema.MAX_REQUEST_ID_CHARS}  # columns with a length limit of their own
 FUTURE_TOLERANCE_S = Config.future_tolerance_seconds  # the default allowance for clock skew
 
 
@@ -79,7 +80,7 @@ def _checks(table: schema.Table, present: set[str], cutoff: str,
         raw, val = f"r_{name}", f"p_{name}"
         out.append((f"contains({raw}, chr(65533))", name, sql_literal(f"invalid UTF-8 in {name}")))
         out.append((f"contains({raw}, chr(0))", name, sql_literal(f"NUL character in {name}")))
-        limit = schema.MAX_ID_CHARS if name in ID_COLUMNS else schema.MAX_TEXT_CHARS
+        limit = LIMITS.get(name, schema.MAX_ID_CHARS if name in ID_COLUMNS else schema.MAX_TEXT_CHARS)
         out.append((f"length({raw}) > {limit}", name,
                     sql_literal(f"{name} longer than {limit} characters (") + f" || length({raw}) || ')'"))
         if col.type in ("DOUBLE", "BIGINT", "TIMESTAMP"):

@@ -129,6 +129,19 @@ class ScoreModel:
         return m
 
 
+def holdout_metrics(name: str, X: pd.DataFrame, y, seed: int = 0, share: float = 0.2) -> dict:
+    """How well a `ScoreModel` of these cases generalises: fitted on a seeded stratified (1 − share) of them, measured
+    on the rest (AUC, PR-AUC, Brier, ECE, positive rate, valid_cases). Fewer than 5 cases of a class: only the
+    counts (nothing to measure with)."""
+    from sklearn.model_selection import train_test_split
+    y = np.asarray(y, int)
+    if min(np.bincount(y, minlength=2)) < 5:
+        return {"valid_cases": 0, "positive_rate": float(y.mean()) if len(y) else None}
+    Xa, Xb, ya, yb = train_test_split(X, y, test_size=share, random_state=seed, stratify=y)
+    found = binary_metrics(yb, ScoreModel(name, seed=seed).fit(Xa, ya).predict(Xb))
+    return {**{k: found[k] for k in ("auc", "pr_auc", "brier", "ece", "positive_rate")}, "valid_cases": len(yb)}
+
+
 def reason_text(reasons: list[dict]) -> str:
     """'last purchase 120 days ago (raises), 2 purchases so far (raises)'."""
     return "; ".join(f"{r['reason']} ({r['direction']})" for r in reasons)

@@ -22,6 +22,9 @@ builds; the old version is removed after a grace period (readers re-read the poi
   hx:forget:pending          set    users whose deletion is queued for the writer
   hx:live:dirty              hash   user -> the stream entry of their latest event not yet refreshed (`live.py`)
   hx:publish:lock            string held by the one publish running (expires a minute after its last batch)
+  hx:experiments             string the running experiments (JSON: `experiments.catalog` listings with their salt
+                                    and each variant's recommender blob id), written by `huaxiang publish` and by
+                                    the server that holds the store when it starts or stops one
   huaxiang:events            stream events (`event`) and deletions (`forget`) for the one writer
 
 T is `t.` + the tenant's name percent-quoted (`t.` alone for the default tenant ''), so no tenant name can reach
@@ -44,6 +47,7 @@ KEYS_REV = b"hx:keys:rev"
 FORGET_PENDING = b"hx:forget:pending"
 LIVE_DIRTY = b"hx:live:dirty"
 PUBLISH_LOCK = b"hx:publish:lock"
+EXPERIMENTS = b"hx:experiments"
 STREAM = "huaxiang:events"
 POINTER_SECONDS = 0.5  # how often a reader re-reads hx:current and hx:keys:rev
 GRACE_SECONDS = 5.0  # an old version outlives its switch by this (≥ several pointer re-reads)

@@ -225,7 +225,7 @@ def _abandon(r, versions: dict[str, int]) -> None:
 def collect_blobs(r) -> int:
     """Removes the blobs (`hx:blob:*`) that no version served or being written refers to; returns how many."""
     live = set(layout.current(r).items()) | set(layout.pending(r).items())
-    used = set()
+    used = {v["blob"] for e in json.loads(r.get(layout.EXPERIMENTS) or b"[]") for v in e["variants"]}
     for tenant, version in live:
         for bid in r.hmget(layout.meta_key(tenant, version), "model", "search"):
             if bid:
@@ -236,6 +236,19 @@ def collect_blobs(r) -> int:
         if bid.endswith(":part") or bid not in used:  # (a part: the leftover of a write that died)
             doomed.append(key)
     return r.unlink(*doomed) if doomed else 0
+
+
+def publish_experiments(con, r, db: str) -> list[dict]:
+    """Sets `hx:experiments` to the store's running experiments, each variant's recommender (`recommender_files` of
+    its registry spec) written as a blob first: what the online workers serve experiments by. Called by
+    `huaxiang publish` and by the server holding the store when it starts or stops an experiment."""
+    from ..experiments.catalog import running
+    from ..recommend.store_model import recommender_files
+    payload = [{"name": e.name, "tenant": e.tenant, "salt": e.salt, "variants": [
+        {"name": v, "model": spec, "share": share, "blob": layout.write_blob(r, recommender_files(db, model=spec))}
+        for v, spec, share in e.variants]} for e in running(con)]
+    r.set(layout.EXPERIMENTS, json.dumps(payload))
+    return payload
 
 
 def _used_memory(r) -> int:

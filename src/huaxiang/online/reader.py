@@ -1,5 +1,5 @@
 """What an API worker reads from the online store (layout.py), holding nothing that a restart loses: the versions
-served (re-read every `POINTER_SECONDS`), and caches of immutable things — the recommender and the search indexes,
+served and the running experiments (re-read every `POINTER_SECONDS`), and caches of immutable things — the recommender and the search indexes,
 keyed by their content address, each version's meta.
 
 A read takes the tenant's version once and reads only that version's keys, so an answer never mixes two builds.
@@ -12,6 +12,7 @@ import threading
 from collections import OrderedDict
 
 from ..errors import HuaxiangError
+from ..experiments.catalog import Experiment
 from ..recommend.search import TitleIndex, unpack_catalogue
 from ..recommend.store_model import StoreRecommender, load_recommender_files
 from ..recommend.user_view import UserView
@@ -31,12 +32,29 @@ class OnlineReader:
         self._meta: dict[tuple[str, int], dict] = {}
         self._models: dict[str, StoreRecommender] = {}
         self._catalogues: OrderedDict[str, tuple] = OrderedDict()
+        self._experiments_raw: bytes | None = None
+        self.experiments: list[tuple[Experiment, dict[str, str]]] = []  # running: (experiment, variant -> model blob)
         self.refresh()
 
     def refresh(self) -> dict[str, int]:
-        """Re-reads the versions served (a background thread calls this every `POINTER_SECONDS`)."""
+        """Re-reads the versions served and the running experiments (a background thread calls this every
+        `POINTER_SECONDS`)."""
         self.versions = layout.current(self.r)
+        raw = self.r.get(layout.EXPERIMENTS)
+        if raw != self._experiments_raw:
+            self.experiments = [(Experiment(e["name"], e["tenant"], e["salt"], tuple(
+                (v["name"], v["model"], v["share"]) for v in e["variants"]), "running", None),
+                {v["name"]: v["blob"] for v in e["variants"]}) for e in json.loads(raw or b"[]")]
+            self._experiments_raw = raw
         return self.versions
+
+    def experiment_of(self, user_id: str) -> tuple[Experiment, str, StoreRecommender] | None:
+        """(the running experiment covering the user, their variant, its recommender), or None."""
+        for test, blobs in self.experiments:
+            if test.covers(user_id):
+                variant, _ = test.variant(user_id)
+                return test, variant, self.model(blobs[variant])
+        return None
 
     def version(self, tenant: str) -> int | None:
         return self.versions.get(tenant)
@@ -80,6 +98,10 @@ class OnlineReader:
         if not bid:
             raise HuaxiangError("no recommender in the online store for this tenant: run `huaxiang train "
                                 "recommender` on the store and publish it again")
+        return self.model(bid)
+
+    def model(self, bid: str) -> StoreRecommender:
+        """The recommender stored as blob `bid` (loaded once; those nothing serves any more are let go)."""
         rec = self._models.get(bid)
         if rec is None:
             with self.lock:
@@ -91,7 +113,8 @@ class OnlineReader:
         return rec
 
     def model_ids(self) -> set[str]:
-        return {self.meta(t).get("model") for t in self.versions} - {None, ""}
+        return ({self.meta(t).get("model") for t in self.versions}
+                | {b for _, blobs in self.experiments for b in blobs.values()}) - {None, ""}
 
     def catalogue(self, tenant: str) -> tuple:
         """The tenant's title catalogue (ids, titles, BM25 index), as `search.title_catalogue` gives it."""

@@ -23,7 +23,7 @@ from ..config import Config
 from ..errors import HuaxiangError
 from ..folders import Folder, is_uri
 from ..scale.build import per_tenant, read_manifest
-from ..scale.engine import INPUTS
+from ..scale.engine import INPUTS, typed_column
 
 
 def parquet_source(output_dir: str, events_dir: str | None = None, cfg: Config | None = None
@@ -80,11 +80,13 @@ def _latest(con, name: str, folder: Path, keys: str) -> None:
 
 
 def _input(con, name: str, folder: Path) -> None:
-    """View `name` over an input table's Parquet files with the store's column types (empty when it has none)."""
+    """View `name` over an input table's Parquet files with the store's column types (empty when it has none; an
+    optional column the files lack is NULL)."""
     table = schema.TABLES[name]
     files = _files(folder)
     if files:
-        casts = ", ".join(f"CAST({c.name} AS {schema.sql_type(c)}) AS {c.name}" for c in table.columns)
+        present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {_read(files, hive=False)}").fetchall()}
+        casts = ", ".join(typed_column(c, present, schema.sql_type(c), str(folder)) for c in table.columns)
         con.execute(f"CREATE VIEW {name} AS SELECT {casts} FROM {_read(files, hive=False)}")
     else:
         empty = ", ".join(f"CAST(NULL AS {schema.sql_type(c)}) AS {c.name}" for c in table.columns)

@@ -21,7 +21,7 @@ import pandas as pd
 from ..config import Config
 from ..errors import HuaxiangError
 from ..models import churn as ch
-from ..models.scores import ScoreModel, reason_text
+from ..models.scores import ScoreModel, holdout_metrics, reason_text
 from ..schema import tenant_expr, tenant_of, tenant_sql
 from ..store import has_table, transaction
 
@@ -66,7 +66,8 @@ def fit_churn(tx: pd.DataFrame, start, end, cfg: Config, note: Callable[[str], N
         note(f"churn: {tenant or 'store'}: every past customer has the same outcome — skipped")
         return None
     note(f"churn: {tenant or 'store'}: trained on {len(X):,} past cases")
-    return {"model": ScoreModel("churn", seed=cfg.seed).fit(X, y), "end": end, "horizon_days": h}
+    return {"model": ScoreModel("churn", seed=cfg.seed).fit(X, y), "end": end, "horizon_days": h,
+            "metrics": holdout_metrics("churn", X, y, cfg.seed)}
 
 
 def apply_churn(fitted: dict, tx: pd.DataFrame) -> pd.DataFrame:
@@ -86,7 +87,8 @@ def fit_propensity(past: pd.DataFrame, bought: set, cfg: Config, note: Callable[
         return None
     cols = [c for c in past.select_dtypes("number").columns if c not in NOT_FEATURES]
     note(f"propensity: {tenant or 'store'}: trained on {len(past):,} users as of {cut:%Y-%m-%d}")
-    return {"model": ScoreModel("propensity", seed=cfg.seed).fit(past[cols], y), "columns": cols}
+    return {"model": ScoreModel("propensity", seed=cfg.seed).fit(past[cols], y), "columns": cols, "cut": cut,
+            "metrics": holdout_metrics("propensity", past[cols], y, cfg.seed)}
 
 
 def apply_propensity(fitted: dict, feats: pd.DataFrame) -> pd.DataFrame:
@@ -114,7 +116,8 @@ def fit_clv(tx: pd.DataFrame, end, cfg: Config, note: Callable[[str], None], ten
     note(f"clv: {tenant or 'store'}: {len(summary):,} customers, r {model.params_['r']:.3f}, "
          f"α {model.params_['alpha']:.2f}, a {model.params_['a']:.3f}, b {model.params_['b']:.3f}")
     # the value tiers' lower bounds: the 90th, 70th and 30th percentiles of the customers fitted on
-    return {**fitted, "tier_bounds": [float(np.quantile(value, q)) for _, q in TIERS[:-1]]}
+    return {**fitted, "tier_bounds": [float(np.quantile(value, q)) for _, q in TIERS[:-1]],
+            "metrics": {"customers": len(summary), **{k: float(v) for k, v in model.params_.items()}}}
 
 
 def _clv_values(fitted: dict, summary: pd.DataFrame):
@@ -146,7 +149,8 @@ def fit_risk(f: pd.DataFrame, cfg: Config, note: Callable[[str], None], tenant: 
     if len(f) < 20:
         note(f"risk: {tenant or 'store'}: {len(f)} users are too few for the anomaly detector — skipped")
         return None
-    return {"detector": RiskDetector(seed=cfg.seed).fit(f.sort_index())}
+    detector = RiskDetector(seed=cfg.seed).fit(f.sort_index())
+    return {"detector": detector, "metrics": {"users": len(f), "contamination": detector.contamination}}
 
 
 def apply_risk(fitted: dict, f: pd.DataFrame) -> pd.DataFrame:
@@ -156,13 +160,14 @@ def apply_risk(fitted: dict, f: pd.DataFrame) -> pd.DataFrame:
         for fl, ru, re in zip(flags["risk_flagged"], flags["risk_rules"], flags["risk_reasons"])])
 
 
-def score_churn(con, cfg: Config, note: Callable[[str], None]) -> pd.DataFrame:
-    out = []
+def score_churn(con, cfg: Config, note: Callable[[str], None]) -> tuple[pd.DataFrame, dict]:
+    out, models = [], {}
     for tenant, tx in _tenants(store_transactions(con), "customer_id").items():
         fitted = fit_churn(tx, tx["date"].min(), tx["date"].max(), cfg, note, tenant)
         if fitted:
             out.append(apply_churn(fitted, tx))
-    return pd.concat(out) if out else pd.DataFrame()
+            models[tenant] = fitted
+    return (pd.concat(out) if out else pd.DataFrame()), models
 
 
 def propensity_spans(ib):
@@ -180,11 +185,11 @@ def propensity_cut(note: Callable[[str], None], tenant: str, first, last, n_buy)
     return last - timedelta(days=1)
 
 
-def score_propensity(con, cfg: Config, note: Callable[[str], None]) -> pd.DataFrame:
+def score_propensity(con, cfg: Config, note: Callable[[str], None]) -> tuple[pd.DataFrame, dict]:
     import ibis
     from ..features.table import features_as_of
     current = con.execute("SELECT * FROM features").df()
-    out = []
+    out, models = [], {}
     for tenant, first, last, n_buy in propensity_spans(ibis.duckdb.from_connection(con)).to_pandas().itertuples(
             index=False):
         cut = propensity_cut(note, tenant, first, last, n_buy)
@@ -197,32 +202,35 @@ def score_propensity(con, cfg: Config, note: Callable[[str], None]) -> pd.DataFr
         fitted = fit_propensity(past, bought, cfg, note, tenant, cut)
         if fitted:
             out.append(apply_propensity(fitted, current[current["user_id"].map(tenant_of) == tenant]))
-    return pd.concat(out) if out else pd.DataFrame()
+            models[tenant] = fitted
+    return (pd.concat(out) if out else pd.DataFrame()), models
 
 
-def score_clv(con, cfg: Config, note: Callable[[str], None]) -> pd.DataFrame:
-    out = []
+def score_clv(con, cfg: Config, note: Callable[[str], None]) -> tuple[pd.DataFrame, dict]:
+    out, models = [], {}
     for tenant, tx in _tenants(store_transactions(con), "customer_id").items():
         fitted = fit_clv(tx, tx["date"].max(), cfg, note, tenant)
         if fitted:
             out.append(apply_clv(fitted, tx))
-    return pd.concat(out) if out else pd.DataFrame()
+            models[tenant] = fitted
+    return (pd.concat(out) if out else pd.DataFrame()), models
 
 
-def score_risk(con, cfg: Config, note: Callable[[str], None]) -> pd.DataFrame:
+def score_risk(con, cfg: Config, note: Callable[[str], None]) -> tuple[pd.DataFrame, dict]:
     from ..models.risk import risk_features
     events = con.execute(f"SELECT {', '.join(RISK_COLUMNS)} FROM events "
                          "WHERE type IN ('view', 'cart', 'fav', 'buy')").df()
-    out = []
+    out, models = [], {}
     for tenant, ev in _tenants(events, "user_id").items():
         f = risk_features(ev, cfg.utc_offset_hours)
         fitted = fit_risk(f, cfg, note, tenant)
         if fitted:
             rows = apply_risk(fitted, f)
             out.append(rows)
+            models[tenant] = fitted
             note(f"risk: {tenant or 'store'}: {sum(json.loads(d)['flagged'] for d in rows['detail'])} "
                  f"of {len(f):,} users flagged")
-    return pd.concat(out) if out else pd.DataFrame()
+    return (pd.concat(out) if out else pd.DataFrame()), models
 
 
 def score_kinds(kinds) -> tuple[str, ...]:
@@ -237,15 +245,21 @@ def score_kinds(kinds) -> tuple[str, ...]:
 SCORERS = {"churn": score_churn, "propensity": score_propensity, "clv": score_clv, "risk": score_risk}
 
 
-def write_scores(con: duckdb.DuckDBPyConnection, cfg: Config, kinds, note: Callable[[str], None]) -> dict:
-    """Computes each kind and replaces its rows in `scores` (one transaction per kind). Returns rows per kind."""
+def write_scores(con: duckdb.DuckDBPyConnection, cfg: Config, kinds, note: Callable[[str], None],
+                 db: str | None = None) -> dict:
+    """Computes each kind and replaces its rows in `scores` (one transaction per kind). Returns rows per kind. With
+    `db` (the store's file), each kind's fitted models are kept as a version in its model registry
+    (`register_scores`)."""
     kinds = score_kinds(kinds)
     if kinds and not has_table(con, "features"):
         raise HuaxiangError("no profiles in this store yet: run `huaxiang build` first")
     con.execute(SCORES_DDL)
     written = {}
     for kind in kinds:
-        rows = SCORERS[kind](con, cfg, note)
+        rows, models = SCORERS[kind](con, cfg, note)
+        if db is not None and models:
+            entry = register_scores(db, kind, models)
+            note(f"{kind}: models kept as {kind} version {entry['version']}")
         with transaction(con):
             con.execute("DELETE FROM scores WHERE kind = ?", [kind])
             if len(rows):
@@ -254,6 +268,32 @@ def write_scores(con: duckdb.DuckDBPyConnection, cfg: Config, kinds, note: Calla
                 con.unregister("_rows")
         written[kind] = len(rows)
     return written
+
+
+MODEL_NAMES = {"churn": "lightgbm", "propensity": "lightgbm", "clv": "bgnbd-gamma-gamma", "risk": "rules+isolation-forest"}
+
+
+def register_scores(db: str, kind: str, models: dict[str, dict]) -> dict:
+    """Keeps the fitted models of one kind (tenant -> what `fit_<kind>` returned) as a version of registry kind
+    `kind`: each tenant's model in `<kind>/v<N>/<tenant>/` (LightGBM and BG/NBD files, the risk detector pickled, the
+    rest as `fitted.json`), its validation metrics (churn and propensity: a seeded 20% of the cases held out; CLV:
+    the fitted parameters; risk: users) per tenant, promoted."""
+    import pickle
+    from urllib.parse import quote
+    from ..models import registry
+    version, folder = registry.new_version(db, kind)
+    params, metrics = {}, {}
+    for tenant, fitted in models.items():
+        d = folder / quote(tenant or "_", safe="")
+        d.mkdir(parents=True, exist_ok=True)
+        if "model" in fitted:
+            fitted["model"].save(d)
+        if "detector" in fitted:
+            (d / "detector.pkl").write_bytes(pickle.dumps(fitted["detector"]))
+        rest = {k: v for k, v in fitted.items() if k not in ("model", "detector", "metrics")}
+        (d / "fitted.json").write_text(json.dumps(rest, default=str))
+        params[tenant], metrics[tenant] = json.loads(json.dumps(rest, default=str)), fitted["metrics"]
+    return registry.register(db, kind, MODEL_NAMES[kind], version, {"tenants": params}, metrics, None, None, True)
 
 
 def user_scores(con: duckdb.DuckDBPyConnection, user_ids: list[str]) -> dict[str, dict]:

@@ -4,9 +4,19 @@ Sequences: each user's item events (view, fav, cart, buy, review) in time order,
 item just seen dropped. `huaxiang train recommender` fits the chosen model (hybrid by default; its
 text part uses the item embeddings of `huaxiang embed` when they exist) with the leave-one-out
 last item of each sequence held out for early stopping (SASRec, hybrid; the others learn from
-everything), plus an item-KNN used for the reasons, and saves both in `<store>.models/recommender/`
-with a snapshot of what serving needs (recent histories, segments, titles), so that `recommend`
-answers without querying the store; a user who arrived after training is read from the store.
+everything), plus an item-KNN used for the reasons, and saves both with a snapshot of what serving
+needs (recent histories, segments, titles), so that `recommend` answers without querying the store;
+a user who arrived after training is read from the store.
+
+Versions: each training is a new version in the store's model registry (`models/registry.py`), saved in
+`<store>.models/recommender/v<N>/` with its validation metrics — NDCG@10 and HR@10 of each user's last item
+(users with 3 or more items, at most `VALID_USERS` of them, a seeded sample), ranked against every item of
+its tenant, the history's items excluded, by the model fitted on the sequences without their last item. For
+SASRec and the hybrid that fit is the served model itself (its early stopping watched those last items, so
+their metric is a little optimistic); the other models are fitted again on everything to serve. Serving
+uses the promoted version (`model_dir`), or the one a registry spec names (`load_store_recommender(model=)`).
+A recommender saved before versions existed (files right in `<store>.models/recommender/`) is ignored:
+train again.
 
 History length: what serving knows of a user's items is their latest `HISTORY_LENGTH` (50, SASRec's
 `max_len`) item events, a repeat of the item just seen dropped — held in the snapshot, or read from the
@@ -37,8 +47,9 @@ from typing import Callable
 import numpy as np
 
 from ..errors import HuaxiangError
+from ..models import registry
 from ..models.seqrec import MODELS, ItemKNN, Popularity, load_model, save_model
-from ..models.seqrec.data import Sequences
+from ..models.seqrec.data import Sequences, metrics, ranks_full
 from ..schema import tenant_of, tenant_sql
 from ..store import has_table
 
@@ -46,28 +57,35 @@ ITEM_EVENTS = ("view", "click", "fav", "cart", "buy", "review")
 USER_PARTS = ("histories", "liked", "queries", "profiles")  # what the serving snapshot holds per user
 HISTORY_LENGTH = 50  # the latest item events per user that serving scores (SASRec's max_len; see above)
 VIEWS_KEPT = 50_000  # users read from the store whose view is kept in memory until their data changes
+VALID_USERS = 5_000  # at most this many users' last items measure a version (a seeded sample)
+KIND = "recommender"  # the registry's kind for these models
 
 
-def model_dir(db: str) -> Path:
-    return Path(f"{db}.models") / "recommender"
+def model_dir(db: str) -> Path | None:
+    """The promoted recommender version's folder (None: none promoted)."""
+    entry = registry.promoted(db, KIND)
+    return registry.folder(db, entry) if entry else None
 
 
 def has_model(db: str) -> bool:
-    """Whether `huaxiang train recommender` has saved a recommender for the store `db`."""
-    return (model_dir(db) / "recommender.json").exists()
+    """Whether a recommender of the store `db` is promoted (`huaxiang train recommender` promotes what it trains)."""
+    d = model_dir(db)
+    return d is not None and (d / "recommender.json").exists()
 
 
 def drop_user(db: str, user_id: str) -> int:
-    """Removes a user from the saved recommender's serving snapshot (history, items reviewed well, searches,
-    segment); returns how many of those held them (0: not in it, or no recommender). The model's weights keep
-    what they learned in aggregate until the next training."""
-    snap = model_dir(db) / "snapshot.json"
-    if not snap.exists():
-        return 0
-    data = json.loads(snap.read_text())
-    hits = sum(data[k].pop(user_id, None) is not None for k in USER_PARTS)
-    if hits:
-        snap.write_text(json.dumps(data, ensure_ascii=False))
+    """Removes a user from the serving snapshot (history, items reviewed well, searches, segment) of EVERY saved
+    recommender version, promoted or not; returns how many of those parts held them, summed over the versions
+    (0: in none). The models' weights keep what they learned in aggregate until they are trained again."""
+    hits = 0
+    for snap in sorted((registry.root(db) / KIND).glob("v*/snapshot.json")):
+        data = json.loads(snap.read_text())
+        found = sum(data[k].pop(user_id, None) is not None for k in USER_PARTS)
+        if found:
+            tmp = snap.with_name(".snapshot.json.tmp")
+            tmp.write_text(json.dumps(data, ensure_ascii=False))
+            tmp.replace(snap)
+        hits += found
     return hits
 
 
@@ -102,8 +120,42 @@ def store_item_vectors(con, items: list[str], encoder_name: str) -> np.ndarray |
     return out
 
 
+def validation_metrics(m, data: Sequences, max_users: int = VALID_USERS, seed: int = 0) -> dict:
+    """NDCG@10 and HR@10 of the last item of each sequence of 3 or more items (at most `max_users` of them, a
+    seeded sample) for `m` fitted on the sequences without their last item: every item of the held-out item's
+    tenant ranked, the history's excluded, ties at their expected place. Plus `valid_users`."""
+    long = np.array([r for r, s in enumerate(data.seqs) if len(s) >= 3], dtype=np.int64)
+    pick = np.sort(np.random.default_rng(seed).choice(long, min(max_users, len(long)), replace=False))
+    tenants = {t: n for n, t in enumerate(sorted({tenant_of(i) for i in data.items}))}
+    codes = np.array([-1] + [tenants[tenant_of(i)] for i in data.items], dtype=np.int64)
+    ranks, batch = [], max(1, min(512, 10_000_000 // (data.n_items + 1)))  # (a batch's scores: at most 80 MB)
+    for start in range(0, len(pick), batch):
+        rows = pick[start:start + batch]
+        histories = [data.seqs[r][:-1] for r in rows]
+        targets = np.array([data.seqs[r][-1] for r in rows], dtype=np.int64)
+        scores = m.score(histories)
+        if len(tenants) > 1:  # only the held-out item's tenant's items compete with it
+            scores = scores.astype(np.float64)
+            scores[codes[None, :] != codes[targets][:, None]] = -np.inf
+        ranks.append(ranks_full(scores, histories, targets))
+    found = metrics(np.concatenate(ranks), ks=(10,))
+    return {"ndcg@10": round(found["ndcg@10"], 6), "hr@10": round(found["hr@10"], 6), "valid_users": int(len(pick))}
+
+
+def data_range(con) -> tuple[str | None, str | None]:
+    """The times (ISO) of the first and the last item event a recommender learns from."""
+    first, last = con.execute(f"""SELECT min(ts), max(ts) FROM events WHERE item_id IS NOT NULL
+        AND type IN ({', '.join(repr(t) for t in ITEM_EVENTS)})""").fetchone()
+    return tuple(t.isoformat() if hasattr(t, "isoformat") else (None if t is None else str(t)) for t in (first, last))
+
+
 def train_store_recommender(con, db: str, model: str, encoder_name: str, sasrec: dict | None = None,
-                            progress: Callable[[str], None] | None = None) -> dict:
+                            progress: Callable[[str], None] | None = None, promote: bool = True,
+                            valid_users: int = VALID_USERS, warm_from: dict | None = None) -> dict:
+    """Trains `model` on the store's sequences as a new registry version (see the module's docstring), promoted
+    unless `promote` is False. `warm_from`: a registry entry of a SASRec version whose weights a SASRec starts
+    from (its items matched by id: `SASRec.fit(init=…)`). Returns the training's summary with version, metrics,
+    promoted and path (and `warm_from`: the version started from)."""
     if model not in MODELS:
         raise HuaxiangError(f"unknown model {model!r} (one of: {', '.join(MODELS)})")
     data = store_sequences(con)
@@ -113,30 +165,80 @@ def train_store_recommender(con, db: str, model: str, encoder_name: str, sasrec:
     if model == "content" and vectors is None:
         raise HuaxiangError("the content model needs item embeddings: run `huaxiang embed` first")
     kw = {"sasrec": sasrec or {}} if model == "hybrid" else (sasrec or {}) if model == "sasrec" else {}
-    m = MODELS[model](**kw)
-    started = time.perf_counter()
-    if model in ("sasrec", "hybrid"):
-        # every sequence but its last item trains; the last items decide when to stop
-        long = [s for s in data.seqs if len(s) >= 3]
-        train = [s[:-1] for s in data.seqs]
-        m.fit(train, data.n_items, vectors, valid=([s[:-1] for s in long], np.array([s[-1] for s in long])),
-              progress=progress)
+    data_from, data_to = data_range(con)
+    version, out = registry.new_version(db, KIND)
+    try:
+        m = MODELS[model](**kw)
+        started = time.perf_counter()
+        # every sequence but its last item trains the measured model; the last items measure it
+        train, warm = [s[:-1] for s in data.seqs], {}
+        if model in ("sasrec", "hybrid"):  # (the last items also decide when to stop)
+            long = [s for s in data.seqs if len(s) >= 3]
+            if warm_from is not None and model == "sasrec":
+                from ..models.seqrec.sasrec import match_items
+                before = load_recommender_dir(registry.folder(db, warm_from))
+                warm = {"init": before.model, "init_index": match_items(before.items, data.items)}
+            m.fit(train, data.n_items, vectors, valid=([s[:-1] for s in long], np.array([s[-1] for s in long])),
+                  progress=progress, **warm)
+        else:
+            m.fit(train, data.n_items, vectors)
+        if progress:
+            progress("measuring on the last items")
+        found = validation_metrics(m, data, valid_users)
+        if model not in ("sasrec", "hybrid"):  # the served model learns from every sequence
+            train = data.seqs
+            m = MODELS[model](**kw).fit(train, data.n_items, vectors)
+        # the explanations come from item-KNN on all of them
+        knn = ItemKNN().fit(data.seqs, data.n_items)
+        save_model(m, str(out / "model"))
+        save_model(knn, str(out / "knn"))
+        np.save(out / "popularity.npy", Popularity().fit(data.seqs, data.n_items).counts_)
+        if vectors is not None:
+            np.save(out / "item_vectors.npy", vectors)
+        (out / "snapshot.json").write_text(json.dumps(snapshot(con, data), ensure_ascii=False))
+        meta = {"model": model, "name": model, "version": str(version), "items": data.items, "users": len(data.users),
+                "trained_on": len(train), "train_seconds": round(time.perf_counter() - started, 1),
+                "encoder": encoder_name, "metrics": found}
+        (out / "recommender.json").write_text(json.dumps(meta, ensure_ascii=False))
+        params = {"model": model, "encoder": encoder_name, **({"sasrec": dict(sasrec)} if sasrec else {}),
+                  **({"warm_from": warm_from["version"]} if warm else {})}
+        entry = registry.register(db, KIND, model, version, params, found, data_from, data_to, promote)
+    except BaseException:
+        import shutil
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return {**{k: v for k, v in meta.items() if k != "items"}, "version": version, "promoted": entry["promoted"],
+            "path": str(out), "data_from": data_from, "data_to": data_to}
+
+
+def retrain_store_recommender(con, db: str, encoder_name: str, model: str | None = None, margin: float = 0.01,
+                              sasrec: dict | None = None, progress: Callable[[str], None] | None = None,
+                              warm: bool = True) -> dict:
+    """Trains a new version (not promoted) of `model` — by default the promoted version's model and SASRec
+    settings, or the hybrid when none is promoted — and promotes it when its validation NDCG@10 is at least the
+    promoted version's minus `margin` (absolute), or when none is promoted. A SASRec following a promoted SASRec
+    of the same settings starts from its weights unless `warm` is False. Returns the decision: version, name,
+    promoted (bool), ndcg@10, promoted_version, promoted_ndcg@10 (None: none), margin, reason, warm_from."""
+    current = registry.promoted(db, KIND)
+    name = model or (current["name"] if current else "hybrid")
+    if sasrec is None and current is not None and current["name"] == name:
+        sasrec = current["params"].get("sasrec")
+    same = current is not None and current["name"] == name == "sasrec"  # (other settings: fit says what differs)
+    meta = train_store_recommender(con, db, name, encoder_name, sasrec, progress, promote=False,
+                                   warm_from=current if warm and same else None)
+    new = meta["metrics"]["ndcg@10"]
+    old = current["metrics"].get("ndcg@10") if current else None
+    if old is None:
+        ok, reason = True, "no promoted version with a validation NDCG@10 to compare with"
     else:
-        train = data.seqs
-        m.fit(train, data.n_items, vectors)
-    # the served model learns from every sequence, the explanations from item-KNN on all of them
-    knn = ItemKNN().fit(data.seqs, data.n_items)
-    out = model_dir(db)
-    save_model(m, str(out / "model"))
-    save_model(knn, str(out / "knn"))
-    np.save(out / "popularity.npy", Popularity().fit(data.seqs, data.n_items).counts_)
-    if vectors is not None:
-        np.save(out / "item_vectors.npy", vectors)
-    (out / "snapshot.json").write_text(json.dumps(snapshot(con, data), ensure_ascii=False))
-    meta = {"model": model, "items": data.items, "users": len(data.users), "trained_on": len(train),
-            "train_seconds": round(time.perf_counter() - started, 1), "encoder": encoder_name}
-    (out / "recommender.json").write_text(json.dumps(meta, ensure_ascii=False))
-    return {k: v for k, v in meta.items() if k != "items"}
+        ok = new >= old - margin
+        reason = (f"validation NDCG@10 {new:.4f} {'>=' if ok else '<'} {old:.4f} (version {current['version']}) "
+                  f"- margin {margin:g}")
+    if ok:
+        registry.promote(db, KIND, meta["version"])
+    return {"version": meta["version"], "name": name, "promoted": ok, "ndcg@10": new, "hr@10": meta["metrics"]["hr@10"],
+            "promoted_version": current["version"] if current else None, "promoted_ndcg@10": old,
+            "margin": margin, "reason": reason, "warm_from": current["version"] if warm and same else None}
 
 
 def snapshot(con, data: Sequences, recent: int = HISTORY_LENGTH) -> dict:
@@ -263,15 +365,20 @@ class StoreRecommender:
         return sum(self.snapshot[part].pop(user_id, None) is not None for part in USER_PARTS)
 
 
-def recommender_files(db: str) -> dict[str, bytes] | None:
-    """The saved recommender of the store `db` as {path under its folder: bytes} (None: none trained), with the
-    per-user parts of its snapshot left out (the online store keeps each user's context beside their profile)."""
-    d = model_dir(db)
-    if not has_model(db):
+def recommender_files(db: str, model: str | None = None) -> dict[str, bytes] | None:
+    """The promoted recommender of the store `db` (or the version the registry spec `model` names) as {path under
+    its folder: bytes} (None: none trained), with the per-user parts of its snapshot left out (the online store
+    keeps each user's context beside their profile) and its registry name and version in its meta."""
+    if model is None and not has_model(db):
         return None
+    entry = registry.resolve(db, KIND, model)
+    d = registry.folder(db, entry)
     files = {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
     snap = json.loads(files["snapshot.json"])
     files["snapshot.json"] = json.dumps({**snap, **{part: {} for part in USER_PARTS}}, ensure_ascii=False).encode()
+    meta = json.loads(files["recommender.json"])
+    files["recommender.json"] = json.dumps({**meta, "name": entry["name"], "version": str(entry["version"])},
+                                           ensure_ascii=False).encode()
     return files
 
 
@@ -288,10 +395,18 @@ def load_recommender_files(files: dict[str, bytes], history_length: int = HISTOR
         return load_recommender_dir(Path(tmp), history_length)
 
 
-def load_store_recommender(db: str, history_length: int = HISTORY_LENGTH) -> StoreRecommender:
-    if not has_model(db):
+def load_store_recommender(db: str, history_length: int = HISTORY_LENGTH, model: str | None = None) -> StoreRecommender:
+    """The promoted recommender of the store `db`, or the version the registry spec `model` names ("3", "@3",
+    "itemknn", "itemknn@3": see `registry.resolve`); its meta holds "name" and "version" (e.g. "3")."""
+    if model is None and not has_model(db):
         raise HuaxiangError(f"no recommender for {db} yet: run `huaxiang train recommender --db {db}` first")
-    return load_recommender_dir(model_dir(db), history_length)
+    entry = registry.resolve(db, KIND, model)
+    d = registry.folder(db, entry)
+    if not (d / "recommender.json").exists():
+        raise HuaxiangError(f"recommender version {entry['version']}: its folder {d} holds no recommender.json")
+    rec = load_recommender_dir(d, history_length)
+    rec.meta.update(name=entry["name"], version=str(entry["version"]))
+    return rec
 
 
 def load_recommender_dir(d: Path, history_length: int = HISTORY_LENGTH) -> StoreRecommender:

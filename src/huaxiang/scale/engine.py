@@ -75,24 +75,37 @@ def _parquet_files(table_dir: Folder, parts: list[str]) -> list[str]:
 
 def register_inputs(ib, engine: str, input_dir: Folder, only: dict[str, list[str]] | None = None) -> None:
     """Registers events, items, orders and reviews (those partitions only, when `only` names them) as tables
-    with the store's column types; a missing table is empty."""
+    with the store's column types; a missing table is empty, an optional column the files lack is NULL (events'
+    `request_id` in an export of an older store)."""
     for name in INPUTS:
         table = schema.TABLES[name]
         cols = [c.name for c in table.columns]
         parts = partitions(input_dir / name) if only is None or name not in only else only[name]
         files = _parquet_files(input_dir / name, parts)
         if engine == "duckdb":
-            casts = ", ".join(f"CAST({c} AS {schema.sql_type(t)}) AS {c}" for c, t in zip(cols, table.columns))
             source = (f"read_parquet([{', '.join(map(schema.sql_literal, files))}], union_by_name = true, "
                       "hive_partitioning = false)") if files else \
                 f"(SELECT {', '.join(f'NULL AS {c}' for c in cols)} LIMIT 0)"
+            present = {row[0] for row in ib.raw_sql(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+            casts = ", ".join(typed_column(c, present, schema.sql_type(c), f"{input_dir / name}")
+                              for c in table.columns)
             ib.raw_sql(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {casts} FROM {source}")
         else:
             session = ib._session
             ddl = ", ".join(f"{c.name} {_spark_type(c)}" for c in table.columns)
             df = session.read.parquet(*files) if files else session.createDataFrame([], ddl)
-            df.selectExpr(*[f"CAST({c.name} AS {_spark_type(c)}) AS {c.name}" for c in table.columns]) \
-                .select(*cols).createOrReplaceTempView(name)
+            present = set(df.columns)
+            df.selectExpr(*[typed_column(c, present, _spark_type(c), f"{input_dir / name}")
+                            for c in table.columns]).select(*cols).createOrReplaceTempView(name)
+
+
+def typed_column(col: schema.Column, present: set[str], sql_type: str, where: str) -> str:
+    """SQL: `col` cast to `sql_type`, or a NULL of that type when the input lacks it and it is optional."""
+    if col.name in present:
+        return f"CAST({col.name} AS {sql_type}) AS {col.name}"
+    if col.required:
+        raise HuaxiangError(f"{where}: no {col.name} column (required; the files have {', '.join(sorted(present))})")
+    return f"CAST(NULL AS {sql_type}) AS {col.name}"
 
 
 def _spark_type(col: schema.Column) -> str:

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import HuaxiangError
 from . import ui
-from .api import health, keys, read, write
+from .api import experiments, health, keys, read, write
 from .guard import Guard, SlowHeaders
 from .reference import reference_page
 from .service import ServeSettings, Service
@@ -118,7 +118,10 @@ def assemble(service, settings: ServeSettings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(HuaxiangError, user_error)
     app.add_exception_handler(ui.SignIn, ui.sign_in)
-    for router in (health.router, read.router, write.router(settings), keys.router, ui.router):
+    routers = [health.router, read.router, write.router(settings), keys.router, ui.router]
+    if isinstance(service, Service):  # (experiments are started, stopped and reported where the store is)
+        routers.insert(4, experiments.router)
+    for router in routers:
         app.include_router(router)
     app.add_api_route("/docs", lambda: reference_page(app), include_in_schema=False)
     return app

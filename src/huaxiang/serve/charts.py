@@ -89,3 +89,41 @@ def lines(x: list[str], series: dict[str, list[float]], label: str, width: int =
         body.append(f'<rect x="{lx:.1f}" y="{ly - 9:.1f}" width="10" height="10" fill="{colour}"/>')
         body.append(_text(lx + 14, ly, _clip(name, 18), size=11))
     return _svg(width, height, label, body)
+
+
+def intervals(rows: list[tuple[str, float | None, float | None, float | None]], label: str, fmt: str = "{:+.1%}",
+              width: int = 560) -> str:
+    """A point with its interval per row (name, value, low, high) on one horizontal axis with its zero marked: a
+    lift and its 95% interval. A row without a value is named and left empty; an open end is drawn to the edge."""
+    if not rows:
+        return ""
+    ends = [v for _, *vals in rows for v in vals if v is not None] + [0.0]
+    lo, hi = min(ends), max(ends)
+    pad = (hi - lo) * 0.08 or 0.05
+    lo, hi = lo - pad, hi + pad
+    left, right, step, top = 170, 70, 30, 22
+    span = width - left - right
+
+    def x_of(v: float) -> float:
+        return left + span * (v - lo) / (hi - lo)
+
+    zero = x_of(0.0)
+    body = [f'<line x1="{zero:.1f}" x2="{zero:.1f}" y1="{top - 8}" y2="{top + len(rows) * step}" stroke="{GRID}" '
+            f'stroke-width="2"/>', _text(zero, top - 10, "0", "middle", 10),
+            _text(left, top + len(rows) * step + 14, fmt.format(lo), "start", 10),
+            _text(width - right, top + len(rows) * step + 14, fmt.format(hi), "end", 10)]
+    for i, (name, value, low, high) in enumerate(rows):
+        y = top + i * step + step / 2
+        body.append(_text(left - 8, y + 4, _clip(str(name), 24), "end"))
+        if value is None:
+            body.append(_text(left, y + 4, "no data yet", size=11))
+            continue
+        a, b = x_of(low if low is not None else lo), x_of(high if high is not None else hi)
+        shown = fmt.format(value) + (f" [{fmt.format(low)}, {fmt.format(high)}]" if low is not None and high is not None
+                                     else " (no interval yet)")
+        colour = SERIES[3] if high is not None and high < 0 else SERIES[2] if low is not None and low > 0 else BAR
+        body.append(f'<g class="interval"><title>{escape(f"{name}: {shown}")}</title>'
+                    f'<line x1="{a:.1f}" x2="{b:.1f}" y1="{y:.1f}" y2="{y:.1f}" stroke="{colour}" stroke-width="3"/>'
+                    f'<circle cx="{x_of(value):.1f}" cy="{y:.1f}" r="5" fill="{colour}"/></g>')
+        body.append(_text(width - right + 6, y + 4, fmt.format(value), size=11))
+    return _svg(width, top + len(rows) * step + 20, label, body)

@@ -77,12 +77,15 @@ class OnlineService(Base):
             raise HTTPException(409, str(exc)) from None
 
     def recommend(self, user_id: str, k: int, explain: bool) -> dict:
+        """As the embedded service's: the variant's recommender when a running experiment covers the user."""
         tenant = tenant_of(user_id)
-        rec = self.recommender(tenant)
+        test = self.reader.experiment_of(user_id)
+        rec = test[2] if test else self.recommender(tenant)
         got = self.reader.user_fields(user_id, "ctx")
         view = self.reader.view(rec, user_id, got[0] if got else None)
-        return recommend_view(rec, view, user_id, k, explain,
-                              lambda q, t: search_in(self.reader.catalogue(t), t, q, None, k)["items"])
+        answer = recommend_view(rec, view, user_id, k, explain,
+                                lambda q, t: search_in(self.reader.catalogue(t), t, q, None, k)["items"])
+        return self.served_by(answer, rec, *((test[0].name, test[1]) if test else ()))
 
     def search(self, q: str, user_id: str | None, k: int, tenant: str | None) -> dict:
         tenant = search_tenant(user_id, tenant, self.reader.catalogue_tenants)

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from fastapi.responses import HTMLResponse
 
+from ..experiments.stats import interval_text
 from ..profile.render import WEEKDAYS, habit_zone
 from ..profile.segment_report import latest_changes, tenant_label
 from . import charts
@@ -31,6 +32,7 @@ def page(title: str, body: str, find: str = "", signed_in: bool = True, status: 
            f'list="user-suggestions" autocomplete="off" aria-label="find a user by id" maxlength="256">'
            f'<datalist id="user-suggestions"></datalist><button>Find user</button></form>'
            f'<a href="/ui/segments">Segments</a>'
+           f'<a href="/ui/experiments">Experiments</a>'
            f'<form action="/ui/signout" method="post"><button class="link">Sign out</button></form>'
            ) if signed_in else ""
     html = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -294,6 +296,66 @@ def drift_html(d: dict) -> str:
     moves_html = (f"<h3>Moves in the latest build</h3><p>{stayed:,} users kept their segment.</p>"
                   + (table(["from", "to", "users"], rows, {2}) if rows else "")) if moves else ""
     return chart + change_html + moves_html
+
+
+# ---------------------------------------------------------------------------------------------------- experiments
+
+METRIC_NAMES = {"ctr": "click-through rate", "conversion": "conversion (buyers / exposed users)",
+                "revenue_per_user": "revenue per exposed user"}
+
+
+def experiments_html(found: list[dict]) -> str:
+    """The list of experiments (`Experiment.listing()`), each linked to its page."""
+    rows = [[f'<a href="/ui/experiments/{quote(e["name"], safe="")}">{escape(e["name"])}</a>', escape(e["status"]),
+             escape("every tenant" if e["tenant"] is None else tenant_label(e["tenant"])),
+             escape(", ".join(f'{v["name"]}={v["model"]} ({v["share"]:.0%})' for v in e["variants"])),
+             escape(e["created_at"][:16].replace("T", " "))] for e in found]
+    return "<h1>Experiments</h1>" + (table(["experiment", "status", "users", "variants", "started"], rows) if rows
+                                     else note("No experiments yet: `huaxiang experiment create` starts one."))
+
+
+def experiment_html(rep: dict) -> str:
+    """An experiment's report (`catalog.report`): its variants' numbers with 95% intervals, each treatment's lift
+    over the control drawn with its interval, the sample-ratio check and the latency guardrail."""
+    e, control = rep["experiment"], rep["control"]
+    head = (f'<h1>Experiment {escape(e["name"])}</h1><p>{escape(e["status"])} · '
+            f'{escape("every tenant" if e["tenant"] is None else "tenant " + tenant_label(e["tenant"]))} · started '
+            f'{escape(e["created_at"][:16].replace("T", " "))}'
+            + (f' · stopped {escape(e["stopped_at"][:16].replace("T", " "))}' if e["stopped_at"] else "")
+            + f' · control: {escape(control)} · clicks, carts and purchases count for the latest exposure of their '
+              f'item to their user within {rep["window_hours"]:g} h</p>')
+    variants = rep["variants"]
+    rows = [[escape(v), escape(m.get("model", "")), f'{m["split"]:.0%}', f'{m["exposed_users"]:,}',
+             f'{m["impressions"]:,}', escape(interval_text(m["ctr"], ".2%")), escape(interval_text(m["conversion"], ".2%")),
+             escape(interval_text(m["revenue_per_user"], ",.2f")),
+             "–" if m["latency"]["p99_ms"] is None else f'{m["latency"]["p99_ms"]:.1f} ms']
+            for v, m in variants.items()]
+    numbers = table(["variant", "model", "split", "exposed users", "impressions", "CTR", "conversion",
+                     "revenue / user", "p99 latency"], rows, {2, 3, 4, 5, 6, 7, 8})
+    lifts = []
+    for v, comp in rep["comparisons"].items():
+        chart = charts.intervals([(METRIC_NAMES[k], comp[k]["lift"], comp[k]["ci_low"], comp[k]["ci_high"])
+                                  for k in METRIC_NAMES], f"Lift of {v} over {control} (95% intervals)")
+        ps = table(["metric", "lift", "95% interval", "p-value"],
+                   [[escape(METRIC_NAMES[k]), "–" if comp[k]["lift"] is None else f'{comp[k]["lift"]:+.1%}',
+                     "–" if comp[k]["ci_low"] is None else f'{comp[k]["ci_low"]:+.1%} to {comp[k]["ci_high"]:+.1%}',
+                     "–" if comp[k]["p_value"] is None else f'{comp[k]["p_value"]:.3g}'] for k in METRIC_NAMES],
+                   {1, 2, 3})
+        ratio = comp.get("p99_ratio")
+        guard = note(f"p99 latency of {v}: {ratio:.2f}× the control's." if ratio else "No latency yet.")
+        lifts.append(f'<div class="lift" data-variant="{escape(v)}"><h3>{escape(v)} vs {escape(control)}</h3>'
+                     f'{chart}{ps}{guard}</div>')
+    srm = rep["srm"]
+    users = ", ".join(f"{v} {n:,}" for v, n in srm["observed"].items())
+    srm_text = ("No exposed users yet." if srm["p_value"] is None else
+                f'Sample ratio mismatch: users per variant ({users}) do not fit the split '
+                f'(chi-square p = {srm["p_value"]:.2g} < {srm["threshold"]:g}): the assignment or the logging is '
+                f'broken — do not trust the lifts.' if srm["flag"] else
+                f'Users per variant ({users}) fit the split (chi-square p = {srm["p_value"]:.2g}).')
+    return "".join([head, section("Variants", numbers, "variants"),
+                    section("Lifts over the control", "".join(lifts), "lifts"),
+                    f'<section class="srm" data-flag="{str(srm["flag"]).lower()}"><h2>Sample ratio check</h2>'
+                    f'<p>{escape(srm_text)}</p></section>'])
 
 
 # ---------------------------------------------------------------------------------------------------- sign-in

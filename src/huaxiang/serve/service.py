@@ -60,15 +60,28 @@ class Base:
 
     def exposed(self, user_id: str | None, surface: str, answer: dict, started: float) -> dict:
         """`answer` (a recommendation or a search, computed since `time.perf_counter()` was `started`) with a fresh
-        `request_id`; its items queued as exposures, off the request path. The model is the answer's `source`
-        (recommendations) or "search" / "search+personal"."""
+        `request_id`; its items queued as exposures, off the request path, with the answer's `model` ({"name",
+        "version"} of the recommender that served it) and `experiment` ({"name", "variant"}) when it has them; a
+        search's model is "search" or "search+personal"."""
         from ..experiments.exposures import rows_of
         request_id = uuid4().hex
         if self.exposures is not None and answer.get("items"):
-            model = answer.get("source") or ("search+personal" if answer.get("personalised") else "search")
-            self.exposures.add(rows_of(request_id, user_id, surface, answer["items"], model,
-                                       latency_ms=(time.perf_counter() - started) * 1e3))
+            model, test = answer.get("model") or {}, answer.get("experiment") or {}
+            self.exposures.add(rows_of(
+                request_id, user_id, surface, answer["items"],
+                model.get("name") or ("search+personal" if answer.get("personalised") else "search"),
+                model.get("version"), test.get("name"), test.get("variant"),
+                latency_ms=(time.perf_counter() - started) * 1e3))
         return {"request_id": request_id, **answer}
+
+    @staticmethod
+    def served_by(answer: dict, rec, experiment: str | None = None, variant: str | None = None) -> dict:
+        """A recommendation `answer` with the recommender that made it (`model`: its registry name and version) and,
+        in an experiment, the user's arm (`experiment`: name and variant)."""
+        answer["model"] = {"name": rec.meta.get("name") or rec.meta.get("model"), "version": rec.meta.get("version")}
+        if experiment is not None:
+            answer["experiment"] = {"name": experiment, "variant": variant}
+        return answer
 
     async def work(self, fn, *args):
         """`fn(*args)` in a worker thread, at most `work_threads` at once (the event loop keeps answering)."""
@@ -110,7 +123,9 @@ class Service(Base):
         self.db, self.cfg = db, load_config()
         self.con = connect(db)
         super().__init__(settings, load_keys(self.con.cursor()), Sessions(settings.session_hours * 3600))
-        self.rec = None  # the trained recommender, once a request needed it
+        self.recs = {}  # model spec (None: the promoted one) -> the recommender, loaded when a request needed it
+        self.registry_seen = None  # the model registry's state when `recs` was filled (a promotion empties it)
+        self.experiments = []  # the running experiments (catalog.Experiment), re-read with the keys
         self.batches = self.con.cursor()  # the API's event batches (under the write lock): its statements stay prepared
         self.writer = None  # an online.writer.OnlineWriter when this server also writes the online store
         self.refresher = None  # the profile refresher, made on the first refresh
@@ -118,15 +133,27 @@ class Service(Base):
         self.rec_lock = threading.Lock()  # loading the recommender (once)
         self.docs = ProfileDocs(self.con, settings.profile_docs)
         self.docs.warm()
+        from ..experiments.catalog import running
+        self.experiments = running(self.con.cursor())
         if settings.exposures:
             from ..experiments.exposures import ExposureLog, store_sink
-            self.exposures = ExposureLog(store_sink(self.con))
+            self.exposures = ExposureLog(store_sink(self.con, self.write_lock))
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         return self.con.cursor()
 
     def reload_keys(self) -> None:
+        """The key table and the running experiments, read again; the recommenders dropped when the model registry
+        changed (a version promoted or rolled back elsewhere: the next request loads the one now promoted)."""
+        from ..experiments.catalog import running
+        from ..models.registry import FILE, root
         self.keys = load_keys(self.con.cursor())
+        self.experiments = running(self.con.cursor())
+        registry = root(self.db) / FILE
+        seen = registry.stat().st_mtime_ns if registry.exists() else None
+        if seen != self.registry_seen:
+            with self.rec_lock:
+                self.recs, self.registry_seen = {}, seen
 
     # what the read routes ask for
     async def profile_doc(self, user_id: str) -> bytes | None:
@@ -137,8 +164,13 @@ class Service(Base):
         return self.docs.fetch(user_id)
 
     def recommend(self, user_id: str, k: int, explain: bool) -> dict:
+        """The user's top-k from the promoted recommender, or from their variant's when an experiment covers them."""
+        from ..experiments.catalog import covering
         from ..recommend.top_k import recommend
-        return recommend(self.cursor(), self.recommender(), user_id, k, explain)
+        test = covering(self.experiments, user_id)
+        variant, spec = test.variant(user_id) if test else (None, None)
+        rec = self.recommender(spec)
+        return self.served_by(recommend(self.cursor(), rec, user_id, k, explain), rec, test and test.name, variant)
 
     def search(self, q: str, user_id: str | None, k: int, tenant: str | None) -> dict:
         from ..recommend.search import search_store
@@ -187,6 +219,45 @@ class Service(Base):
             self.reload_keys()
         return done
 
+    # what the experiment routes ask for
+    def create_experiment(self, name: str, variants: list[tuple[str, str, float]], tenant: str | None):
+        """A new running experiment (catalog.create), each variant's model found in the registry first; it applies
+        to this process's next request."""
+        from ..experiments.catalog import create
+        from ..models.registry import resolve
+        for _, spec, _ in variants:
+            resolve(self.db, "recommender", spec)  # (unknown: a one-line error naming what exists)
+        with self.write_lock:
+            made = create(self.cursor(), name, variants, tenant)
+            self.experiments_changed()
+        return made
+
+    def stop_experiment(self, name: str):
+        from ..experiments.catalog import stop
+        with self.write_lock:
+            done = stop(self.cursor(), name)
+            self.experiments_changed()
+        return done
+
+    def experiments_changed(self) -> None:
+        """The running experiments read again, here and, when this server also writes an online store, there."""
+        from ..experiments.catalog import running
+        self.experiments = running(self.cursor())
+        if self.writer is not None:
+            from ..online.publish import publish_experiments
+            publish_experiments(self.cursor(), self.writer.r, self.db)
+
+    def all_experiments(self, tenants=None) -> list:
+        from ..experiments.catalog import all_experiments
+        return all_experiments(self.cursor(), tenants)
+
+    def experiment_report(self, name: str) -> dict:
+        """The report (catalog.report), over every exposure shown so far (the queue is written first)."""
+        from ..experiments.catalog import report
+        if self.exposures is not None:
+            self.exposures.flush()
+        return report(self.cursor(), name, self.cfg.attribution_window_hours)
+
     # what the write routes ask for
     def write_events(self, batch: list) -> tuple[int, dict]:
         """Validated, stored (one transaction) and the batch's users' profiles refreshed: (200, the counts). The
@@ -212,31 +283,34 @@ class Service(Base):
                 self.exposures.flush()
             removed = forget_user(self.cursor(), self.db, user_id, suppress=suppress)  # unknown: 404
             self.docs.drop([user_id])
-            if self.rec is not None:
-                self.rec.forget_user(user_id)  # the serving snapshot keeps serving, without them
+            for rec in list(self.recs.values()):
+                rec.forget_user(user_id)  # the serving snapshots keep serving, without them
             if self.writer is not None:
                 self.writer.forgotten([user_id])
         return 200, {"user_id": user_id, "removed": removed, "suppressed": suppress}
 
-    def recommender(self):
-        """The trained recommender; HTTPException 409 when there is none."""
+    def recommender(self, model: str | None = None):
+        """The promoted recommender, or the one the registry spec `model` names (an experiment's variant); loaded
+        once. HTTPException 409 when none is trained."""
         from ..recommend.store_model import has_model, load_store_recommender
-        if self.rec is None:
+        rec = self.recs.get(model)
+        if rec is None:
             with self.rec_lock:
-                if self.rec is None:
+                rec = self.recs.get(model)
+                if rec is None:
                     if not has_model(self.db):
                         raise HTTPException(409, "no recommender trained for this store: run "
                                                  "`huaxiang train recommender`")
-                    self.rec = load_store_recommender(self.db)
-        return self.rec
+                    rec = self.recs[model] = load_store_recommender(self.db, model=model)
+        return rec
 
     def refresh(self, users: list[str]) -> int:
         """Profiles of these (stored) users recomputed now, their documents renewed, their cached recommendation
         context dropped. Used by POST /v1/events and by the stream consumer."""
         from ..profile.build import ProfileRefresher
         users = sorted(set(users))
-        if self.rec is not None and users:
-            self.rec.forget_context(users)  # recommend() then reads them from the store
+        for rec in list(self.recs.values()) if users else []:
+            rec.forget_context(users)  # recommend() then reads them from the store
         if not users or not has_table(self.cursor(), "profiles"):
             return 0
         with self.lock:

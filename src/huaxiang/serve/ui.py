@@ -23,7 +23,8 @@ from ..errors import HuaxiangError
 from ..privacy import id_key, pseudonym
 from .deps import admit, service
 from .keys import Key, header_key, key_hash
-from .pages import note, page, profile_html, segments_html, signin_html, table, user_link
+from .pages import (experiment_html, experiments_html, note, page, profile_html, segments_html, signin_html, table,
+                    user_link)
 
 COOKIE = "huaxiang_session"
 STATIC = {"page.css": "text/css; charset=utf-8", "page.js": "text/javascript; charset=utf-8",
@@ -187,3 +188,29 @@ def profile_page(request: Request, user_id: str, q: str = Query("", max_length=5
 def segments_page(request: Request) -> Response:
     key = signed_in(request)
     return page("Segments", segments_html(service(request).segments(None, 1_000.0, key.tenants)))
+
+
+def experiments_of(request: Request):
+    svc = service(request)
+    if not hasattr(svc, "all_experiments"):
+        raise HTTPException(404, "experiments are started and reported by the server that holds the store "
+                                 "(`huaxiang serve --db`), not by online workers")
+    return svc
+
+
+@router.get("/ui/experiments", include_in_schema=False)
+def experiments_page(request: Request) -> Response:
+    key = signed_in(request)
+    return page("Experiments", experiments_html([e.listing() for e in experiments_of(request).all_experiments(
+        key.tenants)]))
+
+
+@router.get("/ui/experiments/{name}", include_in_schema=False)
+def experiment_page(request: Request, name: str) -> Response:
+    key = signed_in(request)
+    svc = experiments_of(request)
+    found = next((e for e in svc.all_experiments(key.tenants) if e.name == name), None)
+    if found is None:
+        return page("No such experiment", f"<h1>No experiment “{escape(name)}”</h1>"
+                    + note("See the list of experiments."), status=404)
+    return page(f"Experiment {name}", experiment_html(svc.experiment_report(name)))

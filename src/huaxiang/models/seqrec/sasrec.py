@@ -12,6 +12,14 @@ epochs without improvement. Small batches (32 sequences, ~220 positions) at lr 2
 loss has a plateau where the model has learnt only popularity, and the number of optimiser steps,
 not the number of examples seen, decides how soon it leaves it (batch 128 at lr 1e-3 needed 4× the
 epochs on Beauty).
+
+Warm start (`fit(..., init=previous, init_index=match_items(previous_items, items))`): the network
+starts from a previously trained SASRec instead of random weights — the position embeddings, the
+transformer blocks, the final norm (and the text projection) are copied, and each item's embedding row
+is copied from the previous model's row of the same item id; items the previous model never saw keep
+their fresh initialisation. A training on a grown store numbers items by first appearance, so an old
+item's index can change between trainings: `match_items` maps them by id. Training then runs as usual
+(early stopping on the validation targets) on the new data; the optimiser state starts afresh.
 """
 from __future__ import annotations
 
@@ -23,7 +31,16 @@ from typing import Callable
 import numpy as np
 
 from ...batching import length_batches
+from ...errors import HuaxiangError
 from .base import Recommender
+
+
+def match_items(old_items: list[str], new_items: list[str]) -> np.ndarray:
+    """For each index 0..len(new_items) of a new training (items numbered from 1, 0 padding → 0), the index
+    of the same item id among `old_items` (the previous training's, also numbered from 1), or -1 for an
+    item the previous training did not have."""
+    old = {item: i for i, item in enumerate(old_items, 1)}
+    return np.array([0] + [old.get(item, -1) for item in new_items], dtype=np.int64)
 
 
 def _torch():
@@ -108,7 +125,12 @@ class SASRec(Recommender):
 
     # ------------------------------------------------------------------ training
     def fit(self, train, n_items, item_vectors=None, valid: tuple[list[list[int]], np.ndarray] | None = None,
-            progress: Callable[[str], None] | None = None):
+            progress: Callable[[str], None] | None = None, init: "SASRec | None" = None,
+            init_index: np.ndarray | None = None):
+        """Trains on `train` (item index sequences); `valid` = (histories, targets) decides the epoch kept
+        and when to stop. `init`: a trained SASRec to warm-start from (see the module's docstring), with
+        `init_index` from `match_items` (None: an item keeps its index, and indices beyond `init`'s
+        items are new)."""
         torch = _torch()
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -121,6 +143,7 @@ class SASRec(Recommender):
             vectors = np.asarray(item_vectors, dtype=np.float32)
         self.n_items_ = n_items
         self.net_ = _Net(n_items, self.dim, self.max_len, self.layers, self.heads, self.dropout, vectors, self.text)
+        self.warm_ = self._warm_start(init, init_index) if init is not None else None
         opt = torch.optim.AdamW(self.net_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         seqs = [s[-(self.max_len + 1):] for s in train if len(s) >= 2]
         lengths = np.array([len(s) - 1 for s in seqs])
@@ -166,9 +189,42 @@ class SASRec(Recommender):
                     break
             if self.max_train_seconds and record["seconds"] > self.max_train_seconds:
                 break
-        self.net_.load_state_dict(best_state)
+        if best_state is not None:  # (none when epochs is 0: the initial weights stay)
+            self.net_.load_state_dict(best_state)
         self.train_seconds_ = time.perf_counter() - started
         return self
+
+    def _warm_start(self, init: "SASRec", index: np.ndarray | None) -> dict:
+        """Copies `init`'s weights into the new network (item rows by `index`); returns the counts of
+        items carried over and new."""
+        torch = _torch()
+        if not hasattr(init, "net_"):
+            raise HuaxiangError("SASRec warm start: the previous model is not trained")
+        other = [k for k in ("dim", "max_len", "layers", "heads") if getattr(init, k) != getattr(self, k)]
+        if (init.text == "fuse") != (self.text == "fuse"):
+            other.append("text")
+        if other:
+            raise HuaxiangError(f"SASRec warm start: the previous model differs in {', '.join(other)} "
+                                f"({', '.join(f'{k}={getattr(init, k)!r}' for k in other)})")
+        n_new, n_old = self.n_items_, init.n_items_
+        if index is None:
+            index = np.arange(n_new + 1, dtype=np.int64)
+            index[index > n_old] = -1
+        index = np.asarray(index, dtype=np.int64)
+        if index.shape != (n_new + 1,) or index.max(initial=0) > n_old:
+            raise HuaxiangError(f"SASRec warm start: the item index has {len(index)} entries (expected "
+                                f"{n_new + 1}) or names an item beyond the previous model's {n_old}")
+        known = np.flatnonzero(index > 0)
+        old, new = init.net_.state_dict(), self.net_.state_dict()
+        with torch.no_grad():
+            for key, value in old.items():
+                if key == "item.weight":
+                    rows = torch.as_tensor(known)
+                    new[key][rows] = value[torch.as_tensor(index[known])]
+                elif key != "text":  # (the text vectors are this training's own)
+                    new[key].copy_(value)
+        self.net_.load_state_dict(new)
+        return {"items_carried": int(len(known)), "items_new": int(n_new - len(known))}
 
     # ------------------------------------------------------------------ scoring
     def encode(self, histories) -> np.ndarray:
@@ -198,6 +254,7 @@ class SASRec(Recommender):
     def save(self, d):
         torch = _torch()
         torch.save({"state": self.net_.state_dict(), "n_items": self.n_items_, "history": self.history_,
+                    "warm": getattr(self, "warm_", None),
                     "text_dim": getattr(self.net_, "text", None).shape[1] if getattr(self.net_, "fuse", False) else 0},
                    d / "sasrec.pt")
 
@@ -210,5 +267,5 @@ class SASRec(Recommender):
         vectors = np.zeros((n + 1, blob["text_dim"]), dtype=np.float32) if blob["text_dim"] else None
         m.net_ = _Net(n, m.dim, m.max_len, m.layers, m.heads, m.dropout, vectors, m.text if vectors is not None else None)
         m.net_.load_state_dict(blob["state"])
-        m.n_items_, m.history_ = n, blob["history"]
+        m.n_items_, m.history_, m.warm_ = n, blob["history"], blob.get("warm")
         return m

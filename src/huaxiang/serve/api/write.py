@@ -85,6 +85,9 @@ def events_body_schema(settings: ServeSettings) -> dict:
              "EVENT_TYPE": {"type": "string", "enum": list(schema.EVENT_TYPES)}}
     event = {"type": "object", "properties": {c.name: types[c.type] for c in schema.EVENTS.columns},
              "required": [c.name for c in schema.EVENTS.columns if c.required]}
+    event["properties"]["request_id"] = {
+        "type": "string", "maxLength": schema.MAX_REQUEST_ID_CHARS,
+        "description": "the request_id of the answer this click, cart or purchase came from (optional)"}
     body = {"type": "object", "required": ["events"],
             "properties": {"events": {"type": "array", "items": event, "maxItems": settings.max_batch_events}}}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}},
