@@ -247,7 +247,9 @@ def publish_experiments(con, r, db: str) -> list[dict]:
     payload = [{"name": e.name, "tenant": e.tenant, "salt": e.salt, "variants": [
         {"name": v, "model": spec, "share": share, "blob": layout.write_blob(r, recommender_files(db, model=spec))}
         for v, spec, share in e.variants]} for e in running(con)]
-    r.set(layout.EXPERIMENTS, json.dumps(payload))
+    raw = json.dumps(payload).encode()
+    if (r.get(layout.EXPERIMENTS) or b"[]") != raw:  # (a publish that changes nothing writes nothing)
+        r.set(layout.EXPERIMENTS, raw)
     return payload
 
 
