@@ -116,13 +116,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     from machine import stamp
-    from served import serving
+    from served import create_key, serving
     cli = [sys.executable, "-m", "huaxiang.cli"]
     with tempfile.TemporaryDirectory() as tmp:
         db, futures = beauty_store(Path(tmp), args.users)
         offline = {v: offline_hit_rate(db, m, futures) for v, m in MODELS.items()}
-        keys = {s: huaxiang("keys", "create", "--scope", s, "--db", db).strip().splitlines()[-1]
-                for s in ("read", "write", "admin")}
+        keys = {s: create_key(cli, db, s) for s in ("read", "write", "admin")}
         with serving(cli, db) as port:
             base = f"http://127.0.0.1:{port}"
             huaxiang("experiment", "create", "ab", "--variants", ",".join(f"{v}={m}" for v, m in MODELS.items()),

@@ -130,11 +130,8 @@ def experiment_create(
         made = _remote(server, key, "POST", "/v1/experiments",
                        {"name": name, "variants": variants, "split": split, "tenant": tenant})
     else:
-        from ..models.registry import resolve
         from ..store import connect
-        for _, spec, _ in parsed:
-            resolve(db, "recommender", spec)
-        made = create(connect(db), name, parsed, tenant).listing()
+        made = create(connect(db), db, name, parsed, tenant).listing()
     if as_json:
         print(json.dumps(made))
     else:

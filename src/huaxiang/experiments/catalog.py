@@ -108,9 +108,13 @@ def get(con, name: str) -> Experiment:
     return _of(row)
 
 
-def create(con, name: str, variants: list[tuple[str, str, float]], tenant: str | None = None) -> Experiment:
-    """A new running experiment. Refused: a name taken (even by a stopped one: its report stays), a malformed
-    tenant, or a running experiment covering some of the same users."""
+def create(con, db: str, name: str, variants: list[tuple[str, str, float]], tenant: str | None = None) -> Experiment:
+    """A new running experiment of the store `db` (`con`). Refused: a variant's model unknown to the store's registry,
+    a name taken (even by a stopped one: its report stays), a malformed tenant, or a running experiment covering
+    some of the same users."""
+    from ..models.registry import resolve
+    for _, spec, _ in variants:
+        resolve(db, "recommender", spec)  # (unknown: a one-line error naming what exists)
     if not NAME.fullmatch(name or ""):
         raise HuaxiangError(f"experiment name {name!r}: letters, digits, '_', '.', '-' (at most 64), first a "
                             "letter or digit")

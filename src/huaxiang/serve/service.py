@@ -221,14 +221,10 @@ class Service(Base):
 
     # what the experiment routes ask for
     def create_experiment(self, name: str, variants: list[tuple[str, str, float]], tenant: str | None):
-        """A new running experiment (catalog.create), each variant's model found in the registry first; it applies
-        to this process's next request."""
+        """A new running experiment (catalog.create); it applies to this process's next request."""
         from ..experiments.catalog import create
-        from ..models.registry import resolve
-        for _, spec, _ in variants:
-            resolve(self.db, "recommender", spec)  # (unknown: a one-line error naming what exists)
         with self.write_lock:
-            made = create(self.cursor(), name, variants, tenant)
+            made = create(self.cursor(), self.db, name, variants, tenant)
             self.experiments_changed()
         return made
 
