@@ -2,7 +2,7 @@
 scratch on the same data, in the same run: training time and test NDCG@10 / HR@10.
 
     nice -n 10 .venv/bin/python benchmarks/sasrec_warm_start.py [--dataset Beauty] [--old-epochs 3] [--epochs 2]
-        [--patience 5] [--seeds 0] [--threads 2]
+        [--patience 5] [--seeds 0] [--threads 2] [--out sasrec_warm_start.json]
 
 Data: the S3-Rec Amazon 2014 set (../shared/data/amazon2014_seqrec_s3rec/{DS}.txt.gz, as benchmarks/seqrec.py reads
 it). New data arriving later: the last 10% of users (file order), as benchmarks/itemknn_incremental.py splits it.
@@ -18,7 +18,7 @@ NDCG@10 and stop after --patience epochs without improvement or at the --epochs 
 targets are scored once, with the kept epoch. Time: `train_seconds_` (every epoch run, its validation pass
 included; an epoch is the same work in both arms, so on a shared machine compare epochs as well as seconds).
 Also reported, from the validation curves only: the epoch (and seconds) at which the warm start first
-reaches the full retrain's best validation NDCG@10. Writes benchmarks/out/seqrec/sasrec_warm_start.json.
+reaches the full retrain's best validation NDCG@10. Writes benchmarks/out/seqrec/sasrec_warm_start.json (--out).
 """
 from __future__ import annotations
 
@@ -86,6 +86,8 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--seeds", default="0", help="comma-separated")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--out", default="sasrec_warm_start.json", help="the result file's name in "
+                    "benchmarks/out/seqrec/")
     args = ap.parse_args()
     from huaxiang.models.seqrec.data import split
     from huaxiang.models.seqrec.sasrec import SASRec, match_items
@@ -117,7 +119,7 @@ def main() -> None:
         warm["reaches_full_best_valid_at_seconds"] = None if reach is None else warm["seconds_curve"][reach]
         rows += [prev_row, full, warm]
     OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / "sasrec_warm_start.json"
+    path = OUT / args.out
     path.write_text(json.dumps({"benchmark": "sasrec_warm_start", "machine": machine, "args": vars(args),
                                 "previous_users": len(old.users), "users": len(new.users), "items": new.n_items,
                                 "new_items": int((index < 0).sum()), "renumbered_items": moved,

@@ -7,18 +7,18 @@ import pytest
 
 from huaxiang import store
 from huaxiang.errors import HuaxiangError
-from huaxiang.experiments.attribution import attributed_sql, has_request_ids, outcomes
-from huaxiang.experiments.exposures import rows_of, store_rows
+from huaxiang.experiments.attribution import attributed_sql, export_log, outcomes
+from huaxiang.experiments.exposures import record, store_lines
 from huaxiang.experiments.stats import experiment_report
 from huaxiang.ingest import ingest_records
+from huaxiang.store import has_column
 
 T0 = datetime(2026, 11, 1, 12, 0, 0)
 
 
 def shown(con, request_id, user, items, variant, at, experiment="exp", latency=5.0):
-    rows = rows_of(request_id, user, "recommendations", [{"item_id": i, "score": 1.0} for i in items], "m",
-                   ts=at, latency_ms=latency)
-    store_rows(con, [r[:9] + (experiment, variant, r[11]) for r in rows])
+    store_lines(con, [record(request_id, user, "recommendations", [{"item_id": i, "score": 1.0} for i in items], "m",
+                             experiment=experiment, variant=variant, ts=at, latency_ms=latency)])
 
 
 def event(user, item, kind, at, price=None, quantity=None, event_id=None, request_id=None):
@@ -165,13 +165,15 @@ def test_a_store_made_before_request_ids_is_read_by_the_window_rule(tmp_path):
     c.close()
     raw = duckdb.connect(db)
     raw.execute("ALTER TABLE events DROP COLUMN request_id")
+    raw.execute("ALTER TABLE exposures DROP COLUMN propensity")
     raw.execute("INSERT INTO events (event_id, user_id, item_id, type, ts) VALUES ('e1', 'u1', 'a', 'click', ?)",
                 [T0 + timedelta(minutes=1)])
     raw.close()
     old = store.connect(db, read_only=True)
-    assert not has_request_ids(old)
+    assert not has_column(old, "events", "request_id")
     assert outcomes(old, "exp")["control"]["clicks"].tolist() == [1]
+    assert export_log(old, str(tmp_path / "log.csv")) == {"rows": 0, "clicks": 0}  # (nothing explored then)
     old.close()
-    writable = store.connect(db)  # a writable connection gives it the column
-    assert has_request_ids(writable)
+    writable = store.connect(db)  # a writable connection gives it the columns
+    assert has_column(writable, "events", "request_id") and has_column(writable, "exposures", "propensity")
     writable.close()

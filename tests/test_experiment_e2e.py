@@ -89,7 +89,6 @@ def small_experiment(con, rng, run: int) -> tuple[dict, dict]:
     1-3 answers of 5 items, clicking each with their own probability (Beta-distributed around the variant's mean);
     returns the report and the variant's true CTR (mean clicks / mean impressions of the generating process)."""
     from huaxiang.experiments.attribution import outcomes
-    from huaxiang.experiments.exposures import table_of
     from huaxiang.experiments.stats import experiment_report
     truth = {"a": 0.05, "b": 0.07}
     shown, clicks = [], []
@@ -105,7 +104,10 @@ def small_experiment(con, rng, run: int) -> tuple[dict, dict]:
                               f"sim{run}", variant, 1.0))
                 if rng.random() < p:
                     clicks.append((f"c{run}-{u}-{r}-{pos}", f"u{u}", item, "click", at + timedelta(seconds=30)))
-    con.from_arrow(table_of(shown)).insert_into("exposures")
+    columns = ("request_id", "ts", "user_id", "item_id", "position", "score", "surface", "model", "version",
+               "experiment", "variant", "latency_ms")
+    con.from_arrow(pa.table(dict(zip(columns, zip(*shown))))).query(
+        "s", "INSERT INTO exposures BY NAME SELECT * FROM s")
     if clicks:
         con.from_arrow(pa.table(dict(zip(("event_id", "user_id", "item_id", "type", "ts"), zip(*clicks))))).query(
             "c", "INSERT INTO events (event_id, user_id, item_id, type, ts) SELECT * FROM c")

@@ -1,59 +1,63 @@
 """What was shown: recommendation and search answers carry a request_id and their items land in `exposures`
 (embedded: written to the store off the request path; online: a stream entry the one writer stores)."""
-import json
 import threading
 import time
+from datetime import datetime
 
 import duckdb
+import numpy as np
 import pytest
 
 from conftest import TAOBAO, call, cli, start_server
 
 from huaxiang import store
-from huaxiang.experiments.exposures import ExposureLog, rows_of
+from huaxiang.experiments.exposures import ExposureLog, record
 from huaxiang.forget import forget_user
 from huaxiang.stream import Message, _store_exposures
 
 
-def test_the_log_batches_bounds_and_keeps_rows_a_failed_write_did_not_store():
+def test_the_log_batches_bounds_and_keeps_records_a_failed_write_did_not_store():
     written, fail = [], threading.Event()
 
-    def sink(rows):
+    def sink(lines):
         if fail.is_set():
             raise OSError("store away")
-        written.extend(rows)
+        written.extend(lines)
     log = ExposureLog(sink, interval=0.05, batch=1_000, limit=50)
-    log.add(rows_of("r1", "u1", "recommendations", [{"item_id": "a", "score": 2.0}, {"item_id": "b", "score": 1.0}]))
+    log.add("r1")
     for _ in range(100):
         if written:
             break
         time.sleep(0.01)
-    assert [(r[0], r[3], r[4], r[5]) for r in written] == [("r1", "a", 1, 2.0), ("r1", "b", 2, 1.0)]
+    assert written == ["r1"]
     fail.set()
-    log.add(rows_of("r2", "u1", "search", [{"item_id": "c", "score": 0.5}]))
-    time.sleep(0.2)  # (its writes fail: the row stays queued)
-    assert log.queue and log.queue[0][0] == "r2"
-    log.add(rows_of("r3", "u2", "search", [{"item_id": str(i), "score": 0.0} for i in range(60)]))
+    log.add("r2")
+    time.sleep(0.2)  # (its writes fail: the record stays queued)
+    assert log.queue == ["r2"]
+    for n in range(60):
+        log.add(f"r3-{n}")
     assert len(log.queue) == 50 and log.dropped == 11  # the oldest dropped, counted
     fail.clear()
     log.close()
-    assert not log.queue and [r[0] for r in written[2:]] == ["r3"] * 50 and log.written == 52
+    assert not log.queue and written[1:] == [f"r3-{n}" for n in range(10, 60)] and log.written == 51
 
 
 def test_an_online_workers_entry_is_stored_by_the_writer(tmp_path):
     con = store.connect(str(tmp_path / "s.duckdb"))
-    rows = rows_of("req-1", "shop:u1", "recommendations", [{"item_id": "shop:i1", "score": 0.9},
-                                                           {"item_id": "shop:i2", "score": 0.1}], "itemknn")
-    assert _store_exposures(con, Message("1-0", json.dumps(rows, default=str), "exposures")) == 2
+    lines = [record("req-1", "shop:u1", "recommendations", [{"item_id": "shop:i1", "score": 0.9},
+                                                            {"item_id": "shop:i2", "score": 0.1}], "itemknn")]
+    assert _store_exposures(con, Message("1-0", "\n".join(lines).encode(), "exposures")) == 2
     assert con.execute("SELECT request_id, user_id, item_id, position, model FROM exposures ORDER BY position"
                        ).fetchall() == [("req-1", "shop:u1", "shop:i1", 1, "itemknn"),
                                         ("req-1", "shop:u1", "shop:i2", 2, "itemknn")]
-    assert _store_exposures(con, Message("2-0", b"[[1, 2]]", "exposures")) == 0  # unreadable: logged, skipped
+    for bad in (b"[[1, 2]]", b'{"request_id": "x", "ts": "today"}', b"\xff\xfe", lines[0].encode()[:-3]):
+        assert _store_exposures(con, Message("2-0", bad, "exposures")) == 0  # unreadable: logged, skipped
+    assert con.execute("SELECT count(*) FROM exposures").fetchone()[0] == 2
     # rows of a user forgotten (suppressed) meanwhile — queued before the deletion, written after — are refused
     forget_user(con, str(tmp_path / "s.duckdb"), "shop:u1")
-    late = rows_of("req-2", "shop:u1", "search", [{"item_id": "shop:i3", "score": 1.0}]) + \
-        rows_of("req-3", None, "search", [{"item_id": "shop:i3", "score": 1.0}])
-    assert _store_exposures(con, Message("3-0", json.dumps(late, default=str), "exposures")) == 1
+    late = [record("req-2", "shop:u1", "search", [{"item_id": "shop:i3", "score": 1.0}]),
+            record("req-3", None, "search", [{"item_id": "shop:i3", "score": 1.0}])]
+    assert _store_exposures(con, Message("3-0", "\n".join(late), "exposures")) == 1
     assert con.execute("SELECT request_id, user_id FROM exposures").fetchall() == [("req-3", None)]
 
 
@@ -134,35 +138,37 @@ def test_a_click_is_its_own_event_type_and_an_item_interaction(tmp_path):
     assert ("user:u1", "clicked", "item:b", 1.0) in edges
 
 
-def test_table_of_keeps_each_value_in_its_column_and_refuses_short_rows():
-    from huaxiang.experiments.exposures import COLUMNS, table_of
-    rows = rows_of("r1", "u1", "search", [{"item_id": "a", "score": 2.0}, {"item_id": "b"}], "m", "3", "exp",
-                   "b", latency_ms=1.5) + rows_of("r2", None, "recommendations", [{"item_id": "c", "score": 0.5}])
-    table = table_of(rows)
-    assert table.column_names == [name for name, _ in COLUMNS]
-    assert [tuple(r.values()) for r in table.to_pylist()] == rows
-    assert table_of([]).num_rows == 0 and table_of([]).schema == table.schema
-    with pytest.raises(ValueError):
-        table_of([r[:-1] for r in rows])
+def test_a_record_keeps_every_value_and_each_item_becomes_a_row_in_order():
+    from huaxiang.experiments.exposures import store_lines
+    con = store.connect(":memory:")
+    at = datetime(2026, 11, 30, 12, 1, 2, 345678)
+    hostile = "x\n\u2028'\"; DROP TABLE exposures; --\x00 \u753b"  # (no character may split a line)
+    lines = [record("r1", hostile, "search", [{"item_id": "a", "score": 2.0}, {"item_id": hostile}], "m", "3", "exp",
+                    "b", latency_ms=1.5, ts=at),
+             record("r2", None, "recommendations", [{"item_id": "c", "score": np.float32(0.5)}], ts=at),
+             record("r3", "u3", "search", [], ts=at)]  # (nothing shown: no row)
+    assert all("\n" not in line and line.isascii() for line in lines)
+    assert store_lines(con, lines) == 3 and store_lines(con, []) == 0
+    assert con.execute("SELECT * FROM exposures").fetchall() == [
+        ("r1", at, hostile, "a", 1, 2.0, "search", "m", "3", "exp", "b", 1.5, None),
+        ("r1", at, hostile, hostile, 2, None, "search", "m", "3", "exp", "b", 1.5, None),
+        ("r2", at, None, "c", 1, 0.5, "recommendations", None, None, None, None, None, None)]
 
 
 def test_the_rows_of_forgotten_users_are_refused_the_others_stored_in_order(tmp_path):
-    from huaxiang.experiments.exposures import store_rows, table_of
+    from huaxiang.experiments.exposures import store_lines
     db = str(tmp_path / "s.duckdb")
     con = store.connect(db)
     items = [{"item_id": "i1", "score": 1.0}, {"item_id": "i2", "score": 0.5}]
-    assert store_rows(con, rows_of("q0", "gone", "search", items)) == 2  # (not forgotten yet)
+    assert store_lines(con, [record("q0", "gone", "search", items)]) == 2  # (not forgotten yet)
     forget_user(con, db, "gone")
     assert con.execute("SELECT count(*) FROM exposures").fetchone()[0] == 0
-    rows = (rows_of("q1", "stays", "search", items) + rows_of("q2", "gone", "search", items)
-            + rows_of("q3", None, "search", items) + rows_of("q4", "stays", "search", items))
-    assert store_rows(con, table_of(rows)) == 6  # a table (the stream's writer) …
-    later = rows_of("q5", "gone", "search", items) + rows_of("q6", None, "search", items)
-    assert store_rows(con, later) == 2  # … or the rows
-    assert store_rows(con, rows_of("q7", "gone", "search", items)) == 0
+    lines = [record(q, u, "search", items) for q, u in (("q1", "stays"), ("q2", "gone"), ("q3", None), ("q4", "stays"))]
+    assert store_lines(con, lines) == 6
+    assert store_lines(con, [record("q7", "gone", "search", items)]) == 0
     assert con.execute("SELECT request_id, user_id, position FROM exposures").fetchall() == [
         ("q1", "stays", 1), ("q1", "stays", 2), ("q3", None, 1), ("q3", None, 2), ("q4", "stays", 1),
-        ("q4", "stays", 2), ("q6", None, 1), ("q6", None, 2)]
+        ("q4", "stays", 2)]
 
 
 def test_the_stores_sink_writes_under_the_lock_it_is_given(tmp_path):
@@ -174,11 +180,11 @@ def test_the_stores_sink_writes_under_the_lock_it_is_given(tmp_path):
     sink = store_sink(con, lock)
     done = threading.Event()
     with lock:
-        writer = threading.Thread(target=lambda: (sink(rows_of("r1", "u1", "search", [{"item_id": "a"}])),
+        writer = threading.Thread(target=lambda: (sink([record("r1", "u1", "search", [{"item_id": "a"}])]),
                                                   done.set()))
         writer.start()
         assert not done.wait(0.3)  # (waits for the lock)
-        sink(rows_of("r0", "u1", "search", [{"item_id": "b"}]))  # (the holder itself may write: a re-entrant lock)
+        sink([record("r0", "u1", "search", [{"item_id": "b"}])])  # (the holder itself may write: a re-entrant lock)
     assert done.wait(10)
     writer.join()
     assert con.execute("SELECT request_id FROM exposures").fetchall() == [("r0",), ("r1",)]

@@ -147,12 +147,16 @@ CREATE TABLE IF NOT EXISTS forgotten_users (
 )
 """
 
-# What was shown (huaxiang.experiments.exposures): one row per item of a recommendation or search answer.
+# What was shown (huaxiang.experiments.exposures): one row per item of a recommendation or search answer;
+# `propensity` (the probability serving had of showing that item there, when it explores: experiments.explore) came
+# later: a store made before it gains the column, NULL in its old rows.
 EXPOSURES_DDL = """
 CREATE TABLE IF NOT EXISTS exposures (
     request_id VARCHAR, ts TIMESTAMP, user_id VARCHAR, item_id VARCHAR, position INTEGER, score DOUBLE,
-    surface VARCHAR, model VARCHAR, version VARCHAR, experiment VARCHAR, variant VARCHAR, latency_ms DOUBLE
-)"""
+    surface VARCHAR, model VARCHAR, version VARCHAR, experiment VARCHAR, variant VARCHAR, latency_ms DOUBLE,
+    propensity DOUBLE
+);
+ALTER TABLE exposures ADD COLUMN IF NOT EXISTS propensity DOUBLE"""
 
 # The experiments (huaxiang.experiments.catalog): variants is JSON [{"name", "model", "share"}], the control first.
 EXPERIMENTS_DDL = """

@@ -71,6 +71,13 @@ def plan_without_statistics(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"SET disabled_optimizers = {schema.sql_literal(','.join(names + ['statistics_propagation']))}")
 
 
+def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    """Has the store's `table` the `column` (a store made before the column came, opened read-only, has not)?"""
+    return bool(con.execute("SELECT count(*) FROM duckdb_columns() WHERE database_name = current_database() "
+                            "AND schema_name = 'main' AND table_name = ? AND column_name = ?",
+                            [table, column]).fetchone()[0])
+
+
 def has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])

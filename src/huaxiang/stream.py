@@ -285,23 +285,18 @@ def consume(con, cfg, source: Source, batch: int = 500, block_ms: int = 200, idl
 
 
 def _store_exposures(con, message: Message) -> int:
-    """An online worker's batch of exposure rows (`experiments.exposures.rows_of`, as JSON) into `exposures`; an
-    unreadable entry is logged and skipped (what was shown is a measurement, not a person's data to keep)."""
-    from datetime import datetime
+    """An online worker's batch of exposure records (`experiments.exposures.record`, a line each) into
+    `exposures`; an unreadable entry is logged and skipped (what was shown is a measurement, not a person's data to
+    keep)."""
+    import duckdb
 
-    import pyarrow as pa
-
-    from .experiments.exposures import COLUMNS, store_rows, table_of
+    from .experiments.exposures import store_lines
     try:
-        rows = json.loads(message.payload)
-        rows = [(r[0], datetime.fromisoformat(r[1]), *r[2:]) for r in rows]
-        if any(len(r) != len(COLUMNS) for r in rows):
-            raise ValueError(f"expected rows of {len(COLUMNS)} values")
-        table = table_of(rows)  # (every value of the right type)
-    except (ValueError, TypeError, IndexError, RecursionError, pa.ArrowException) as exc:
-        log.warning("stream entry %s: unreadable exposures (%s): %s", message.id, exc, _text(message.payload)[:200])
+        return store_lines(con, _text(message.payload).split("\n"))
+    except duckdb.Error as exc:
+        log.warning("stream entry %s: unreadable exposures (%s): %s", message.id, str(exc).splitlines()[0],
+                    _text(message.payload)[:200])
         return 0
-    return store_rows(con, table)
 
 
 def _forget(message: Message, forget, writer, lock, report: ConsumeReport, live=None) -> None:

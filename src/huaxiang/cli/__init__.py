@@ -23,6 +23,7 @@ train_app = typer.Typer(no_args_is_help=True, help="Fine-tune the pretrained enc
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a trained model on labelled data.")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys for `huaxiang serve`.")
 experiment_app = typer.Typer(no_args_is_help=True, help="A/B tests between recommenders: create, list, stop, report.")
+exposures_app = typer.Typer(no_args_is_help=True, help="What the answers showed: export the explored traffic.")
 models_app = typer.Typer(no_args_is_help=True, help="The store's model versions: list, promote, roll back.")
 _state = {"debug": False}
 
@@ -48,6 +49,8 @@ for name in ("create", "list", "stop", "report"):
     experiment_app.command(name)(getattr(experiments, f"experiment_{name}"))
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(models_app, name="models")
+exposures_app.command("export")(experiments.exposures_export)
+app.add_typer(exposures_app, name="exposures")
 
 
 def _version(value: bool):

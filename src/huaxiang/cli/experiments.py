@@ -78,8 +78,43 @@ def ope(
                   "that position (no overlap: IPS counts them as no click)", markup=False, highlight=False)
 
 
-def _remote(server: str, key: str | None, method: str, path: str, body: dict | None = None):
-    """The JSON answer of a route of the server at `server` (an error: one line with its status and detail)."""
+def exposures_export(
+    path: str = typer.Argument(..., help="The file to write: Parquet when it ends in .parquet, else CSV."),
+    until: Optional[str] = typer.Option(None, "--until", help="Only exposures shown before this time (ISO 8601, "
+                                        "UTC): leave out those that may still be clicked."),
+    db: str = DB,
+    server: Optional[str] = SERVER,
+    key: Optional[str] = KEY,
+    config: Optional[str] = CONFIG,
+):
+    """Write the exposures served while exploring (`huaxiang serve --explore`), each with its propensity and
+    whether a click is attributed to it: the log `huaxiang ope --format exposures` reads. Through --server the
+    key needs the admin scope."""
+    from datetime import datetime
+    from urllib.parse import urlencode
+    try:
+        until_at = datetime.fromisoformat(until) if until else None
+    except ValueError:
+        raise HuaxiangError(f"--until {until!r}: not an ISO 8601 time (e.g. 2026-11-30T12:00:00)") from None
+    fmt = "parquet" if path.lower().endswith(".parquet") else "csv"
+    if server:
+        query = urlencode({"format": fmt, **({"until": until_at.isoformat()} if until_at else {})})
+        body, headers = _remote(server, key, "GET", f"/v1/exposures/log?{query}", raw=True)
+        with open(path, "wb") as f:
+            f.write(body)
+        got = {"rows": int(headers.get("X-Rows", 0)), "clicks": int(headers.get("X-Clicks", 0))}
+    else:
+        from ..experiments.attribution import export_log
+        from ..store import connect
+        got = export_log(connect(db, read_only=True), path, load_config(config).attribution_window_hours, until_at)
+    out.print(f"wrote {path}: {got['rows']:,} exposures with propensities, {got['clicks']:,} clicked"
+              + ("" if got["rows"] else " (none: serve with --explore to record propensities)"),
+              markup=False, highlight=False)
+
+
+def _remote(server: str, key: str | None, method: str, path: str, body: dict | None = None, raw: bool = False):
+    """The JSON answer of a route of the server at `server` (`raw`: its bytes and headers; an error: one line with
+    its status and detail)."""
     import urllib.error
     import urllib.request
     if not key:
@@ -88,8 +123,8 @@ def _remote(server: str, key: str | None, method: str, path: str, body: dict | N
                                  data=json.dumps(body).encode() if body is not None else None,
                                  headers={"X-API-Key": key, "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return json.loads(resp.read())
+        with urllib.request.urlopen(req, timeout=600 if raw else 60) as resp:
+            return (resp.read(), resp.headers) if raw else json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:
             detail = json.loads(exc.read()).get("detail")

@@ -42,6 +42,11 @@ def serve(
     workers: int = typer.Option(1, "--workers", min=1, help="With --online: worker processes on this host."),
     exposures: bool = typer.Option(True, "--exposures/--no-exposures", help="Record what each recommendation and "
                                    "search answer showed (the `exposures` table: experiments, attribution)."),
+    explore: float = typer.Option(0.0, "--explore", min=0.0, max=1.0, help="The share of recommendations drawn at "
+                                  "random from the pool of best candidates, each item's propensity recorded with "
+                                  "its exposure (for `huaxiang ope --format exposures`; docs/experiments.md)."),
+    explore_pool: int = typer.Option(50, "--explore-pool", min=1, max=1000, help="With --explore: the pool of best "
+                                     "candidates drawn from (at least k)."),
 ):
     """Serve profiles, recommendations, search and segments over HTTP (API reference at /docs and /openapi.json)."""
     import uvicorn
@@ -51,7 +56,9 @@ def serve(
     source = RedisSource(redis_url, stream, group, "serve") if redis_url else None
     settings = ServeSettings(max_body_bytes=max_body_bytes, key_rate=key_rate, failed_keys=failed_keys,
                              session_hours=session_hours, header_seconds=client_timeout, body_seconds=client_timeout,
-                             exposures=exposures)
+                             exposures=exposures, explore=explore, explore_pool=explore_pool)
+    if explore and not exposures:
+        raise HuaxiangError("--explore records propensities with the exposures: it needs --exposures")
     if online:
         if redis_url or publish:
             raise HuaxiangError("--online serves the online store; the writer (--redis, --publish) runs with --db")

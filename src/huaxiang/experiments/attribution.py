@@ -17,9 +17,12 @@ bought (price × quantity, 1 when no quantity is given), by variant, plus each a
 """
 from __future__ import annotations
 
+from datetime import timezone
+
 import numpy as np
 
 from ..errors import HuaxiangError
+from ..store import has_column
 
 ATTRIBUTED_TYPES = ("click", "cart", "buy")
 WINDOW_HOURS = 24.0
@@ -60,17 +63,10 @@ def attributed_sql(window_hours: float = WINDOW_HOURS, experiment: bool = False,
         WHERE ts - shown_at <= {window}{kept}"""
 
 
-def has_request_ids(con) -> bool:
-    """Do the store's events have the `request_id` column (a store made before it, opened read-only, has not)?"""
-    return bool(con.execute("SELECT count(*) FROM duckdb_columns() WHERE database_name = current_database() "
-                            "AND schema_name = 'main' AND table_name = 'events' AND column_name = 'request_id'"
-                            ).fetchone()[0])
-
-
 def outcomes(con, experiment: str, window_hours: float = WINDOW_HOURS) -> dict[str, dict[str, np.ndarray]]:
     """{variant: {"impressions", "clicks", "buyer", "revenue": one value per exposed user; "latency_ms": one per
     answer}} of `experiment`, from `exposures` and the events attributed to them."""
-    params = {"experiment": experiment}
+    params, by_request = {"experiment": experiment}, has_column(con, "events", "request_id")
     rows = con.execute(f"""
         WITH shown AS (
             SELECT variant, user_id, count(*) AS impressions FROM exposures
@@ -79,7 +75,7 @@ def outcomes(con, experiment: str, window_hours: float = WINDOW_HOURS) -> dict[s
             SELECT variant, user_id, count(*) FILTER (WHERE type = 'click') AS clicks,
                    bool_or(type = 'buy') AS buyer,
                    coalesce(sum(coalesce(price, 0) * coalesce(quantity, 1)) FILTER (WHERE type = 'buy'), 0) AS revenue
-            FROM ({attributed_sql(window_hours, True, has_request_ids(con))}) GROUP BY ALL)
+            FROM ({attributed_sql(window_hours, True, by_request)}) GROUP BY ALL)
         SELECT s.variant, list(s.impressions ORDER BY s.user_id), list(coalesce(d.clicks, 0) ORDER BY s.user_id),
                list(coalesce(d.buyer, false)::INTEGER ORDER BY s.user_id),
                list(coalesce(d.revenue, 0) ORDER BY s.user_id)
@@ -93,3 +89,36 @@ def outcomes(con, experiment: str, window_hours: float = WINDOW_HOURS) -> dict[s
                                           params).fetchall():
         out.setdefault(variant, {})["latency_ms"] = np.asarray(latencies, dtype=np.float64)
     return out
+
+
+def export_log(con, path: str, window_hours: float = WINDOW_HOURS, until=None, tenants=None) -> dict[str, int]:
+    """Writes the exposures that carry a propensity (served while exploring: experiments.explore) as a log for
+    off-policy evaluation (`huaxiang ope --format exposures`): one row per shown item — request_id, ts, user_id,
+    item_id, position, propensity, click (1 when a click is attributed to it by the rule above), model, version,
+    experiment, variant, surface — in time order; Parquet when `path` ends in .parquet, else CSV. `until`: only
+    exposures shown before then (those of the last `window_hours` may still be clicked); `tenants`: only the
+    answers to those tenants' users (None: every tenant). Returns {"rows", "clicks"}."""
+    from ..schema import sql_literal, tenant_sql
+    if not has_column(con, "exposures", "propensity"):  # (a store made before it, opened read-only: none explored)
+        return {"rows": 0, "clicks": 0}
+    if until is not None and until.tzinfo is not None:  # (the store's times are UTC, without a zone)
+        until = until.astimezone(timezone.utc).replace(tzinfo=None)
+    fmt = "PARQUET" if str(path).lower().endswith(".parquet") else "CSV, HEADER"
+    where = ["x.propensity IS NOT NULL"] + (["x.ts < $until"] if until is not None else []) + \
+        ([f"{tenant_sql('x.user_id')} IN (SELECT unnest($tenants))"] if tenants is not None else [])
+    params = {**({"until": until} if until is not None else {}),
+              **({"tenants": sorted(tenants)} if tenants is not None else {})}
+    query = f"""
+        WITH clicked AS (SELECT DISTINCT request_id, user_id, item_id FROM (
+                             {attributed_sql(window_hours, False, has_column(con, "events", "request_id"))})
+                         WHERE type = 'click')
+        SELECT x.request_id, x.ts, x.user_id, x.item_id, x.position, x.propensity,
+               (c.request_id IS NOT NULL)::INTEGER AS click, x.model, x.version, x.experiment, x.variant, x.surface
+        FROM exposures x LEFT JOIN clicked c
+             ON c.request_id = x.request_id AND c.user_id = x.user_id AND c.item_id = x.item_id
+        WHERE {' AND '.join(where)} ORDER BY x.ts, x.request_id, x.position"""
+    target = sql_literal(str(path))
+    rows = con.execute(f"COPY ({query}) TO {target} (FORMAT {fmt})", params).fetchone()[0]
+    reader = "read_parquet" if fmt == "PARQUET" else "read_csv"
+    clicks = con.execute(f"SELECT coalesce(sum(click), 0) FROM {reader}({target})").fetchone()[0] if rows else 0
+    return {"rows": int(rows), "clicks": int(clicks)}

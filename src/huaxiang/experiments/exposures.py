@@ -1,136 +1,142 @@
 """What was shown: the items of every recommendation and search answer, appended to the `exposures` table off the
 request path.
 
-A request adds its rows to an in-memory queue (`ExposureLog.add`: a list append under a lock, ~10 µs with
-`rows_of`); a thread hands the queue to a sink every `interval` seconds (default 1), or sooner when `batch` rows
-wait: the embedded server's sink is one INSERT into the store (`store_sink`, `store_rows`). What a crash can lose:
-the rows still queued — those of the last `interval` seconds (fewer than `batch`), plus any kept after a failed
-write (a failed write is tried again). The queue is bounded (`limit` rows): when the sink cannot keep up, the oldest
-rows are dropped and counted (`dropped`), so memory never runs out. A clean shutdown (`close`) writes everything.
-Forgetting a user: the embedded server writes the queue before it deletes, and rows of a suppressed user that
-arrive after the deletion are refused (`store_rows`), as the ingest refuses their events.
+A request adds one record to an in-memory queue (`ExposureLog.add`): its answer as one JSON line (`record`: the
+item ids and scores as two lists, ~10 µs), appended under a lock. A thread hands the queue to a sink every
+`interval` seconds (default 5), or sooner when `batch` answers wait (default 2,000): the embedded server's sink
+writes the lines to a spool file and stores them with one statement (`store_sink`, `store_lines`); an online
+worker's sends them as one stream entry, which the one writer stores the same way. What a crash can lose: the
+answers still queued — those of the last `interval` seconds (fewer than `batch`), plus any kept after a failed
+write (a failed write is tried again). The queue is bounded (`limit` answers): when the sink cannot keep up, the
+oldest are dropped and counted (`dropped`), so memory never runs out. A clean shutdown (`close`) writes
+everything. Forgetting a user: the embedded server writes the queue before it deletes, and the rows of a
+suppressed user that arrive after the deletion are refused (`store_lines`), as the ingest refuses their events.
 
-What a write costs the requests served meanwhile: the writing thread shares the interpreter lock with them, and
-DuckDB takes that lock back between the steps of every statement it runs from Python, so each statement costs the
-request threads a few lock hand-offs, and Python work in the writer holds them up directly. A write therefore runs
-two statements and little Python: the rows become Arrow columns by a transposition (no per-value Python loop),
-forgotten users are found by one lookup of the batch's distinct user hashes (not a SHA-256 of every row in SQL
-whose result comes back through Python), and the INSERT streams those columns (a record batch reader). A second's
-2,000 rows (200 answers of 10 items) still take ~11 ms of CPU on a quiet 2-core machine (~2 ms building the
-columns, ~2.5 ms the lookup, ~7 ms the INSERT and its commit), so requests served during a write wait longer
-(benchmarks/exposure_cost.py).
+Why a spool file: the writing thread shares the interpreter lock with the request threads, so Python work in it —
+building one row per item, converting them to Arrow or DuckDB values — holds the requests up directly, and DuckDB
+takes the lock back while it scans Python objects. Here the writer only joins the queued lines (one C call) and
+writes them to a file; DuckDB then reads that file, unnests the items, drops the forgotten users' rows and inserts,
+all in one statement that runs without the lock. What remains is DuckDB's own work, ~2 ms of CPU a write plus
+~11 µs per answer of 10 items (the insert and its commit): writing every 5 s rather than every second spends less
+than half the CPU, and fewer requests overlap a write (benchmarks/exposure_cost.py measures what it costs them).
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
+import tempfile
 import threading
 import time
 from contextlib import nullcontext
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable
-
-import pyarrow as pa
-import pyarrow.compute as pc
 
 log = logging.getLogger("huaxiang.experiments")
 
-# (name, Arrow type) of each column of `exposures`, in the table's order (schema.EXPOSURES_DDL)
-COLUMNS = (("request_id", pa.string()), ("ts", pa.timestamp("us")), ("user_id", pa.string()),
-           ("item_id", pa.string()), ("position", pa.int32()), ("score", pa.float64()), ("surface", pa.string()),
-           ("model", pa.string()), ("version", pa.string()), ("experiment", pa.string()), ("variant", pa.string()),
-           ("latency_ms", pa.float64()))
+_EPOCH = datetime(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
+
+# One record (a JSON line) per answer, unnested into one row per shown item; the user's row is kept unless the
+# user is forgotten (suppressed). `ts` is microseconds since the epoch (UTC).
+STORE_SQL = """
+INSERT INTO exposures BY NAME
+SELECT request_id, make_timestamp(ts) AS ts, user_id, unnest(items) AS item_id,
+       unnest(range(1, len(items) + 1)) AS position, unnest(scores) AS score, surface, model, version, experiment,
+       variant, latency_ms, unnest(propensities) AS propensity
+FROM read_json($path, format = 'newline_delimited', columns = {
+       request_id: 'VARCHAR', ts: 'BIGINT', user_id: 'VARCHAR', surface: 'VARCHAR', model: 'VARCHAR',
+       version: 'VARCHAR', experiment: 'VARCHAR', variant: 'VARCHAR', latency_ms: 'DOUBLE', items: 'VARCHAR[]',
+       scores: 'DOUBLE[]', propensities: 'DOUBLE[]'}) AS e
+WHERE NOT EXISTS (SELECT 1 FROM forgotten_users f WHERE f.id_hash = sha256(e.user_id))"""
 
 
-def rows_of(request_id: str, user_id: str | None, surface: str, items: list[dict], model: str | None = None,
-            version: str | None = None, experiment: str | None = None, variant: str | None = None,
-            latency_ms: float | None = None, ts: datetime | None = None) -> list[tuple]:
-    """One row per shown item (`items`: the answer's list, each with `item_id` and `score`), position from 1."""
+def record(request_id: str, user_id: str | None, surface: str, items: list[dict], model: str | None = None,
+           version: str | None = None, experiment: str | None = None, variant: str | None = None,
+           latency_ms: float | None = None, ts: datetime | None = None) -> str:
+    """One answer as one JSON line (`items`: the answer's list, each with `item_id`, `score` and, when serving
+    explores, `propensity`; positions are their order, from 1). ASCII only, so no character of an id can split the
+    line."""
     ts = ts or datetime.now(timezone.utc).replace(tzinfo=None)
-    return [(request_id, ts, user_id, item["item_id"], position, item.get("score"), surface, model, version,
-             experiment, variant, latency_ms) for position, item in enumerate(items, start=1)]
+    return json.dumps({"request_id": request_id, "ts": (ts - _EPOCH) // _MICROSECOND, "user_id": user_id,
+                       "surface": surface, "model": model, "version": version, "experiment": experiment,
+                       "variant": variant, "latency_ms": latency_ms, "items": [item["item_id"] for item in items],
+                       "scores": [item.get("score") for item in items],
+                       **({"propensities": [item["propensity"] for item in items]}
+                          if items and "propensity" in items[0] else {})}, default=float)
 
 
-def table_of(rows: list[tuple]) -> pa.Table:
-    """`rows` (as `rows_of` makes them) as an Arrow table of `COLUMNS`; a value of the wrong type raises
-    `pa.ArrowException` (or TypeError / ValueError)."""
-    columns = list(zip(*rows)) or [()] * len(COLUMNS)
-    if len(columns) != len(COLUMNS):
-        raise ValueError(f"expected rows of {len(COLUMNS)} values, got {len(columns)}")
-    return pa.table({name: pa.array(values, type=kind) for (name, kind), values in zip(COLUMNS, columns)})
+def store_lines(con, lines: list[str]) -> int:
+    """Stores records (`record`'s lines) in the store's `exposures`, one row per shown item, less the rows of
+    forgotten (suppressed) users: what was queued before a deletion and written after it stores nothing of that
+    person. Returns the rows stored; a line that is not a record raises duckdb.Error and stores nothing."""
+    if not lines:
+        return 0
+    fd, path = tempfile.mkstemp(prefix="huaxiang-exposures-", suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii", errors="backslashreplace") as spool:
+            spool.write("\n".join(lines))
+        return con.execute(STORE_SQL, {"path": path}).fetchone()[0]
+    finally:
+        os.unlink(path)
 
 
-def store_rows(con, rows: pa.Table | list[tuple]) -> int:
-    """Appends rows (a `table_of` table, or the rows themselves) to the store's `exposures`, less those of
-    forgotten (suppressed) users: rows queued before a deletion and written after it store nothing of that person.
-    Returns the rows stored."""
-    from ..forget import id_hash
-    table = rows if isinstance(rows, pa.Table) else table_of(rows)
-    users = {id_hash(u): u for u in pc.unique(table["user_id"]).to_pylist() if u is not None}
-    if users:
-        gone = [users[h] for (h,) in con.execute(
-            "SELECT id_hash FROM forgotten_users WHERE id_hash IN (SELECT unnest(?))", [list(users)]).fetchall()]
-        if gone:  # (a null user_id is no forgotten user: is_in says false, so the row stays)
-            table = table.filter(pc.invert(pc.is_in(table["user_id"], value_set=pa.array(gone, pa.string()))))
-    if table.num_rows:
-        con.from_arrow(table.to_reader()).insert_into("exposures")
-    return table.num_rows
-
-
-def store_sink(con, lock=None) -> Callable[[list[tuple]], None]:
-    """Writes rows into the store's `exposures` table, on a cursor of its own, holding `lock` when given: the
+def store_sink(con, lock=None) -> Callable[[list[str]], None]:
+    """Writes records into the store's `exposures` table, on a cursor of its own, holding `lock` when given: the
     embedded server's write lock, under which a deletion writes the queue and then deletes, so that no write runs
     between them nor looks up the forgotten users before a deletion and inserts after it."""
     cur = con.cursor()
 
-    def sink(rows: list[tuple]) -> None:
+    def sink(lines: list[str]) -> None:
         with lock if lock is not None else nullcontext():
-            store_rows(cur, rows)
+            store_lines(cur, lines)
     return sink
 
 
 class ExposureLog:
-    """A bounded queue of exposure rows drained into `sink(rows)` by a thread of its own."""
+    """A bounded queue of records (one per answer) drained into `sink(lines)` by a thread of its own."""
 
-    def __init__(self, sink: Callable[[list[tuple]], None], interval: float = 1.0, batch: int = 5_000,
-                 limit: int = 200_000):
+    def __init__(self, sink: Callable[[list[str]], None], interval: float = 5.0, batch: int = 2_000,
+                 limit: int = 20_000):
         self.sink, self.interval, self.batch, self.limit = sink, interval, batch, limit
-        self.queue: list[tuple] = []
+        self.queue: list[str] = []
         self.lock = threading.Lock()
         self.wake, self.halt = threading.Event(), threading.Event()
         self.written = self.dropped = 0
         self.thread = threading.Thread(target=self._run, name="exposures", daemon=True)
         self.thread.start()
 
-    def add(self, rows: list[tuple]) -> None:
+    def add(self, line: str) -> None:
+        """Queues one answer's record (`record`)."""
         with self.lock:
-            self.queue.extend(rows)
+            self.queue.append(line)
             self._bound()
             full = len(self.queue) >= self.batch
         if full:
             self.wake.set()
 
     def _bound(self) -> None:
-        """Drops (and counts) the oldest rows over `limit`; the caller holds the lock."""
+        """Drops (and counts) the oldest records over `limit`; the caller holds the lock."""
         over = len(self.queue) - self.limit
         if over > 0:
             del self.queue[:over]
             self.dropped += over
 
     def flush(self) -> int:
-        """Hands what is queued to the sink now; returns the rows written. A failing sink keeps them queued."""
+        """Hands what is queued to the sink now; returns the records written. A failing sink keeps them queued."""
         with self.lock:
-            rows, self.queue = self.queue, []
-        if not rows:
+            lines, self.queue = self.queue, []
+        if not lines:
             return 0
         try:
-            self.sink(rows)
+            self.sink(lines)
         except Exception:
             with self.lock:  # (back in front, in order; the bound still holds)
-                self.queue[:0] = rows
+                self.queue[:0] = lines
                 self._bound()
             raise
-        self.written += len(rows)
-        return len(rows)
+        self.written += len(lines)
+        return len(lines)
 
     def _run(self) -> None:
         while not self.halt.is_set():

@@ -93,7 +93,9 @@ def register_inputs(ib, engine: str, input_dir: Folder, only: dict[str, list[str
         else:
             session = ib._session
             ddl = ", ".join(f"{c.name} {_spark_type(c)}" for c in table.columns)
-            df = session.read.parquet(*files) if files else session.createDataFrame([], ddl)
+            # (mergeSchema: files written before a column came lack it; without it Spark takes one file's schema)
+            df = session.read.option("mergeSchema", "true").parquet(*files) if files else \
+                session.createDataFrame([], ddl)
             present = set(df.columns)
             df.selectExpr(*[typed_column(c, present, _spark_type(c), f"{input_dir / name}")
                             for c in table.columns]).select(*cols).createOrReplaceTempView(name)

@@ -42,9 +42,10 @@ class OnlineService(Base):
             from ..experiments.exposures import ExposureLog
             self.exposures = ExposureLog(self.queue_exposures)
 
-    def queue_exposures(self, rows: list[tuple]) -> None:
-        """The exposures sink of a worker: one stream entry per batch, stored by the one writer."""
-        self.reader.r.xadd(layout.STREAM, {"exposures": json.dumps(rows, default=str, ensure_ascii=False)})
+    def queue_exposures(self, lines: list[str]) -> None:
+        """The exposures sink of a worker: one stream entry per batch (its records, a line each), stored by the
+        one writer."""
+        self.reader.r.xadd(layout.STREAM, {"exposures": "\n".join(lines)})
 
     def reload_keys(self) -> None:
         self.keys = self.key_table.load()
@@ -76,7 +77,7 @@ class OnlineService(Base):
         except HuaxiangError as exc:
             raise HTTPException(409, str(exc)) from None
 
-    def recommend(self, user_id: str, k: int, explain: bool) -> dict:
+    def ranked(self, user_id: str, k: int, explain: bool) -> dict:
         """As the embedded service's: the variant's recommender when a running experiment covers the user."""
         tenant = tenant_of(user_id)
         test = self.reader.experiment_of(user_id)

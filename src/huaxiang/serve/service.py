@@ -43,6 +43,8 @@ class ServeSettings:
     work_threads: int = 1  # recommendation and search requests computed at once (more wait their turn: with
     # the GIL a second thread for this CPU-bound work lost ~12% of the throughput here)
     exposures: bool = True  # record what the answers showed (huaxiang.experiments.exposures)
+    explore: float = 0.0  # the share of recommendations drawn at random from the pool (experiments.explore)
+    explore_pool: int = 50  # the pool of best candidates exploration draws from (at least k)
 
 
 class Base:
@@ -63,16 +65,30 @@ class Base:
         `request_id`; its items queued as exposures, off the request path, with the answer's `model` ({"name",
         "version"} of the recommender that served it) and `experiment` ({"name", "variant"}) when it has them; a
         search's model is "search" or "search+personal"."""
-        from ..experiments.exposures import rows_of
+        from ..experiments.exposures import record
         request_id = uuid4().hex
         if self.exposures is not None and answer.get("items"):
             model, test = answer.get("model") or {}, answer.get("experiment") or {}
-            self.exposures.add(rows_of(
+            self.exposures.add(record(
                 request_id, user_id, surface, answer["items"],
                 model.get("name") or ("search+personal" if answer.get("personalised") else "search"),
                 model.get("version"), test.get("name"), test.get("variant"),
                 latency_ms=(time.perf_counter() - started) * 1e3))
         return {"request_id": request_id, **answer}
+
+    def recommend(self, user_id: str, k: int, explain: bool) -> dict:
+        """The user's recommendation (`ranked`); with `explore` set, drawn from a pool of `explore_pool` ranked
+        candidates (experiments.explore: each item then carries its `propensity`)."""
+        if not self.settings.explore:
+            return self.ranked(user_id, k, explain)
+        from ..experiments.explore import explore
+        answer = self.ranked(user_id, max(k, self.settings.explore_pool), explain)
+        answer["items"] = explore(answer["items"], k, self.settings.explore)
+        answer["k"] = k
+        return answer
+
+    def ranked(self, user_id: str, k: int, explain: bool) -> dict:
+        raise NotImplementedError
 
     @staticmethod
     def served_by(answer: dict, rec, experiment: str | None = None, variant: str | None = None) -> dict:
@@ -163,7 +179,7 @@ class Service(Base):
     def fetch_doc(self, user_id: str) -> bytes | None:
         return self.docs.fetch(user_id)
 
-    def recommend(self, user_id: str, k: int, explain: bool) -> dict:
+    def ranked(self, user_id: str, k: int, explain: bool) -> dict:
         """The user's top-k from the promoted recommender, or from their variant's when an experiment covers them."""
         from ..experiments.catalog import covering
         from ..recommend.top_k import recommend
@@ -247,12 +263,23 @@ class Service(Base):
         from ..experiments.catalog import all_experiments
         return all_experiments(self.cursor(), tenants)
 
+    def visible_experiment(self, name: str, tenants=None):
+        """The experiment `name` if one of `tenants` (None: every tenant) may see it, else None (as if unknown)."""
+        return next((e for e in self.all_experiments(tenants) if e.name == name), None)
+
     def experiment_report(self, name: str) -> dict:
         """The report (catalog.report), over every exposure shown so far (the queue is written first)."""
         from ..experiments.catalog import report
         if self.exposures is not None:
             self.exposures.flush()
         return report(self.cursor(), name, self.cfg.attribution_window_hours)
+
+    def export_exposures(self, path: str, until, tenants) -> dict[str, int]:
+        """The explored exposures as an off-policy log (attribution.export_log), the queue written first."""
+        from ..experiments.attribution import export_log
+        if self.exposures is not None:
+            self.exposures.flush()
+        return export_log(self.cursor(), path, self.cfg.attribution_window_hours, until, tenants)
 
     # what the write routes ask for
     def write_events(self, batch: list) -> tuple[int, dict]:

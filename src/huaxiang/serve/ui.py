@@ -209,8 +209,7 @@ def experiments_page(request: Request) -> Response:
 def experiment_page(request: Request, name: str) -> Response:
     key = signed_in(request)
     svc = experiments_of(request)
-    found = next((e for e in svc.all_experiments(key.tenants) if e.name == name), None)
-    if found is None:
+    if svc.visible_experiment(name, key.tenants) is None:
         return page("No such experiment", f"<h1>No experiment “{escape(name)}”</h1>"
                     + note("See the list of experiments."), status=404)
     return page(f"Experiment {name}", experiment_html(svc.experiment_report(name)))

@@ -1,13 +1,22 @@
 """The experiment routes: POST /v1/experiments starts one, POST /v1/experiments/{name}/stop stops it (admin scope);
 GET /v1/experiments lists them and GET /v1/experiments/{name}/report gives a report (read scope). What they do is
-in `experiments.catalog`; `huaxiang experiment … --server URL` calls them while a server holds the store.
+in `experiments.catalog`; `huaxiang experiment … --server URL` calls them while a server holds the store. GET
+/v1/exposures/log (admin) downloads the explored traffic for off-policy evaluation (`huaxiang exposures export
+--server URL`): only the answers to the key's tenants' users.
 
 A key bound to tenants sees, starts and stops only experiments of one of its tenants; an experiment over every
 tenant is the platform's own (keys for every tenant)."""
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request
+import os
+import tempfile
+from datetime import datetime
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
 from pydantic import BaseModel, Field
 
 from ...experiments.catalog import parse_variants
@@ -31,8 +40,8 @@ def _tenants(tenant: str | None):
 
 def visible(request: Request, key: Key, name: str):
     """The experiment `name` if the key may see it (else 404, as if unknown)."""
-    found = next((e for e in service(request).all_experiments() if e.name == name), None)
-    if found is None or not key.covers(_tenants(found.tenant)):
+    found = service(request).visible_experiment(name, key.tenants)
+    if found is None:
         raise HTTPException(404, f"no experiment {name!r}")
     return found
 
@@ -59,3 +68,19 @@ def stop(request: Request, name: str, key: Key = need("admin")) -> dict:
 async def report(request: Request, name: str, key: Key = need("read")) -> dict:
     visible(request, key, name)
     return await run_in_threadpool(service(request).experiment_report, name)
+
+
+@router.get("/v1/exposures/log")
+async def exposures_log(request: Request, format: Literal["parquet", "csv"] = "parquet",
+                        until: datetime | None = Query(None, description="only exposures shown before then (UTC)"),
+                        key: Key = need("admin")) -> FileResponse:
+    fd, path = tempfile.mkstemp(prefix="huaxiang-log-", suffix=f".{format}")
+    os.close(fd)
+    try:
+        got = await run_in_threadpool(service(request).export_exposures, path,
+                                      until, key.tenants)
+    except BaseException:
+        os.unlink(path)
+        raise
+    return FileResponse(path, filename=f"exposures.{format}", background=BackgroundTask(os.unlink, path),
+                        headers={"X-Rows": str(got["rows"]), "X-Clicks": str(got["clicks"])})
