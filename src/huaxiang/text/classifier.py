@@ -43,6 +43,7 @@ class TrainConfig:
     seed: int = 0
     lora_r: int = 8
     balanced: bool = False  # weight the loss by inverse label frequency (skewed labels)
+    init: str | None = None  # start from this encoder (a `huaxiang pretrain --out` folder) instead of the packaged
     history: list = field(default_factory=list)
 
 
@@ -134,8 +135,12 @@ def scores(y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> dict:
     return out
 
 
-def _load_base():
-    path = convert()
+def _load_base(init: str | None = None):
+    """(tokenizer, encoder, its folder): the packaged encoder, or `init`'s (a pretrain folder, or an encoder's)."""
+    from .encoder import encoder_folder
+    path = convert() if init is None else encoder_folder(init)
+    if path is None:
+        raise HuaxiangError(f"--init {init}: no encoder there (expected a `huaxiang pretrain --out` folder)")
     return (*load_hf(path), path)
 
 
@@ -158,7 +163,7 @@ def train_classifier(df: pd.DataFrame, out_dir: str, cfg: TrainConfig,
     else:
         train_idx, val_idx = stratified_split(df["label"], cfg.val_fraction, cfg.seed)
     y = df["label"].map({l: i for i, l in enumerate(labels)}).to_numpy()
-    tok, encoder, base = _load_base()
+    tok, encoder, base = _load_base(cfg.init)
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
         encoder = get_peft_model(encoder, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.1,
@@ -234,7 +239,7 @@ def load_classifier(model_dir: str):
     meta = json.loads((d / "classifier.json").read_text())
     if meta["method"] == "lora":
         from peft import PeftModel
-        tok, base = load_hf(convert())
+        tok, base = load_hf(meta["base"] if meta.get("config", {}).get("init") else convert())  # (--init's)
         encoder = PeftModel.from_pretrained(base, str(d / "adapter"))
     else:
         tok, encoder = load_hf(d / "encoder")
