@@ -675,8 +675,11 @@ def _report_speed(d: dict) -> str:
 
 
 def _exposure_cost(d: dict) -> str:
-    return (f"recording exposures adds {d['p99_added_ms']:+.1f} ms to the recommendation p99 at {d['rate_per_s']:.0f}/s "
-            f"(median of {d['turns']} turns {d['p99_added_ms_median_of_turns']:+.1f} ms)")
+    ci = d.get("p99_added_ms_ci95")
+    return (f"recording exposures adds {d['p99_added_ms']:+.2f} ms to the recommendation p99 at {d['rate_per_s']:.0f}/s"
+            + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+            + f" (median of {d['turns']} turns {d['p99_added_ms_median_of_turns']:+.2f} ms"
+            + (f"; A/A {d['p99_aa_ms']:+.2f} ms)" if "p99_aa_ms" in d else ")"))
 
 
 def _itemknn_update(d: dict) -> str:
