@@ -49,12 +49,18 @@ def test_bad_columns_are_named(tmp_path):
         read_labelled(str(tmp_path / "x.csv"), "text", "label")
 
 
-@pytest.mark.slow
-def test_lora_learns_sentiment(reviews):
+@pytest.fixture(scope="module")
+def lora(reviews):
     out = reviews / "lora"
     cli("train", "classifier", "--data", str(reviews / "train.csv"), "--text-col", "review", "--label-col", "label",
         "--out", str(out), "--lora", "--epochs", "3", "--max-len", "48", "--batch-size", "16",
         "--db", str(reviews / "s.duckdb"))
+    return out
+
+
+@pytest.mark.slow
+def test_lora_learns_sentiment(reviews, lora):
+    out = lora
     meta = json.loads((out / "classifier.json").read_text())
     assert meta["method"] == "lora" and 600_000 < meta["trainable_parameters"] < 700_000  # r=8 on q/k/v/dense + head
     listed = json.loads(cli("models", "list", "--kind", "classifier", "--db", str(reviews / "s.duckdb"), "--json"))
@@ -64,6 +70,34 @@ def test_lora_learns_sentiment(reviews):
                             "--text-col", "review", "--label-col", "label", "--json"))
     assert result["n"] == 200 and {"accuracy", "macro_f1", "auc"} <= set(result)
     assert result["auc"] > 0.8 and result["accuracy"] > 0.7  # 200 examples, 3 epochs, on held-out reviews
+
+
+@pytest.mark.slow
+def test_the_int8_variant_scores_like_the_original_and_serves_sentiment(reviews, lora, tmp_path):
+    said = json.loads(cli("compress", "--model", str(lora), "--data", str(reviews / "test.csv"), "--text-col",
+                          "review", "--label-col", "label", "--json"))
+    assert said["path"] == str(lora / "int8.pt") and (lora / "int8.pt").exists()
+    fp32, int8 = said["fp32"], said["int8"]
+    assert (fp32["variant"], fp32["n"], int8["variant"], int8["n"]) == ("fp32", 200, "int8", 200)
+    # (a LoRA trained on 200 reviews has many near-even predictions: a few flip; broken weights would flip half)
+    assert abs(int8["accuracy"] - fp32["accuracy"]) <= 0.05 and int8["auc"] > 0.8
+    # the default is now the int8 variant; its scores stay those of the original, within a few reviews
+    result = json.loads(cli("eval", "classifier", "--model", str(lora), "--data", str(reviews / "test.csv"),
+                            "--text-col", "review", "--label-col", "label", "--json"))
+    assert result["variant"] == "int8" and result["accuracy"] == int8["accuracy"]
+    assert result["reviews_per_second"] > 0
+    # `huaxiang sentiment --model` scores the store's reviews with it
+    db = str(tmp_path / "s.duckdb")
+    (tmp_path / "r.csv").write_text("review_id,user_id,item_id,text\nr1,u1,i1,东西很好，物流很快\n"
+                                    "r2,u1,i2,质量太差了，用了一天就坏了\n")
+    cli("ingest", str(tmp_path / "r.csv"), "--format", "csv", "--table", "reviews", "--db", db)
+    assert "scored 2 reviews" in cli("sentiment", "--db", db, "--model", str(lora))
+    import duckdb
+    with duckdb.connect(db, read_only=True) as con:
+        got = dict(con.execute("SELECT review_id, positive FROM review_sentiment").fetchall())
+        assert con.execute("SELECT DISTINCT method FROM review_sentiment").fetchall() == [
+            (f"classifier:{lora} (int8)",)]
+    assert got["r1"] > got["r2"]
 
 
 @pytest.mark.slow

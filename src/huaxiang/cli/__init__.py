@@ -30,7 +30,7 @@ _state = {"debug": False}
 for command in (data.ingest, data.build, data.export, profiles.profile, profiles.score, profiles.segments, text.embed,
                 profiles.graph, text.sentiment, recommend.recommend, recommend.search, models.retrain, profiles.clv,
                 report.report, experiments.ope, service.forget, service.consume, service.serve, online.publish,
-                text.convert_encoder, text.pretrain, data.demo):
+                text.convert_encoder, text.pretrain, text.compress, data.demo):
     app.command()(command)
 train_app.command("classifier")(text.train_classifier)
 train_app.command("recommender")(recommend.train_recommender)

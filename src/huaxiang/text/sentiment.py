@@ -48,32 +48,36 @@ def frozen_scores(con, model: str, seed: int = 0) -> pd.DataFrame:
 
 
 def sentiment_model(model_dir: str):
-    """(model, tokenizer, max_len, column of the positive label) of a fine-tuned two-label classifier."""
+    """(model, tokenizer, max_len, column of the positive label, variant) of a fine-tuned two-label classifier, in
+    its fastest variant (int8 when `huaxiang compress` made one)."""
     from .classifier import load_classifier
     model, tok, meta = load_classifier(model_dir)
     positive = [i for i, l in enumerate(meta["labels"]) if str(l).lower() in POSITIVE_LABELS]
     if len(meta["labels"]) != 2 or len(positive) != 1:
         raise HuaxiangError(f"{model_dir}: a sentiment model needs two labels, one of them positive "
                             f"({'/'.join(sorted(POSITIVE_LABELS))}); it has {meta['labels']}")
-    return model, tok, meta["max_len"], positive[0]
+    return model, tok, meta["max_len"], positive[0], meta["variant"]
 
 
 def positive_proba(loaded, texts: list[str]) -> np.ndarray:
     from .classifier import predict_proba
-    model, tok, max_len, positive = loaded
+    model, tok, max_len, positive, _ = loaded
     return predict_proba(model, tok, texts, max_len)[:, positive]
 
 
-def classifier_scores(con, model_dir: str) -> pd.DataFrame:
-    loaded = sentiment_model(model_dir)
+def classifier_scores(con, loaded) -> pd.DataFrame:
     reviews = con.execute("SELECT review_id, text FROM reviews").df()
     return pd.DataFrame({"review_id": reviews["review_id"], "positive": positive_proba(loaded, reviews["text"].tolist())})
 
 
 def score_reviews(con, encoder_name: str, model_dir: str | None = None) -> int:
     """Replaces `review_sentiment`; returns the number of reviews scored."""
-    scores = classifier_scores(con, model_dir) if model_dir else frozen_scores(con, encoder_name)
-    method = f"classifier:{model_dir}" if model_dir else f"frozen:{encoder_name}"
+    if model_dir:
+        loaded = sentiment_model(model_dir)
+        scores, method = classifier_scores(con, loaded), f"classifier:{model_dir}" + (
+            " (int8)" if loaded[4] == "int8" else "")
+    else:
+        scores, method = frozen_scores(con, encoder_name), f"frozen:{encoder_name}"
     con.register("_sent", scores)
     with transaction(con):
         con.execute("CREATE OR REPLACE TABLE review_sentiment AS SELECT review_id, positive::DOUBLE AS positive, "
