@@ -18,6 +18,8 @@ CPU-sized runs and says so in the output.
 the whole training split — no labels, never the validation or test texts — then full fine-tuning from it with the
 same rows, epochs and length as `full`: what the pretraining buys at the same fine-tuning budget. Its run folder
 (out/sentiment/{dataset}_pretrain) keeps a checkpoint: a re-run with more --pretrain-steps resumes it.
+`full int8`: the `full` model (of this run, or of an earlier one: its folder is kept) compressed by `huaxiang
+compress`, scored on the same test rows, and the fp32 original timed again beside it (reviews/s, same run).
 
 Results go to out/sentiment/{dataset}.json, one row per method with its confusion matrix (rows = true label),
 the machine, the date and the run's arguments; a run replaces the rows of the methods it ran and keeps the others.
@@ -38,7 +40,7 @@ from machine import stamp
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "out" / "sentiment"
-METHODS = ("frozen", "lora", "full", "pretrain+full")
+METHODS = ("frozen", "lora", "full", "pretrain+full", "full int8")
 LABEL_NAMES = ("negative", "positive")  # label 0 and 1 in both datasets
 
 
@@ -106,11 +108,20 @@ def finetune(train, validation, test, lora: bool, epochs: int, max_len: int, bal
     meta = train_classifier(labelled(train), str(workdir), TrainConfig(lora=lora, epochs=epochs, max_len=max_len,
                                                                        balanced=balanced, init=init),
                             validation=labelled(validation))
-    model, tok, saved = load_classifier(str(workdir))
-    proba = predict_proba(model, tok, test["text"].tolist(), saved["max_len"])
-    y = test["label"].astype(str).map({label: i for i, label in enumerate(saved["labels"])}).to_numpy()
+    y, proba, speed = scored(workdir, test, "fp32")
     return y, proba, {"train_seconds": meta["train_seconds"], "epochs_run": len(meta["history"]),
-                      "trainable_parameters": meta["trainable_parameters"]}
+                      "trainable_parameters": meta["trainable_parameters"], **speed}
+
+
+def scored(workdir: Path, test: pd.DataFrame, variant: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(true label index, class probabilities, reviews/s) of a saved classifier's `variant` on the test split."""
+    from huaxiang.text.classifier import load_classifier, predict_proba
+    model, tok, saved = load_classifier(str(workdir), variant)
+    started = time.perf_counter()
+    proba = predict_proba(model, tok, test["text"].tolist(), saved["max_len"])
+    seconds = time.perf_counter() - started
+    y = test["label"].astype(str).map({label: i for i, label in enumerate(saved["labels"])}).to_numpy()
+    return y, proba, {"reviews_per_second": len(test) / seconds, "variant": variant}
 
 
 def confusion(y_true, pred, labels) -> dict:
@@ -179,6 +190,12 @@ def main() -> None:
     for method in args.methods.split(","):
         if method == "frozen":
             y, proba, extra = frozen(parts["train"], parts["test"], args.balanced)
+        elif method == "full int8":  # (the `full` model of this or an earlier run, compressed; both timed now)
+            from huaxiang.text.classifier import compress_classifier
+            compress_classifier(str(OUT / f"{args.dataset}_full"))
+            _, _, again = scored(OUT / f"{args.dataset}_full", parts["test"], "fp32")
+            y, proba, extra = scored(OUT / f"{args.dataset}_full", parts["test"], "int8")
+            extra = {**extra, "train_seconds": 0.0, "fp32_reviews_per_second_same_run": again["reviews_per_second"]}
         elif method == "pretrain+full":
             pre = pretrained(unlabelled, args.pretrain_steps, args.max_len, OUT / f"{args.dataset}_pretrain")
             y, proba, extra = finetune(parts["train"], parts["validation"], parts["test"], False, args.epochs,
@@ -191,10 +208,11 @@ def main() -> None:
                                        args.epochs, args.max_len, args.balanced, OUT / f"{args.dataset}_{method}")
         rows.append(result_row(method, y, proba, machine, vars(args), **extra))
         print(json.dumps(rows[-1]), flush=True)
-    print("\n| method | accuracy | macro-F1 | AUC | train s | epochs |\n|---|---:|---:|---:|---:|---:|")
+    print("\n| method | accuracy | macro-F1 | AUC | train s | epochs | reviews/s |\n|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['method']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r.get('auc', float('nan')):.4f} | "
-              f"{r['train_seconds']:.0f} | {r.get('epochs_run', '–')} |")
+              f"{r['train_seconds']:.0f} | {r.get('epochs_run', '–')} | "
+              + (f"{r['reviews_per_second']:,.0f} |" if "reviews_per_second" in r else "– |"))
     path = OUT / f"{args.dataset}.json"
     written = f"{datetime.fromtimestamp(path.stat().st_mtime, timezone.utc):%Y-%m-%d %H:%M} UTC" if path.exists() else None
     path.write_text(json.dumps(merge_results(read_results(path), rows, written), indent=2))

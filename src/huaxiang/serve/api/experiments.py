@@ -77,8 +77,7 @@ async def exposures_log(request: Request, format: Literal["parquet", "csv"] = "p
     fd, path = tempfile.mkstemp(prefix="huaxiang-log-", suffix=f".{format}")
     os.close(fd)
     try:
-        got = await run_in_threadpool(service(request).export_exposures, path,
-                                      until, key.tenants)
+        got = await run_in_threadpool(service(request).export_exposures, path, until, key.tenants)
     except BaseException:
         os.unlink(path)
         raise
