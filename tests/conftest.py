@@ -95,12 +95,18 @@ def start_server(db: str, *args: str, online: str | None = None):
         proc.wait(10)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    db = str(tmp_path_factory.mktemp("serve") / "s.duckdb")
+def taobao_store(folder: Path) -> str:
+    """A store at `folder`/s.duckdb of the bundled Taobao slice (namespace taobao), built, with item-KNN trained."""
+    db = str(folder / "s.duckdb")
     cli("ingest", str(TAOBAO), "--format", "taobao", "--namespace", "taobao", "--db", db)
     cli("build", "--db", db)
     cli("train", "recommender", "--model", "itemknn", "--db", db)
+    return db
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    db = taobao_store(tmp_path_factory.mktemp("serve"))
     keys = {scope: cli("keys", "create", "--scope", scope, "--db", db).strip().splitlines()[-1]
             for scope in ("read", "write", "admin")}
     with start_server(db, "--max-body-bytes", "200000") as base:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TAOBAO, call, cli, start_server
+from conftest import call, cli, start_server, taobao_store
 
 from huaxiang.experiments.explore import explore
 
@@ -43,10 +43,7 @@ def click_chance(item_id: str) -> float:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    db = str(tmp_path_factory.mktemp("explore") / "s.duckdb")
-    cli("ingest", str(TAOBAO), "--format", "taobao", "--namespace", "taobao", "--db", db)
-    cli("build", "--db", db)
-    cli("train", "recommender", "--model", "itemknn", "--db", db)
+    db = taobao_store(tmp_path_factory.mktemp("explore"))
     key = cli("keys", "create", "--scope", "admin", "--db", db).strip().splitlines()[-1]
     return db, key
 

@@ -8,7 +8,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from conftest import TAOBAO, call, cli, start_server
+from conftest import call, cli, start_server, taobao_store
 
 from huaxiang import store
 from huaxiang.experiments.exposures import ExposureLog, record
@@ -63,10 +63,7 @@ def test_an_online_workers_entry_is_stored_by_the_writer(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    db = str(tmp_path_factory.mktemp("exposures") / "s.duckdb")
-    cli("ingest", str(TAOBAO), "--format", "taobao", "--namespace", "taobao", "--db", db)
-    cli("build", "--db", db)
-    cli("train", "recommender", "--model", "itemknn", "--db", db)
+    db = taobao_store(tmp_path_factory.mktemp("exposures"))
     key = cli("keys", "create", "--scope", "read", "--db", db).strip().splitlines()[-1]
     return db, key
 
