@@ -103,7 +103,7 @@ def pretrained(texts: list[str], steps: int, max_len: int, workdir: Path) -> dic
 def finetune(train, validation, test, lora: bool, epochs: int, max_len: int, balanced: bool,
              workdir: Path, init: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """(true label index, class probabilities, extra figures) on the test split, from the saved best epoch."""
-    from huaxiang.text.classifier import TrainConfig, load_classifier, predict_proba, train_classifier
+    from huaxiang.text.classifier import TrainConfig, train_classifier
     labelled = lambda d: d[["text", "label"]].assign(label=d["label"].astype(str))
     meta = train_classifier(labelled(train), str(workdir), TrainConfig(lora=lora, epochs=epochs, max_len=max_len,
                                                                        balanced=balanced, init=init),
