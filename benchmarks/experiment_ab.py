@@ -83,9 +83,10 @@ def request(base: str, method: str, path: str, key: str, body=None) -> dict:
 
 
 def clients(base: str, read_key: str, write_key: str, futures: dict[str, set[str]], seed: int,
-            k: int = 10) -> dict[str, str]:
-    """Each user asks for `k` recommendations once and clicks and buys as the module's docstring says (their events
-    posted in batches); returns the variant each was served."""
+            k: int = 10, p_other: float = P_OTHER) -> dict[str, str]:
+    """Each user asks for `k` recommendations once and clicks and buys as the module's docstring says (an item not
+    in their future is clicked with probability `p_other`; events posted in batches); returns the variant each was
+    served."""
     rng = np.random.default_rng(seed)
     seen, events = {}, []
     for n, (user, future) in enumerate(futures.items()):
@@ -96,7 +97,7 @@ def clients(base: str, read_key: str, write_key: str, futures: dict[str, set[str
         ts = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat()
         for item in answer["items"]:
             hit = item["item_id"] in future
-            if rng.random() < (P_FUTURE if hit else P_OTHER):
+            if rng.random() < (P_FUTURE if hit else p_other):
                 events.append({"user_id": user, "item_id": item["item_id"], "type": "click", "ts": ts,
                                "request_id": answer["request_id"]})
                 if hit and rng.random() < P_BUY:

@@ -152,7 +152,7 @@ def test_a_record_keeps_every_value_and_each_item_becomes_a_row_in_order():
         ("r2", at, None, "c", 1, 0.5, "recommendations", None, None, None, None, None, None)]
 
 
-def test_the_rows_of_forgotten_users_are_refused_the_others_stored_in_order(tmp_path):
+def test_the_rows_of_forgotten_users_are_refused_the_others_stored_with_their_positions(tmp_path):
     from huaxiang.experiments.exposures import store_lines
     db = str(tmp_path / "s.duckdb")
     con = store.connect(db)
@@ -163,7 +163,7 @@ def test_the_rows_of_forgotten_users_are_refused_the_others_stored_in_order(tmp_
     lines = [record(q, u, "search", items) for q, u in (("q1", "stays"), ("q2", "gone"), ("q3", None), ("q4", "stays"))]
     assert store_lines(con, lines) == 6
     assert store_lines(con, [record("q7", "gone", "search", items)]) == 0
-    assert con.execute("SELECT request_id, user_id, position FROM exposures").fetchall() == [
+    assert con.execute("SELECT request_id, user_id, position FROM exposures ORDER BY ALL").fetchall() == [
         ("q1", "stays", 1), ("q1", "stays", 2), ("q3", None, 1), ("q3", None, 2), ("q4", "stays", 1),
         ("q4", "stays", 2)]
 
