@@ -20,6 +20,9 @@ same rows, epochs and length as `full`: what the pretraining buys at the same fi
 (out/sentiment/{dataset}_pretrain) keeps a checkpoint: a re-run with more --pretrain-steps resumes it.
 `full int8`: the `full` model (of this run, or of an earlier one: its folder is kept) compressed by `huaxiang
 compress`, scored on the same test rows, and the fp32 original timed again beside it (reviews/s, same run).
+`distilled`, `distilled int8`: the `full` model distilled into a student with half its layers (`huaxiang compress
+--distil`: one pass over the training split's texts, the teacher's probabilities as targets, no labels), made once
+and kept in the model's folder, and its int8; the fp32 teacher timed again beside each.
 
 Results go to out/sentiment/{dataset}.json, one row per method with its confusion matrix (rows = true label),
 the machine, the date and the run's arguments; a run replaces the rows of the methods it ran and keeps the others.
@@ -30,6 +33,7 @@ import argparse
 import gzip
 import json
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,7 +44,7 @@ from machine import stamp
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "out" / "sentiment"
-METHODS = ("frozen", "lora", "full", "pretrain+full", "full int8")
+METHODS = ("frozen", "lora", "full", "pretrain+full", "full int8", "distilled", "distilled int8")
 LABEL_NAMES = ("negative", "positive")  # label 0 and 1 in both datasets
 
 
@@ -100,14 +104,27 @@ def pretrained(texts: list[str], steps: int, max_len: int, workdir: Path) -> dic
                                                         checkpoint_every=100), resume, progress)
 
 
-def finetune(train, validation, test, lora: bool, epochs: int, max_len: int, balanced: bool,
-             workdir: Path, init: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+def finetune(train, validation, test, lora: bool, args, workdir: Path,
+             init: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """(true label index, class probabilities, extra figures) on the test split, from the saved best epoch."""
-    from huaxiang.text.classifier import TrainConfig, train_classifier
+    from huaxiang.text.classifier import CHECKPOINT, TrainConfig, train_classifier
     labelled = lambda d: d[["text", "label"]].assign(label=d["label"].astype(str))
-    meta = train_classifier(labelled(train), str(workdir), TrainConfig(lora=lora, epochs=epochs, max_len=max_len,
-                                                                       balanced=balanced, init=init),
-                            validation=labelled(validation))
+    cfg = TrainConfig(lora=lora, epochs=args.epochs, max_len=args.max_len, balanced=args.balanced, init=init,
+                      lr=args.lr, batch_size=args.batch_size, freeze_embeddings=args.freeze_embeddings and not lora)
+    started = time.perf_counter()
+
+    def progress(desc: str, done: int, total: int) -> None:
+        if done % 100 == 0 or done == total:
+            print(f"    {workdir.name} {desc} step {done}/{total} ({time.perf_counter() - started:,.0f} s)", flush=True)
+    done = json.loads((workdir / "classifier.json").read_text()) if (workdir / "classifier.json").exists() else None
+    settings = {k: v for k, v in asdict(cfg).items() if k != "history"}
+    same = done and all(done["config"].get(k, v) == v for k, v in settings.items())  # (newer settings: as given)
+    if same and done["train_rows"] == len(train):
+        print(f"    {workdir.name}: trained before with the same settings; scoring that model", flush=True)
+        meta = done
+    else:
+        meta = train_classifier(labelled(train), str(workdir), cfg, progress, validation=labelled(validation),
+                                resume=(workdir / CHECKPOINT / "state.pt").exists())
     y, proba, speed = scored(workdir, test, "fp32")
     return y, proba, {"train_seconds": meta["train_seconds"], "epochs_run": len(meta["history"]),
                       "trainable_parameters": meta["trainable_parameters"], **speed}
@@ -134,10 +151,32 @@ def confusion(y_true, pred, labels) -> dict:
 def result_row(method: str, y_true, proba, machine: str, args: dict, labels=LABEL_NAMES, **extra) -> dict:
     """One method's result: accuracy, macro-F1, n, AUC (`scores`) and the confusion matrix, from the same argmax
     predictions; then the run's extra figures, machine and date, and arguments."""
+    from huaxiang.models.scores import binary_metrics
     from huaxiang.text.classifier import scores
     y_true, proba = np.asarray(y_true, int), np.asarray(proba, float)
-    return {"method": method, **scores(y_true, proba, list(labels)),
+    calibration = {k: v for k, v in binary_metrics(y_true, proba[:, 1]).items() if k in ("brier", "ece", "calibration")
+                   } if len(labels) == 2 else {}
+    return {"method": method, **scores(y_true, proba, list(labels)), **calibration,
             "confusion": confusion(y_true, proba.argmax(axis=1), labels), **extra, "machine": machine, "args": args}
+
+
+def calibration_plot(rows: list[dict], path: Path) -> None:
+    """Each method's reliability curve (mean predicted probability of "positive" against the observed share, in
+    ten quantile bins of the test split) on one chart."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for r in rows:
+        if r.get("calibration"):
+            ax.plot([b["mean_predicted"] for b in r["calibration"]], [b["observed"] for b in r["calibration"]],
+                    marker="o", label=f"{r['method']} (ECE {r['ece']:.3f})")
+    ax.set(xlabel="predicted P(positive)", ylabel="observed share positive", title=path.stem.replace("_", " "))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def merge_results(old: dict | None, rows: list[dict], old_written: str | None = None) -> dict:
@@ -171,6 +210,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--max-len", type=int, default=64)
     ap.add_argument("--balanced", action="store_true", help="inverse-frequency class weights in the loss")
+    ap.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default 3e-5 full, 5e-4 LoRA)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--freeze-embeddings", action="store_true", help="full fine-tuning leaves the word embeddings")
     ap.add_argument("--pretrain-steps", type=int, default=300, help="pretrain+full: continued pretraining steps")
     args = ap.parse_args()
     parts = split(load(args.dataset))
@@ -186,26 +228,42 @@ def main() -> None:
     machine = stamp(torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
     print(f"dataset {args.dataset}: train {len(parts['train']):,} / validation {len(parts['validation']):,} / "
           f"test {len(parts['test']):,} rows; {machine}", flush=True)
+    run = args.dataset + (f"_{args.train_rows}rows" if args.train_rows else "") + (
+        f"_test{args.test_rows}" if args.test_rows else "")  # (names the result file and the model folders)
     rows = []
     for method in args.methods.split(","):
         if method == "frozen":
             y, proba, extra = frozen(parts["train"], parts["test"], args.balanced)
         elif method == "full int8":  # (the `full` model of this or an earlier run, compressed; both timed now)
             from huaxiang.text.classifier import compress_classifier
-            compress_classifier(str(OUT / f"{args.dataset}_full"))
-            _, _, again = scored(OUT / f"{args.dataset}_full", parts["test"], "fp32")
-            y, proba, extra = scored(OUT / f"{args.dataset}_full", parts["test"], "int8")
+            compress_classifier(str(OUT / f"{run}_full"))
+            _, _, again = scored(OUT / f"{run}_full", parts["test"], "fp32")
+            y, proba, extra = scored(OUT / f"{run}_full", parts["test"], "int8")
             extra = {**extra, "train_seconds": 0.0, "fp32_reviews_per_second_same_run": again["reviews_per_second"]}
+        elif method in ("distilled", "distilled int8"):  # (the `full` model's student: made once, kept in its folder)
+            from huaxiang.text.classifier import DistilConfig, compress_classifier, distil_classifier
+            teacher = OUT / f"{run}_full"
+            if not (teacher / "student" / "int8.pt").exists():
+                started = time.perf_counter()
+                said = distil_classifier(str(teacher), parts["train"]["text"].tolist(), DistilConfig(), lambda d, n, t:
+                                         print(f"    {d} {n}/{t} ({time.perf_counter() - started:,.0f} s)", flush=True)
+                                         if n % 100 == 0 else None)
+                compress_classifier(str(teacher))
+                print(f"distilled in {said['train_seconds']:.0f} s", flush=True)
+            saved = json.loads((teacher / "student" / "classifier.json").read_text())
+            _, _, again = scored(teacher, parts["test"], "fp32")
+            y, proba, extra = scored(teacher, parts["test"], "student" if method == "distilled" else "student-int8")
+            extra = {**extra, "train_seconds": saved["train_seconds"], "layers": len(saved["layers_kept"]),
+                     "fp32_reviews_per_second_same_run": again["reviews_per_second"]}
         elif method == "pretrain+full":
             pre = pretrained(unlabelled, args.pretrain_steps, args.max_len, OUT / f"{args.dataset}_pretrain")
-            y, proba, extra = finetune(parts["train"], parts["validation"], parts["test"], False, args.epochs,
-                                       args.max_len, args.balanced, OUT / f"{args.dataset}_pretrain_full",
-                                       init=str(OUT / f"{args.dataset}_pretrain"))
+            y, proba, extra = finetune(parts["train"], parts["validation"], parts["test"], False, args,
+                                       OUT / f"{run}_pretrain_full", init=str(OUT / f"{args.dataset}_pretrain"))
             extra = {**extra, "pretrain": {k: pre[k] for k in (
                 "steps", "texts", "train_seconds", "held_out_perplexity_before", "held_out_perplexity_after")}}
         else:
-            y, proba, extra = finetune(parts["train"], parts["validation"], parts["test"], method == "lora",
-                                       args.epochs, args.max_len, args.balanced, OUT / f"{args.dataset}_{method}")
+            y, proba, extra = finetune(parts["train"], parts["validation"], parts["test"], method == "lora", args,
+                                       OUT / f"{run}_{method}")
         rows.append(result_row(method, y, proba, machine, vars(args), **extra))
         print(json.dumps(rows[-1]), flush=True)
     print("\n| method | accuracy | macro-F1 | AUC | train s | epochs | reviews/s |\n|---|---:|---:|---:|---:|---:|---:|")
@@ -213,7 +271,8 @@ def main() -> None:
         print(f"| {r['method']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r.get('auc', float('nan')):.4f} | "
               f"{r['train_seconds']:.0f} | {r.get('epochs_run', '–')} | "
               + (f"{r['reviews_per_second']:,.0f} |" if "reviews_per_second" in r else "– |"))
-    path = OUT / f"{args.dataset}.json"
+    calibration_plot(rows, OUT / f"{run}_calibration.png")
+    path = OUT / f"{run}.json"
     written = f"{datetime.fromtimestamp(path.stat().st_mtime, timezone.utc):%Y-%m-%d %H:%M} UTC" if path.exists() else None
     path.write_text(json.dumps(merge_results(read_results(path), rows, written), indent=2))
     print(f"wrote {path}")

@@ -1,6 +1,8 @@
 """Fine-tuning the converted encoder: full and LoRA, saved, reloaded and evaluated from the CLI."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -76,7 +78,7 @@ def test_lora_learns_sentiment(reviews, lora):
 def test_the_int8_variant_scores_like_the_original_and_serves_sentiment(reviews, lora, tmp_path):
     said = json.loads(cli("compress", "--model", str(lora), "--data", str(reviews / "test.csv"), "--text-col",
                           "review", "--label-col", "label", "--json"))
-    assert said["path"] == str(lora / "int8.pt") and (lora / "int8.pt").exists()
+    assert said["paths"] == [str(lora / "int8.pt")] and (lora / "int8.pt").exists() and "student" not in said
     fp32, int8 = said["fp32"], said["int8"]
     assert (fp32["variant"], fp32["n"], int8["variant"], int8["n"]) == ("fp32", 200, "int8", 200)
     # (a LoRA trained on 200 reviews has many near-even predictions: a few flip; broken weights would flip half)
@@ -121,3 +123,62 @@ def test_training_ignores_the_callers_index(tmp_path):
     df = df.rename(columns={"review": "text"})[["text", "label"]].astype({"label": str})  # index: original rows
     meta = train_classifier(df, str(tmp_path / "m"), TrainConfig(lora=True, epochs=1, max_len=16, batch_size=16))
     assert meta["train_rows"] + meta["validation_rows"] == 32
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumed_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    import torch
+
+    from huaxiang.errors import HuaxiangError
+    from huaxiang.text.classifier import CHECKPOINT, TrainConfig, train_classifier
+    df = pd.read_csv(demo_path("online_shopping_10_cats_2000.csv.gz")).sample(n=48, random_state=5)
+    df = df.rename(columns={"review": "text"})[["text", "label"]].astype({"label": str})
+    cfg = lambda: TrainConfig(lora=True, epochs=2, max_len=16, batch_size=8, checkpoint_every=2, patience=5)
+    whole = train_classifier(df, str(tmp_path / "whole"), cfg())
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_epoch_2(desc: str, done: int, total: int) -> None:
+        if desc.startswith("epoch 2/") and done == 3:
+            raise Stop
+    with pytest.raises(Stop):
+        train_classifier(df, str(tmp_path / "cut"), cfg(), stop_in_epoch_2)
+    state = torch.load(tmp_path / "cut" / CHECKPOINT / "state.pt", weights_only=False)
+    assert (state["epoch"], state["step"], len(state["history"])) == (2, 2, 1)
+    with pytest.raises(HuaxiangError, match="other data or settings"):
+        train_classifier(df.iloc[1:], str(tmp_path / "cut"), cfg(), resume=True)
+    resumed = train_classifier(df, str(tmp_path / "cut"), cfg(), resume=True)
+    assert resumed["resumed"] and not (tmp_path / "cut" / CHECKPOINT).exists()
+    assert [h["macro_f1"] for h in resumed["history"]] == [h["macro_f1"] for h in whole["history"]]
+    for name, weights in torch.load(tmp_path / "whole" / "head.pt").items():
+        assert torch.equal(weights, torch.load(tmp_path / "cut" / "head.pt")[name])
+    from safetensors.torch import load_file
+    adapters = [load_file(tmp_path / run / "adapter" / "adapter_model.safetensors") for run in ("whole", "cut")]
+    assert adapters[0].keys() == adapters[1].keys() and all(torch.equal(adapters[0][k], adapters[1][k])
+                                                            for k in adapters[0])
+    with pytest.raises(HuaxiangError, match="no checkpoint"):
+        train_classifier(df, str(tmp_path / "fresh"), cfg(), resume=True)
+
+
+@pytest.mark.slow
+def test_a_distilled_student_follows_its_teacher_and_becomes_the_default(reviews, lora, tmp_path):
+    said = json.loads(cli("compress", "--model", str(lora), "--distil", str(reviews / "train.csv"), "--text-col",
+                          "review", "--epochs", "3", "--data", str(reviews / "test.csv"), "--label-col", "label",
+                          "--json"))
+    print({v: said[v] for v in ("fp32", "int8", "student", "student-int8")})
+    student = said["distilled"]
+    assert (student["teacher_layers"], student["layers_kept"], student["train_texts"]) == (12, [0, 2, 4, 7, 9, 11], 200)
+    assert said["paths"] == [str(lora / "int8.pt"), str(lora / "student" / "int8.pt")]
+    assert [said[v]["variant"] for v in ("fp32", "int8", "student", "student-int8")] == [
+        "fp32", "int8", "student", "student-int8"]
+    # half the layers: faster, and it learnt its teacher's task from unlabelled texts (random weights score ~0.5)
+    assert said["student"]["reviews_per_second"] > said["fp32"]["reviews_per_second"]
+    assert said["student"]["auc"] > 0.75 and said["student-int8"]["auc"] > 0.75
+    result = json.loads(cli("eval", "classifier", "--model", str(lora), "--data", str(reviews / "test.csv"),
+                            "--text-col", "review", "--label-col", "label", "--json"))
+    assert result["variant"] == "student-int8" and result["accuracy"] == said["student-int8"]["accuracy"]
+    bad = subprocess.run([sys.executable, "-m", "huaxiang.cli", "compress", "--model", str(lora), "--distil",
+                          str(reviews / "train.csv"), "--text-col", "review", "--layers", "12"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "a student has 1 to 11 layers" in bad.stderr and "Traceback" not in bad.stderr

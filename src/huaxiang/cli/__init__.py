@@ -34,6 +34,7 @@ for command in (data.ingest, data.build, data.export, profiles.profile, profiles
     app.command()(command)
 train_app.command("classifier")(text.train_classifier)
 train_app.command("recommender")(recommend.train_recommender)
+train_app.command("behaviour")(text.train_behaviour)
 eval_app.command("classifier")(text.eval_classifier)
 eval_app.command("seqrec")(recommend.eval_seqrec)
 keys_app.command("create")(service.create_key)

@@ -32,15 +32,34 @@ def profile(
 
 
 def score(
-    kinds: list[str] = typer.Argument(..., help="One or more of: churn, propensity, clv, risk (or all)."),
+    kinds: list[str] = typer.Argument(..., help="One or more of: churn, propensity, clv, risk (or all); behaviour "
+                                      "with --model."),
     db: str = DB,
     config: Optional[str] = CONFIG,
+    model: Optional[str] = typer.Option(None, "--model", help="behaviour: a folder of `huaxiang train behaviour`; "
+                                        "its target (e.g. buy_next_day) becomes the kind written."),
+    text_only: bool = typer.Option(False, "--text-only", help="behaviour: the language model alone, not its blend "
+                                   "with LightGBM."),
     as_json: bool = json_option("Print what was written as one JSON object."),
 ):
     """Write lifecycle scores into the store (table `scores`), each with its reasons: churn and purchase
     propensity (LightGBM + TreeSHAP), CLV (BG/NBD + Gamma-Gamma, with value tiers) and risk flags. Each kind's
-    models are kept as a version in the store's model registry (`huaxiang models list`), with their validation."""
-    written, notes = run_score(connect(db), load_config(config), kinds, err, db)
+    models are kept as a version in the store's model registry (`huaxiang models list`), with their validation.
+    `behaviour --model DIR` scores with a behaviour model (`huaxiang train behaviour`): blended with LightGBM by the
+    weight chosen on validation, or alone (--text-only)."""
+    if ("behaviour" in kinds) != (model is not None):
+        raise HuaxiangError("the behaviour score needs --model (a `huaxiang train behaviour` folder), and --model "
+                            "needs the kind behaviour")
+    con, cfg = connect(db), load_config(config)
+    written, notes = run_score(con, cfg, [k for k in kinds if k != "behaviour"], err, db)
+    if model is not None:
+        from ..models.behaviour import score_behaviour
+        from ..profile.scores import replace_scores
+        with spinner() as bar:
+            bar.add_task("scoring with the behaviour model", total=None)
+            rows = score_behaviour(con, cfg, model, text_only)
+        replace_scores(con, rows["kind"].iloc[0] if len(rows) else "behaviour", rows)
+        written[rows["kind"].iloc[0] if len(rows) else "behaviour"] = len(rows)
     if as_json:
         print(json.dumps({"written": written, "notes": notes}, ensure_ascii=False))
         return

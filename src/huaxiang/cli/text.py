@@ -94,21 +94,30 @@ def train_classifier(
     init: Optional[str] = typer.Option(None, "--init", help="Start from this encoder instead of the packaged one: "
                                        "a `huaxiang pretrain --out` folder."),
     balanced: bool = typer.Option(False, "--balanced", help="Weight the loss by inverse label frequency (skewed labels)."),
+    freeze_embeddings: bool = typer.Option(False, "--freeze-embeddings", help=(
+        "Full fine-tuning leaves the word embeddings as they are: 96M of the encoder's 118M weights, about 40% less "
+        "time per step on a CPU.")),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=0, help=(
+        "Steps between checkpoints in OUT/checkpoint (also written after every epoch; 0: only then).")),
+    resume: bool = typer.Option(False, "--resume", help=(
+        "Continue the run whose checkpoint is in OUT (the same data and options are required).")),
     db: Optional[str] = typer.Option(None, "--db", help=(
         "Also list the classifier as a version in this store's model registry (`huaxiang models list`).")),
 ):
     """Fine-tune the multilingual encoder as a classifier: full or LoRA, seeded validation split
-    (10%, stratified), early stopping on validation macro-F1."""
+    (10%, stratified), early stopping on validation macro-F1. A run can be stopped and continued: --resume."""
     from ..text.classifier import TrainConfig, read_labelled
     from ..text.classifier import train_classifier as train
     df = read_labelled(data, text_col, label_col, max_rows)
     cfg = TrainConfig(lora=lora, epochs=epochs, max_rows=max_rows, max_len=max_len, batch_size=batch_size, lr=lr,
-                      seed=seed, balanced=balanced, init=init)
+                      seed=seed, balanced=balanced, init=init, freeze_embeddings=freeze_embeddings,
+                      checkpoint_every=checkpoint_every)
     with Progress(TextColumn("train {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task("loading", total=None)
         meta = train(df, out_dir, cfg,
-                     lambda desc, done, total: bar.update(task, description=desc, completed=done, total=total))
+                     lambda desc, done, total: bar.update(task, description=desc, completed=done, total=total),
+                     resume=resume)
     best = meta["best_validation"]
     out.print(f"{meta['method']} fine-tuning on {meta['train_rows']:,} rows ({meta['trainable_parameters']:,} "
               f"trainable parameters) in {meta['train_seconds']:.0f} s; best validation epoch {best['epoch']}: "
@@ -118,6 +127,48 @@ def train_classifier(
         entry = register_folder(db, "classifier", meta["method"], out_dir, {**meta["config"], "data": data},
                                 {k: best[k] for k in ("accuracy", "macro_f1") if k in best})
         out.print(f"registered as classifier version {entry['version']} of {db}", markup=False, highlight=False)
+
+
+def train_behaviour(
+    target: str = typer.Option(..., "--target", help="buy_next_day, cart_next_day or churn_90d."),
+    db: str = DB,
+    out_dir: str = typer.Option(..., "--out", help="Folder for the model (text model, LightGBM, behaviour.json)."),
+    tenant: Optional[str] = typer.Option(None, "--tenant", help="The tenant whose users to learn (default: the "
+                                         "store's only one)."),
+    lora: bool = typer.Option(False, "--lora", help="LoRA adapters instead of full fine-tuning (word embeddings "
+                              "frozen)."),
+    epochs: int = typer.Option(2, "--epochs", min=1),
+    max_len: int = typer.Option(256, "--max-len", min=16, max=512, help="Tokens per history."),
+    train_cutoffs: int = typer.Option(5, "--train-cutoffs", min=1, help="Training cut-offs (days apart for the "
+                                      "next-day targets, 30 days for churn_90d)."),
+    max_users: Optional[int] = typer.Option(None, "--max-users", min=10, help="Learn from a seeded sample of this "
+                                            "many of the tenant's users."),
+    config: Optional[str] = CONFIG,
+    as_json: bool = JSON,
+):
+    """Fine-tune the encoder on each user's history written as text (items named by title, category, brand and
+    price where known) to predict a target, with a time-based split; fit LightGBM on the profile features of the
+    same cut-offs, choose their blend on validation and report all three on test (AUC, PR-AUC, Brier,
+    calibration). `huaxiang score behaviour --model OUT` then scores the users."""
+    from ..models.behaviour import BehaviourConfig
+    from ..models.behaviour import train_behaviour as run
+    bc = BehaviourConfig(target=target, tenant=tenant, lora=lora, epochs=epochs, max_len=max_len,
+                         n_train=train_cutoffs, max_users=max_users)
+    with Progress(TextColumn("train behaviour {task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task("loading", total=None)
+        result = run(connect(db), load_config(config), bc, out_dir,
+                     lambda desc, done, total: bar.update(task, description=desc, completed=done, total=total))
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    out.print(f"{result['target']} for tenant {result['tenant']!r}: " + ", ".join(
+        f"{k} {n:,} examples" for k, n in result["examples"].items()) + f"; text weight in the blend "
+              f"{result['text_weight']:.1f} (chosen on validation)", markup=False, highlight=False)
+    for name, m in result["test"].items():
+        out.print(f"test {name}: AUC {m['auc']:.4f}, PR-AUC {m['pr_auc']:.4f}, Brier {m['brier']:.4f} "
+                  f"(positive rate {m['positive_rate']:.1%})", markup=False, highlight=False)
 
 
 def pretrain(
@@ -165,31 +216,53 @@ def pretrain(
 
 def compress(
     model: str = typer.Option(..., "--model", help="A folder written by `huaxiang train classifier`."),
-    data: Optional[str] = typer.Option(None, "--data", help="Also score both variants on this labelled CSV "
+    distil: Optional[str] = typer.Option(None, "--distil", help="Also distil the classifier into a student with half "
+                                         "its layers, trained to match it on the texts of this CSV (its --text-col; "
+                                         "labels not needed): MODEL/student."),
+    layers: Optional[int] = typer.Option(None, "--layers", min=1, help="With --distil: the student's layers "
+                                         "(default: half the teacher's)."),
+    epochs: int = typer.Option(1, "--epochs", min=1, help="With --distil: passes over its texts."),
+    data: Optional[str] = typer.Option(None, "--data", help="Also score every variant on this labelled CSV "
                                        "(accuracy, macro-F1, reviews/s)."),
     text_col: str = typer.Option("text", "--text-col"),
     label_col: str = typer.Option("label", "--label-col"),
-    max_rows: Optional[int] = typer.Option(None, "--max-rows", min=1, help="Score a seeded sample of this many "
-                                           "rows."),
+    max_rows: Optional[int] = typer.Option(None, "--max-rows", min=1, help="Score (and distil on) a seeded sample "
+                                           "of this many rows."),
     as_json: bool = JSON,
 ):
-    """Write the int8 variant of a fine-tuned classifier (dynamic quantisation) beside it: `huaxiang sentiment
-    --model` and `eval classifier` then use it on the CPU."""
-    from ..text.classifier import compress_classifier, evaluate_classifier, read_labelled
+    """Make the faster variants of a fine-tuned classifier: int8 (dynamic quantisation) beside it and, with
+    --distil, a student with half the layers (and its int8). `huaxiang sentiment --model` and `eval classifier`
+    then use the fastest present."""
+    from ..text.classifier import (VARIANTS, DistilConfig, compress_classifier, distil_classifier,
+                                   evaluate_classifier, read_labelled)
+    result = {}
+    if distil:
+        texts = read_labelled(distil, text_col, None, max_rows)["text"].tolist()
+        with Progress(TextColumn("distil {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=err, transient=True) as bar:
+            task = bar.add_task("loading", total=None)
+            result["distilled"] = distil_classifier(model, texts, DistilConfig(layers=layers, epochs=epochs), lambda
+                                                  desc, done, total: bar.update(task, description=desc,
+                                                                                completed=done, total=total))
     with spinner() as bar:
-        bar.add_task("quantising the encoder to int8", total=None)
-        path = compress_classifier(model)
-    result = {"path": str(path)}
+        bar.add_task("quantising to int8", total=None)
+        result["paths"] = [str(p) for p in compress_classifier(model)]
+    has_student = len(result["paths"]) > 1
+    variants = [v for v in VARIANTS if has_student or not v.startswith("student")]
     if data:
         df = read_labelled(data, text_col, label_col, max_rows)
         with spinner() as bar:
-            bar.add_task(f"scoring both variants on {len(df):,} rows", total=None)
-            result.update({v: evaluate_classifier(model, df, v) for v in ("fp32", "int8")})
+            bar.add_task(f"scoring {len(variants)} variants on {len(df):,} rows", total=None)
+            result.update({v: evaluate_classifier(model, df, v) for v in variants})
     if as_json:
         print(json.dumps(result))
         return
-    out.print(f"wrote {path}", markup=False, highlight=False)
-    for v in ("fp32", "int8"):
+    if distil:
+        s = result["distilled"]
+        out.print(f"distilled a student of {len(s['layers_kept'])} layers (of {s['teacher_layers']}) on "
+                  f"{s['train_texts']:,} texts in {s['train_seconds']:.0f} s", markup=False, highlight=False)
+    out.print("wrote " + ", ".join(result["paths"]), markup=False, highlight=False)
+    for v in variants:
         if v in result:
             r = result[v]
             out.print(f"{v}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}, "
@@ -199,7 +272,8 @@ def compress(
 def eval_classifier(
     model: str = typer.Option(..., "--model", help="A folder written by `huaxiang train classifier`."),
     data: str = DATA, text_col: str = TEXT_COL, label_col: str = LABEL_COL,
-    variant: Optional[str] = typer.Option(None, "--variant", help="fp32 or int8 (default: the fastest present)."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="fp32, int8, student or student-int8 (default: the "
+                                          "fastest present)."),
     as_json: bool = JSON,
 ):
     """Score a trained classifier on labelled data: accuracy, macro-F1, n (and AUC for two labels), reviews/s."""

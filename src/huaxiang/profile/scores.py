@@ -260,14 +260,20 @@ def write_scores(con: duckdb.DuckDBPyConnection, cfg: Config, kinds, note: Calla
         if db is not None and models:
             entry = register_scores(db, kind, models)
             note(f"{kind}: models kept as {kind} version {entry['version']}")
-        with transaction(con):
-            con.execute("DELETE FROM scores WHERE kind = ?", [kind])
-            if len(rows):
-                con.register("_rows", rows)
-                con.execute("INSERT INTO scores SELECT user_id, kind, score, detail FROM _rows")
-                con.unregister("_rows")
+        replace_scores(con, kind, rows)
         written[kind] = len(rows)
     return written
+
+
+def replace_scores(con: duckdb.DuckDBPyConnection, kind: str, rows: pd.DataFrame) -> None:
+    """`rows` (user_id, kind, score, detail) become the store's scores of `kind`, in one transaction."""
+    con.execute(SCORES_DDL)
+    with transaction(con):
+        con.execute("DELETE FROM scores WHERE kind = ?", [kind])
+        if len(rows):
+            con.register("_rows", rows)
+            con.execute("INSERT INTO scores SELECT user_id, kind, score, detail FROM _rows")
+            con.unregister("_rows")
 
 
 MODEL_NAMES = {"churn": "lightgbm", "propensity": "lightgbm", "clv": "bgnbd-gamma-gamma", "risk": "rules+isolation-forest"}
