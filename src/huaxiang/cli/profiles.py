@@ -58,8 +58,9 @@ def score(
         with spinner() as bar:
             bar.add_task("scoring with the behaviour model", total=None)
             rows = score_behaviour(con, cfg, model, text_only)
-        replace_scores(con, rows["kind"].iloc[0] if len(rows) else "behaviour", rows)
-        written[rows["kind"].iloc[0] if len(rows) else "behaviour"] = len(rows)
+        kind = rows["kind"].iloc[0] if len(rows) else "behaviour"
+        replace_scores(con, kind, rows)
+        written[kind] = len(rows)
     if as_json:
         print(json.dumps({"written": written, "notes": notes}, ensure_ascii=False))
         return
