@@ -146,6 +146,13 @@ def transactions(events, orders):
             .aggregate(value=lines.amount.fill_null(0.0).sum()))
 
 
+def store_transactions(con):
+    """`transactions` of a store (a DuckDB connection) as a pandas frame, ordered by customer and day."""
+    ib = ibis.duckdb.from_connection(con)
+    tx = transactions(ib.table("events"), ib.table("orders")).to_pandas()
+    return tx.sort_values(["customer_id", "date"], ignore_index=True)
+
+
 def rfm(purch):
     """Recency (days since last purchase), frequency (distinct orders; returns are not orders),
     monetary (net spend: returns subtract)."""

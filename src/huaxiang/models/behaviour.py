@@ -26,15 +26,15 @@ import pandas as pd
 
 from ..config import Config
 from ..errors import HuaxiangError
+from ..features.behaviour import store_transactions
 from ..schema import tenant_sql
 from ..store import has_table
 from . import churn as ch
-from .scores import ScoreModel, binary_metrics
+from .scores import NOT_FEATURES, ScoreModel, binary_metrics
 
 TARGETS = {"buy_next_day": ("buy", 1), "cart_next_day": ("cart", 1), "churn_90d": ("buy", 90)}
 VERBS = {"view": "viewed", "cart": "carted", "fav": "saved", "buy": "bought", "search": "searched"}
 PLURAL = {"view": "views", "cart": "carts", "fav": "saves", "buy": "purchases", "search": "searches"}
-NOT_FEATURES = {"cluster", "habit_utc_offset", "peak_hour", "peak_weekday"}
 
 
 @dataclass
@@ -149,15 +149,10 @@ def examples(events: pd.DataFrame, names: dict, target: str, cut: datetime, rece
     return out.assign(cutoff=cut)
 
 
-def features(con, cfg: Config, events: pd.DataFrame, target: str, cut: datetime, users) -> pd.DataFrame:
+def features(con, cfg: Config, tx: pd.DataFrame | None, target: str, cut: datetime, users) -> pd.DataFrame:
     """LightGBM's numeric features of `users` at `cut` (the profile features as of it; churn: the transaction
-    features `huaxiang score churn` uses), indexed by user id."""
+    features `huaxiang score churn` uses, from `tx`, the store's `store_transactions`), indexed by user id."""
     if target == "churn_90d":
-        import ibis
-
-        from ..features.behaviour import transactions  # (the same transactions the churn score reads)
-        ib = ibis.duckdb.from_connection(con)
-        tx = transactions(ib.table("events"), ib.table("orders")).to_pandas()
         tx = tx[tx["customer_id"].isin(set(users)) & (tx["date"] < pd.Timestamp(cut))]
         f = ch.customer_features(tx, pd.Timestamp(cut) - timedelta(microseconds=1))
     else:
@@ -199,6 +194,7 @@ def train_behaviour(con, cfg: Config, bc: BehaviourConfig, out_dir: str,
         events = events[events["user_id"].isin(sample)]
     cuts = cutoffs(events["ts"].min(), events["ts"].max(), bc.target, bc.n_train, cfg.utc_offset_hours)
     names = item_names(con, tenant)
+    tx = store_transactions(con) if bc.target == "churn_90d" else None  # (read once for every cut-off)
     say = progress or (lambda *_: None)
     parts = {}
     for split, days in cuts.items():
@@ -206,7 +202,7 @@ def train_behaviour(con, cfg: Config, bc: BehaviourConfig, out_dir: str,
         for i, cut in enumerate(days):
             say(f"{split} examples at {cut:%Y-%m-%d}", i, len(days))
             ex = examples(events, names, bc.target, cut, bc.recent)
-            frames.append(ex.join(features(con, cfg, events, bc.target, cut, ex["user_id"]), on="user_id"))
+            frames.append(ex.join(features(con, cfg, tx, bc.target, cut, ex["user_id"]), on="user_id"))
         parts[split] = pd.concat(frames, ignore_index=True)
         if parts[split]["label"].nunique() < 2:
             raise HuaxiangError(f"{bc.target}: every {split} example has the same outcome; nothing to learn or "
@@ -258,7 +254,8 @@ def score_behaviour(con, cfg: Config, model_dir: str, text_only: bool = False) -
     w = 1.0 if text_only else saved["text_weight"]
     if w < 1:
         gbdt = ScoreModel.load(Path(model_dir) / "lightgbm", saved["target"])
-        p_gbdt = gbdt.predict(features(con, cfg, events, saved["target"], now, ex["user_id"])[saved["features"]])
+        tx = store_transactions(con) if saved["target"] == "churn_90d" else None
+        p_gbdt = gbdt.predict(features(con, cfg, tx, saved["target"], now, ex["user_id"])[saved["features"]])
     else:
         p_gbdt = np.zeros(len(ex))
     score = _blend(p_text, p_gbdt, w)

@@ -11,6 +11,7 @@ import pandas as pd
 from ..errors import HuaxiangError
 
 # what a feature means, for reasons a person can read ("{value}" is the user's own value)
+NOT_FEATURES = {"cluster", "habit_utc_offset", "peak_hour", "peak_weekday"}  # profile columns that are not scores' inputs
 FEATURE_WORDS = {
     "recency_days": "last purchase {value} days ago",
     "frequency": "{value} purchases so far",

@@ -19,26 +19,17 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..features.behaviour import store_transactions
 from ..errors import HuaxiangError
 from ..models import churn as ch
-from ..models.scores import ScoreModel, holdout_metrics, reason_text
+from ..models.scores import NOT_FEATURES, ScoreModel, holdout_metrics, reason_text
 from ..schema import tenant_expr, tenant_of, tenant_sql
 from ..store import has_table, transaction
 
 KINDS = ("churn", "propensity", "clv", "risk")
 TIERS = (("top", 0.9), ("high", 0.7), ("medium", 0.3), ("low", 0.0))  # CLV quantile tiers within a tenant
 SCORES_DDL = "CREATE TABLE IF NOT EXISTS scores (user_id VARCHAR, kind VARCHAR, score DOUBLE, detail VARCHAR)"
-NOT_FEATURES = {"cluster", "habit_utc_offset", "peak_hour", "peak_weekday"}
 RISK_COLUMNS = ("user_id", "item_id", "category_id", "type", "ts")
-
-
-def store_transactions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """`bh.transactions` of the store, ordered by customer and day."""
-    import ibis
-    from ..features.behaviour import transactions
-    ib = ibis.duckdb.from_connection(con)
-    tx = transactions(ib.table("events"), ib.table("orders")).to_pandas()
-    return tx.sort_values(["customer_id", "date"], ignore_index=True)
 
 
 def _tenants(frame: pd.DataFrame, column: str) -> dict[str, pd.DataFrame]:

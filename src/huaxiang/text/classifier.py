@@ -133,8 +133,8 @@ def _logits(model: _Classifier, tok, texts: list[str], max_len: int, batch_size:
 def predict_proba(model: _Classifier, tok, texts: list[str], max_len: int, batch_size: int = 64) -> np.ndarray:
     """Class probabilities of `texts`, in their order (batched by length, so that little padding is computed)."""
     logits = _logits(model, tok, texts, max_len, batch_size)
-    e = np.exp(logits - logits.max(axis=1, keepdims=True)) if len(logits) else logits
-    return e / e.sum(axis=1, keepdims=True) if len(logits) else logits
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def scores(y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> dict:
